@@ -1,0 +1,89 @@
+//! Startup: logging, the Kubernetes client, and the agent's long-running tasks.
+//!
+//! Every part of the agent is one task in [`run`]'s `JoinSet`; the agent exits (and the
+//! DaemonSet restarts it) as soon as any of them fails, or on SIGTERM/SIGINT.
+
+use anyhow::Context as _;
+use tokio::task::JoinSet;
+
+use crate::cli::Cli;
+use crate::health::Readiness;
+
+/// Entry point of the binary: logging, runtime, [`run`].
+pub fn main(cli: Cli) -> anyhow::Result<()> {
+    init_tracing(cli.log_json);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    runtime.block_on(run(cli))
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Everything the agent's tasks share.
+#[derive(Clone)]
+pub struct Context {
+    /// Parsed flags.
+    pub cli: Cli,
+    /// Kubernetes client (in-cluster config or `KUBECONFIG`).
+    pub client: kube::Client,
+    /// What `/readyz` reports.
+    pub readiness: Readiness,
+}
+
+/// Runs the agent until a task fails or a termination signal arrives.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    tracing::info!(node = %cli.node_name, version = env!("CARGO_PKG_VERSION"), "bridgenet-agent starting");
+    let client = kube::Client::try_default()
+        .await
+        .context("building the Kubernetes client (in-cluster config or KUBECONFIG)")?;
+    let ctx = Context {
+        cli,
+        client,
+        readiness: Readiness::default(),
+    };
+
+    let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    {
+        let (addr, readiness) = (ctx.cli.health_addr, ctx.readiness.clone());
+        tasks.spawn(async move {
+            crate::health::serve(addr, readiness)
+                .await
+                .with_context(|| format!("serving health endpoints on {addr}"))
+        });
+    }
+    // Further parts of the agent add one `tasks.spawn(...)` each here.
+
+    tokio::select! {
+        done = tasks.join_next() => match done {
+            Some(Ok(Ok(()))) => anyhow::bail!("an agent task ended unexpectedly"),
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(join)) => Err(anyhow::anyhow!(join).context("an agent task panicked")),
+            None => Ok(()),
+        },
+        sig = shutdown_signal() => {
+            sig?;
+            tracing::info!("termination signal received, stopping");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => Ok(()),
+        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT"),
+    }
+}

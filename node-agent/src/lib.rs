@@ -1,0 +1,7 @@
+//! bridgenet node agent: realizes this node's NodeBridges (bridge, gateway, overlay, firewall),
+//! serves the CNI plugin and hot-plugs running pods.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod cli;
+pub mod health;
