@@ -4,6 +4,7 @@
 
 pub mod crdgen;
 pub mod names;
+pub mod net;
 pub mod v1alpha1;
 
 pub use v1alpha1::{
