@@ -1,0 +1,1 @@
+"""bridgenet sandbox: a Kubernetes API emulator and network-namespace nodes for end-to-end runs."""

@@ -1,0 +1,150 @@
+"""The emulator's pure parts: selectors, JSONPath, patches, schema handling."""
+
+import pytest
+
+from bnsandbox import jsonpath, patch, schema, selectors
+
+
+def obj(labels=None, **fields):
+    return {"metadata": {"name": "x", "labels": labels or {}}, **fields}
+
+
+@pytest.mark.parametrize(
+    "sel,labels,want",
+    [
+        ("a=b", {"a": "b"}, True),
+        ("a==b", {"a": "c"}, False),
+        ("a!=b", {}, True),
+        ("a!=b", {"a": "b"}, False),
+        ("a in (x, y)", {"a": "y"}, True),
+        ("a in (x,y)", {"a": "z"}, False),
+        ("a notin (x,y)", {}, True),
+        ("a notin (x,y)", {"a": "x"}, False),
+        ("a", {"a": ""}, True),
+        ("!a", {"a": "1"}, False),
+        ("bridgenet.io/network=n1,bridgenet.io/node in (w1,w2)",
+         {"bridgenet.io/network": "n1", "bridgenet.io/node": "w2"}, True),
+        ("bridgenet.io/network=n1,bridgenet.io/node in (w1,w2)",
+         {"bridgenet.io/network": "n1", "bridgenet.io/node": "w3"}, False),
+    ],
+)
+def test_label_selectors(sel, labels, want):
+    reqs = selectors.parse_label_selector(sel)
+    assert selectors.labels_match(reqs, obj(labels)) is want
+
+
+def test_label_selector_rejects_garbage():
+    with pytest.raises(selectors.SelectorError):
+        selectors.parse_label_selector("a in b")
+
+
+def test_label_selector_object():
+    reqs = selectors.selector_from_label_selector_object(
+        {"matchLabels": {"t": "a"}, "matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["prod"]}]}
+    )
+    assert selectors.labels_match(reqs, obj({"t": "a", "env": "dev"}))
+    assert not selectors.labels_match(reqs, obj({"t": "a", "env": "prod"}))
+
+
+def test_field_selectors():
+    pod = {"metadata": {"name": "p", "namespace": "n"}, "spec": {"nodeName": "w1"}}
+    match = selectors.make_filter(None, "spec.nodeName=w1,metadata.namespace!=other")
+    assert match(pod)
+    assert not selectors.make_filter(None, "spec.nodeName=w2")(pod)
+    assert selectors.make_filter(None, "spec.nodeName=")({"metadata": {"name": "u"}, "spec": {}})
+
+
+def test_jsonpath_printer_column_forms():
+    o = {"status": {"conditions": [{"type": "Ready", "status": "True"}, {"type": "Accepted", "reason": "Ok"}]},
+         "spec": {"items": [1, 2]}}
+    assert jsonpath.evaluate(o, '.status.conditions[?(@.type=="Accepted")].reason') == ["Ok"]
+    assert jsonpath.evaluate(o, ".status.conditions[0].status") == ["True"]
+    assert jsonpath.evaluate(o, ".spec.items[*]") == [1, 2]
+    assert jsonpath.evaluate(o, "{.spec.missing}") == []
+
+
+def test_merge_patch_rfc7386():
+    assert patch.merge_patch({"a": 1, "b": {"c": 1, "d": 2}}, {"b": {"c": None, "e": 3}, "l": [1]}) == {
+        "a": 1, "b": {"d": 2, "e": 3}, "l": [1]}
+
+
+def test_strategic_merge_patch_merges_containers_by_name():
+    live = {"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]},
+            "metadata": {"finalizers": ["f1"]}}
+    p = {"spec": {"containers": [{"name": "b", "image": "z"}, {"name": "c", "image": "w"}],
+                  "$setElementOrder/containers": [{"name": "a"}, {"name": "b"}, {"name": "c"}]},
+         "metadata": {"finalizers": ["f2"]}}
+    out = patch.strategic_merge_patch(live, p)
+    assert [c["image"] for c in out["spec"]["containers"]] == ["x", "z", "w"]
+    assert out["metadata"]["finalizers"] == ["f1", "f2"]
+    out = patch.strategic_merge_patch(out, {"spec": {"containers": [{"name": "a", "$patch": "delete"}]}})
+    assert [c["name"] for c in out["spec"]["containers"]] == ["b", "c"]
+
+
+def test_apply_merge_and_removal_of_unapplied_fields():
+    keys = patch.builtin_list_keys
+    live = {"status": {"conditions": [{"type": "A", "status": "True"}, {"type": "B", "status": "False"}],
+                       "x": 1}}
+    first = {"status": {"conditions": [{"type": "A", "status": "False"}], "x": 2, "y": 3}}
+    merged = patch.apply_merge(live, first, keys)
+    assert merged["status"]["conditions"] == [{"type": "A", "status": "False"}, {"type": "B", "status": "False"}]
+    prev = patch.field_set(first, keys)
+    second = {"status": {"conditions": [{"type": "A", "status": "True"}], "x": 2}}
+    merged = patch.apply_merge(merged, second, keys)
+    merged = patch.remove_fields(merged, prev - patch.field_set(second, keys), keys)
+    # y was this manager's and is no longer applied; B was never this manager's.
+    assert "y" not in merged["status"]
+    assert [c["type"] for c in merged["status"]["conditions"]] == ["A", "B"]
+
+
+def test_apply_removes_a_list_map_item_the_manager_stopped_applying():
+    keys = patch.builtin_list_keys
+    one = {"status": {"conditions": [{"type": "A", "status": "True"}, {"type": "C", "status": "True"}]}}
+    two = {"status": {"conditions": [{"type": "A", "status": "True"}]}}
+    merged = patch.apply_merge({}, one, keys)
+    merged = patch.remove_fields(patch.apply_merge(merged, two, keys),
+                                 patch.field_set(one, keys) - patch.field_set(two, keys), keys)
+    assert merged == {"status": {"conditions": [{"type": "A", "status": "True"}]}}
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "spec": {
+            "type": "object",
+            "required": ["subnet"],
+            "properties": {
+                "subnet": {"type": "string", "maxLength": 18},
+                "mtu": {"type": "integer", "minimum": 576, "nullable": True},
+                "masquerade": {"type": "boolean", "default": True},
+            },
+        },
+        "status": {"type": "object", "properties": {
+            "conditions": {"type": "array", "x-kubernetes-list-type": "map",
+                           "x-kubernetes-list-map-keys": ["type"], "items": {"type": "object"}}}},
+    },
+}
+
+
+def test_schema_defaults_prunes_and_validates():
+    o = {"apiVersion": "x/v1", "kind": "K", "metadata": {"name": "n"}, "spec": {"subnet": "10.0.0.0/8", "bogus": 1}}
+    assert schema.prune(o, SCHEMA) == ["spec.bogus"]
+    schema.apply_defaults(o, SCHEMA)
+    assert o["spec"] == {"subnet": "10.0.0.0/8", "masquerade": True}
+    assert schema.validate(o, SCHEMA) == []
+    o["spec"]["mtu"] = None
+    assert schema.validate(o, SCHEMA) == []
+    o["spec"]["mtu"] = 10
+    o["spec"]["subnet"] = "x" * 19
+    problems = schema.validate(o, SCHEMA)
+    assert any(p.startswith("spec.mtu: Invalid value") for p in problems)
+    assert any(p.startswith("spec.subnet: Too long") for p in problems)
+    del o["spec"]["subnet"]
+    assert any("Required value" in p for p in schema.validate(o, SCHEMA))
+
+
+def test_schema_list_keys():
+    lookup = schema.list_keys_for(SCHEMA, patch.builtin_list_keys)
+    assert lookup(("status", "conditions")) == ["type"]
+    assert lookup(("metadata", "finalizers")) == ["__set__"]
+    assert lookup(("spec", "subnet")) is None
