@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from . import errors, patch, registry, schema, selectors
+from . import errors, patch, protobuf, registry, schema, selectors
 from .errors import ApiError
 from .registry import ResourceType
 from .store import Event, Key, Store, strip
@@ -691,6 +691,18 @@ class ApiServer:
         raw = await request.read()
         if not raw:
             return {}
+        if "protobuf" in request.content_type:
+            try:
+                _, kind, obj = protobuf.decode(raw)
+            except protobuf.ProtobufError as err:
+                raise errors.bad_request(f"invalid protobuf body: {err}") from err
+            if kind == "Namespace":
+                obj.pop("_has_body", None)
+                return obj
+        if "protobuf" in request.content_type or "cbor" in request.content_type:
+            raise errors.unsupported_media_type(
+                f"the body of the request was in an unknown format - accepted media types include: "
+                f"application/json, application/yaml (got {request.content_type})")
         try:
             if "yaml" in request.content_type:
                 return yaml.safe_load(raw)
