@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test setup lint unit crds-check
+.PHONY: demo test setup lint unit crds-check sandbox-test
 
 ## Install what building and testing need on a fresh Debian machine (idempotent).
 setup:
@@ -15,7 +15,7 @@ demo: setup
 	bash scripts/demo.sh
 
 ## Everything CI checks: formatting, lints, generated CRDs, unit and root tests.
-test: setup lint crds-check unit
+test: setup lint crds-check unit sandbox-test
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -26,3 +26,7 @@ crds-check:
 
 unit:
 	$(CARGO) test --workspace --locked
+
+## The sandbox's Kubernetes API emulator and node plumbing, driven by real kubectl and raw HTTP.
+sandbox-test:
+	cd tests/sandbox && python3 -m pytest -q
