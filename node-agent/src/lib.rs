@@ -3,6 +3,9 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod attach;
 pub mod cli;
+pub mod cni;
 pub mod dataplane;
 pub mod health;
+pub mod ipam;

@@ -1,0 +1,453 @@
+//! Putting a pod on a bridge: a veth pair created with its peer directly in the pod's network
+//! namespace, the host end enslaved to the network's bridge, the pod end configured (MAC, MTU,
+//! addresses, optional default route) through a netlink socket opened inside the pod's
+//! namespace, and a gratuitous ARP / unsolicited NA when the interface comes up.
+//!
+//! Every call runs on a fresh OS thread that `setns`es: network namespaces are per thread, and
+//! a thread that entered a pod's namespace must never run anything else afterwards, so it ends
+//! with the call. Netlink sockets are opened after the `setns`, which binds them to that
+//! namespace.
+
+use std::fs::File;
+use std::future::Future;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use futures::TryStreamExt;
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use sha2::{Digest, Sha256};
+
+use crate::cni::annotation::format_mac;
+
+/// Errors of attaching and detaching.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// A network namespace could not be opened or entered.
+    #[error("network namespace {path}: {source}")]
+    Netns {
+        /// Its path.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The network's bridge is not on this node (yet).
+    #[error("bridge {0} does not exist on this node yet")]
+    NoBridge(String),
+    /// A netlink request failed.
+    #[error("{op}: {source}")]
+    Netlink {
+        /// What was being done (names the interface).
+        op: String,
+        /// The netlink error.
+        source: rtnetlink::Error,
+    },
+    /// Opening a netlink socket failed.
+    #[error("opening a netlink socket: {0}")]
+    Socket(std::io::Error),
+    /// The worker thread died.
+    #[error("netlink worker thread failed: {0}")]
+    Worker(String),
+    /// CHECK found a difference.
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> AttachError {
+    let op = op.into();
+    move |source| AttachError::Netlink { op, source }
+}
+
+/// The kernel's errno inside a netlink error, if any.
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+const ENODEV: i32 = 19;
+const EEXIST: i32 = 17;
+
+/// Everything one pod interface needs.
+#[derive(Clone, Debug)]
+pub struct AttachSpec {
+    /// The namespace holding the bridge; `None` = the agent's own (the host).
+    pub host_netns: Option<PathBuf>,
+    /// The pod's namespace (`CNI_NETNS`).
+    pub pod_netns: PathBuf,
+    /// Host end of the veth (see [`host_veth_name`]).
+    pub host_veth: String,
+    /// Interface name in the pod.
+    pub pod_ifname: String,
+    /// Bridge to enslave the host end to.
+    pub bridge: String,
+    /// MTU of both ends.
+    pub mtu: u32,
+    /// MAC of the pod end.
+    pub mac: [u8; 6],
+    /// Addresses with prefix lengths.
+    pub addresses: Vec<(IpAddr, u8)>,
+    /// Gateways to install default routes through (one per family, only when asked).
+    pub default_routes: Vec<IpAddr>,
+}
+
+/// Prefix of every host-side veth bridgenet creates.
+pub const HOST_VETH_PREFIX: &str = "bnv";
+
+/// Deterministic host-side veth name for (sandbox, interface): lets DEL and GC find and delete
+/// it from the journal alone, after any crash. `bnv` + 12 hex digits = 15 bytes (IFNAMSIZ-1).
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    let digest = Sha256::digest(format!("{container_id}/{ifname}").as_bytes());
+    let mut name = String::from(HOST_VETH_PREFIX);
+    for b in &digest[..6] {
+        name.push_str(&format!("{b:02x}"));
+    }
+    name
+}
+
+/// A random unicast, locally administered MAC (Docker's current behaviour).
+pub fn random_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    for b in &mut mac {
+        *b = fastrand::u8(..);
+    }
+    mac[0] = (mac[0] & 0b1111_1100) | 0b0000_0010;
+    mac
+}
+
+fn open_netns(path: &Path) -> Result<File, AttachError> {
+    File::open(path).map_err(|source| AttachError::Netns {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Runs `f` on a new thread inside `netns` (or the current namespace) with a netlink handle
+/// opened there. The thread is never reused.
+pub async fn in_netns<F, Fut, T>(netns: Option<&Path>, f: F) -> Result<T, AttachError>
+where
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, AttachError>>,
+    T: Send + 'static,
+{
+    let ns = netns
+        .map(|p| open_netns(p).map(|f| (p.to_owned(), f)))
+        .transpose()?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("bridgenet-netns".into())
+        .spawn(move || {
+            let result = (|| {
+                if let Some((path, file)) = ns {
+                    enter(&path, &file)?;
+                }
+                block_on_with_handle(f)
+            })();
+            let _ = tx.send(result);
+        })
+        .map_err(|e| AttachError::Worker(e.to_string()))?;
+    rx.await
+        .map_err(|_| AttachError::Worker("worker exited without an answer".into()))?
+}
+
+fn enter(path: &Path, file: &File) -> Result<(), AttachError> {
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| AttachError::Netns {
+        path: path.to_owned(),
+        source: std::io::Error::from(e),
+    })
+}
+
+fn block_on_with_handle<F, Fut, T>(f: F) -> Result<T, AttachError>
+where
+    F: FnOnce(Handle) -> Fut,
+    Fut: Future<Output = Result<T, AttachError>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(AttachError::Socket)?;
+    rt.block_on(async {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(AttachError::Socket)?;
+        tokio::spawn(conn);
+        f(handle).await
+    })
+}
+
+async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, AttachError> {
+    match handle
+        .link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_next()
+        .await
+    {
+        Ok(link) => Ok(link),
+        Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
+        Err(e) => Err(nl(format!("looking up link {name}"))(e)),
+    }
+}
+
+/// Creates and configures the pod interface. On error the caller runs [`detach`] (which is
+/// safe whatever was left half-done).
+pub async fn attach(spec: AttachSpec) -> Result<(), AttachError> {
+    let pod_ns = open_netns(&spec.pod_netns)?;
+    let host_ns = spec
+        .host_netns
+        .as_deref()
+        .map(|p| open_netns(p).map(|f| (p.to_owned(), f)))
+        .transpose()?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("bridgenet-attach".into())
+        .spawn(move || {
+            let result = (|| {
+                if let Some((path, file)) = &host_ns {
+                    enter(path, file)?;
+                }
+                let spec2 = spec.clone();
+                block_on_with_handle(move |h| host_side(h, spec2, pod_ns))?;
+                // This thread now moves into the pod: the host-side work is done.
+                enter(&spec.pod_netns, &open_netns(&spec.pod_netns)?)?;
+                block_on_with_handle(move |h| pod_side(h, spec))
+            })();
+            let _ = tx.send(result);
+        })
+        .map_err(|e| AttachError::Worker(e.to_string()))?;
+    rx.await
+        .map_err(|_| AttachError::Worker("attach worker exited without an answer".into()))?
+}
+
+async fn host_side(handle: Handle, spec: AttachSpec, pod_ns: File) -> Result<(), AttachError> {
+    let bridge = link_by_name(&handle, &spec.bridge)
+        .await?
+        .ok_or_else(|| AttachError::NoBridge(spec.bridge.clone()))?;
+    // A retried ADD finds its own veth from the interrupted attempt: start clean.
+    if let Some(old) = link_by_name(&handle, &spec.host_veth).await? {
+        handle
+            .link()
+            .del(old.header.index)
+            .execute()
+            .await
+            .map_err(nl(format!("deleting stale {}", spec.host_veth)))?;
+    }
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(spec.pod_ifname.clone())
+        .mtu(spec.mtu)
+        .address(spec.mac.to_vec())
+        .setns_by_fd(pod_ns.as_raw_fd())
+        .build();
+    // Peer created directly in the pod's namespace, host end enslaved and up in the same
+    // request: no window in which the pod end sits in the host namespace.
+    let msg = LinkVeth::new(&spec.host_veth, &spec.pod_ifname)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .mtu(spec.mtu)
+        .controller(bridge.header.index)
+        .up()
+        .build();
+    handle.link().add(msg).execute().await.map_err(|e| {
+        if errno(&e) == Some(EEXIST) {
+            AttachError::Mismatch(format!(
+                "interface {} already exists in the pod (another plugin or network uses that name)",
+                spec.pod_ifname
+            ))
+        } else {
+            nl(format!(
+                "creating veth {} (pod end {} with MAC {})",
+                spec.host_veth,
+                spec.pod_ifname,
+                format_mac(&spec.mac)
+            ))(e)
+        }
+    })?;
+    drop(pod_ns);
+    Ok(())
+}
+
+async fn pod_side(handle: Handle, spec: AttachSpec) -> Result<(), AttachError> {
+    let link = link_by_name(&handle, &spec.pod_ifname)
+        .await?
+        .ok_or_else(|| {
+            AttachError::Mismatch(format!("{} vanished from the pod", spec.pod_ifname))
+        })?;
+    let index = link.header.index;
+    // The kernel announces the address itself when the link comes up with these set
+    // (gratuitous ARP / unsolicited NA): no raw socket needed. IPv6 may be disabled in the pod.
+    let _ = std::fs::write(
+        format!("/proc/sys/net/ipv4/conf/{}/arp_notify", spec.pod_ifname),
+        "1",
+    );
+    let _ = std::fs::write(
+        format!("/proc/sys/net/ipv6/conf/{}/ndisc_notify", spec.pod_ifname),
+        "1",
+    );
+    for (ip, prefix) in &spec.addresses {
+        match handle.address().add(index, *ip, *prefix).execute().await {
+            Ok(()) => {}
+            Err(e) if errno(&e) == Some(EEXIST) => {}
+            Err(e) => {
+                return Err(nl(format!("adding {ip}/{prefix} to {}", spec.pod_ifname))(
+                    e,
+                ));
+            }
+        }
+    }
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(nl(format!("setting {} up", spec.pod_ifname)))?;
+    for gw in &spec.default_routes {
+        let msg = match gw {
+            IpAddr::V4(v4) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                .output_interface(index)
+                .gateway(*v4)
+                .build(),
+            IpAddr::V6(v6) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .output_interface(index)
+                .gateway(*v6)
+                .build(),
+        };
+        match handle.route().add(msg).execute().await {
+            Ok(()) => {}
+            Err(e) if errno(&e) == Some(EEXIST) => {
+                return Err(AttachError::Mismatch(format!(
+                    "the pod already has a default route; cannot add one via {gw} on {}",
+                    spec.pod_ifname
+                )));
+            }
+            Err(e) => return Err(nl(format!("adding default route via {gw}"))(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Removes the pod interface by deleting its host end (the kernel deletes the pair). Gone
+/// already — pod namespace destroyed, repeated DEL — is success.
+pub async fn detach(host_netns: Option<&Path>, host_veth: &str) -> Result<(), AttachError> {
+    let name = host_veth.to_owned();
+    let result = in_netns(host_netns, move |handle| async move {
+        if let Some(link) = link_by_name(&handle, &name).await? {
+            match handle.link().del(link.header.index).execute().await {
+                Ok(()) => {}
+                Err(e) if errno(&e) == Some(ENODEV) => {}
+                Err(e) => return Err(nl(format!("deleting {name}"))(e)),
+            }
+        }
+        Ok(())
+    })
+    .await;
+    // The host namespace path may be gone only in tests (their "node" was deleted): nothing
+    // left to delete then.
+    match result {
+        Err(AttachError::Netns { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// What CHECK compares.
+#[derive(Clone, Debug)]
+pub struct Expected {
+    /// Host veth name.
+    pub host_veth: String,
+    /// Bridge it must be enslaved to.
+    pub bridge: String,
+    /// Pod interface.
+    pub pod_ifname: String,
+    /// Addresses the pod interface must carry.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// Verifies an attachment is intact (CNI CHECK).
+pub async fn check(
+    host_netns: Option<&Path>,
+    pod_netns: &Path,
+    exp: Expected,
+) -> Result<(), AttachError> {
+    let e2 = exp.clone();
+    in_netns(host_netns, move |handle| async move {
+        let veth = link_by_name(&handle, &e2.host_veth).await?.ok_or_else(|| {
+            AttachError::Mismatch(format!("host veth {} is missing", e2.host_veth))
+        })?;
+        let bridge = link_by_name(&handle, &e2.bridge)
+            .await?
+            .ok_or_else(|| AttachError::NoBridge(e2.bridge.clone()))?;
+        let master = veth.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Controller(i) => Some(*i),
+            _ => None,
+        });
+        if master != Some(bridge.header.index) {
+            return Err(AttachError::Mismatch(format!(
+                "host veth {} is not attached to bridge {}",
+                e2.host_veth, e2.bridge
+            )));
+        }
+        Ok(())
+    })
+    .await?;
+    in_netns(Some(pod_netns), move |handle| async move {
+        let link = link_by_name(&handle, &exp.pod_ifname)
+            .await?
+            .ok_or_else(|| {
+                AttachError::Mismatch(format!("{} is missing in the pod", exp.pod_ifname))
+            })?;
+        if !link.header.flags.contains(LinkFlags::Up) {
+            return Err(AttachError::Mismatch(format!("{} is down", exp.pod_ifname)));
+        }
+        let mut req = handle
+            .address()
+            .get()
+            .set_link_index_filter(link.header.index)
+            .execute();
+        let mut have = Vec::new();
+        while let Some(msg) = req.try_next().await.map_err(nl("listing addresses"))? {
+            if msg.header.family == AddressFamily::Inet || msg.header.family == AddressFamily::Inet6
+            {
+                for attr in msg.attributes {
+                    if let netlink_packet_route::address::AddressAttribute::Address(a) = attr {
+                        have.push(a);
+                    }
+                }
+            }
+        }
+        for ip in &exp.addresses {
+            if !have.contains(ip) {
+                return Err(AttachError::Mismatch(format!(
+                    "{} lacks address {ip}",
+                    exp.pod_ifname
+                )));
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Names of the links in `netns` starting with `prefix`.
+pub async fn list_links_with_prefix(
+    netns: Option<&Path>,
+    prefix: &str,
+) -> Result<Vec<String>, AttachError> {
+    let prefix = prefix.to_owned();
+    in_netns(netns, move |handle| async move {
+        let mut links = handle.link().get().execute();
+        let mut out = Vec::new();
+        while let Some(link) = links.try_next().await.map_err(nl("listing links"))? {
+            for attr in link.attributes {
+                if let LinkAttribute::IfName(name) = attr
+                    && name.starts_with(&prefix)
+                {
+                    out.push(name);
+                }
+            }
+        }
+        Ok(out)
+    })
+    .await
+}

@@ -1,0 +1,245 @@
+//! The pod annotation `bridgenet.io/networks`: `custom-network`, `a,b`, or a JSON list of
+//! `{name, interface, ip, mac}` — parsed strictly, so that a typo fails the pod's sandbox with a
+//! message instead of silently attaching nothing.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use bridgenet_crds::names::is_valid_ifname;
+use serde::{Deserialize, Serialize};
+
+/// One network a pod asks for, with the interface name resolved.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NetworkRequest {
+    /// BridgeNetwork name.
+    pub name: String,
+    /// Interface name inside the pod.
+    pub interface: String,
+    /// A specific address asked for (docker `--ip`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
+    /// A specific MAC asked for (docker `--mac-address`), as `aa:bb:cc:dd:ee:ff`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<[u8; 6]>,
+    /// Route the pod's default traffic through this network's gateway (JSON `defaultRoute`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub default_route: bool,
+}
+
+/// Why an annotation was refused; the message is shown in the pod's events.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AnnotationError {
+    /// Neither a name list nor a JSON list.
+    #[error("annotation is not valid JSON: {0}")]
+    Json(String),
+    /// A network name that cannot be a BridgeNetwork name.
+    #[error("{0:?} is not a valid network name (lowercase letters, digits, '-' and '.')")]
+    BadName(String),
+    /// An interface name Linux would refuse.
+    #[error(
+        "{0:?} is not a valid interface name (1-15 characters of letters, digits, '_', '.', '-')"
+    )]
+    BadInterface(String),
+    /// Two entries want the same interface.
+    #[error("interface {0:?} is requested twice")]
+    DuplicateInterface(String),
+    /// The same network listed twice.
+    #[error("network {0:?} is requested twice; a pod attaches to a network once")]
+    DuplicateNetwork(String),
+    /// `ip` is not an address.
+    #[error("{0:?} is not an IP address")]
+    BadIp(String),
+    /// `mac` is not a unicast MAC.
+    #[error("{0:?} is not a unicast MAC address like 02:42:ac:14:00:05")]
+    BadMac(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    name: String,
+    #[serde(default)]
+    interface: Option<String>,
+    #[serde(default)]
+    ip: Option<String>,
+    #[serde(default)]
+    mac: Option<String>,
+    #[serde(default, rename = "defaultRoute")]
+    default_route: bool,
+}
+
+/// Parses the annotation value into the list of networks, naming unnamed interfaces `net1`,
+/// `net2`, … by position (like Multus).
+pub fn parse(value: &str) -> Result<Vec<NetworkRequest>, AnnotationError> {
+    let value = value.trim();
+    let entries: Vec<Entry> = if value.starts_with('[') {
+        serde_json::from_str(value).map_err(|e| AnnotationError::Json(e.to_string()))?
+    } else {
+        value
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|name| Entry {
+                name: name.to_owned(),
+                interface: None,
+                ip: None,
+                mac: None,
+                default_route: false,
+            })
+            .collect()
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    let mut interfaces = BTreeSet::new();
+    let mut networks = BTreeSet::new();
+    for (i, entry) in entries.into_iter().enumerate() {
+        if !is_valid_network_name(&entry.name) {
+            return Err(AnnotationError::BadName(entry.name));
+        }
+        if !networks.insert(entry.name.clone()) {
+            return Err(AnnotationError::DuplicateNetwork(entry.name));
+        }
+        let interface = entry.interface.unwrap_or_else(|| format!("net{}", i + 1));
+        if !is_valid_ifname(&interface) {
+            return Err(AnnotationError::BadInterface(interface));
+        }
+        if !interfaces.insert(interface.clone()) {
+            return Err(AnnotationError::DuplicateInterface(interface));
+        }
+        let ip = entry
+            .ip
+            .map(|s| {
+                // `172.20.0.9/16` is a common way to write it; the prefix comes from the network.
+                s.split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .parse::<IpAddr>()
+                    .map_err(|_| AnnotationError::BadIp(s.clone()))
+            })
+            .transpose()?;
+        let mac = entry
+            .mac
+            .map(|s| parse_mac(&s).ok_or(AnnotationError::BadMac(s)))
+            .transpose()?;
+        out.push(NetworkRequest {
+            name: entry.name,
+            interface,
+            ip,
+            mac,
+            default_route: entry.default_route,
+        });
+    }
+    Ok(out)
+}
+
+/// A Kubernetes object name (DNS-1123 subdomain), which BridgeNetwork names are.
+fn is_valid_network_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`; only unicast addresses (a pod interface cannot be multicast).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split([':', '-']);
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    if parts.next().is_some() || mac[0] & 1 == 1 || mac == [0; 6] {
+        return None;
+    }
+    Some(mac)
+}
+
+/// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_lists() {
+        let one = parse("custom-network").unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].interface, "net1");
+        let two = parse(" a , b ").unwrap();
+        assert_eq!(
+            two.iter().map(|r| r.interface.as_str()).collect::<Vec<_>>(),
+            ["net1", "net2"]
+        );
+        assert!(parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn json_entries() {
+        let reqs = parse(
+            r#"[{"name":"a","interface":"data0","ip":"172.20.0.9/16","mac":"02:42:ac:14:00:09"},{"name":"b"}]"#,
+        )
+        .unwrap();
+        assert_eq!(reqs[0].interface, "data0");
+        assert_eq!(reqs[0].ip, Some("172.20.0.9".parse().unwrap()));
+        assert_eq!(reqs[0].mac, Some([2, 0x42, 0xac, 0x14, 0, 9]));
+        assert_eq!(reqs[1].interface, "net2");
+    }
+
+    #[test]
+    fn refuses_bad_input() {
+        assert!(matches!(
+            parse("[{\"nme\":\"a\"}]"),
+            Err(AnnotationError::Json(_))
+        ));
+        assert!(matches!(
+            parse("Bad_Name"),
+            Err(AnnotationError::BadName(_))
+        ));
+        assert!(matches!(
+            parse("a,a"),
+            Err(AnnotationError::DuplicateNetwork(_))
+        ));
+        assert!(matches!(
+            parse(r#"[{"name":"a","interface":"x"},{"name":"b","interface":"x"}]"#),
+            Err(AnnotationError::DuplicateInterface(_))
+        ));
+        assert!(matches!(
+            parse(r#"[{"name":"a","interface":"much-too-long-name"}]"#),
+            Err(AnnotationError::BadInterface(_))
+        ));
+        assert!(matches!(
+            parse(r#"[{"name":"a","ip":"300.1.1.1"}]"#),
+            Err(AnnotationError::BadIp(_))
+        ));
+        assert!(matches!(
+            parse(r#"[{"name":"a","mac":"01:00:5e:00:00:01"}]"#),
+            Err(AnnotationError::BadMac(_))
+        ));
+    }
+
+    #[test]
+    fn mac_round_trip() {
+        let mac = parse_mac("02:aa:bb:cc:dd:0e").unwrap();
+        assert_eq!(format_mac(&mac), "02:aa:bb:cc:dd:0e");
+        assert!(parse_mac("02:aa:bb:cc:dd").is_none());
+        assert!(parse_mac("02:aa:bb:cc:dd:ee:ff").is_none());
+    }
+}

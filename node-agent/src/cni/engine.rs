@@ -1,0 +1,788 @@
+//! What the agent does for each CNI call (and for hot-plug): decide which networks a pod gets,
+//! reserve addresses in the journal, build the interfaces, and undo exactly that on DEL/GC.
+//!
+//! Ordering is what makes it crash-safe: journal (fsync) → veth → result on ADD; veth gone →
+//! journal free on DEL. A crash between any two steps leaves an allocation whose veth may or
+//! may not exist; the runtime's DEL, CNI GC or the periodic reconcile finds it by sandbox ID and
+//! removes both, and nothing else ever frees an address.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use bridgenet_crds::NodeBridgeSpec;
+use kube::core::{Selector, SelectorExt};
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::attach::{self, AttachError, AttachSpec};
+use crate::cni::annotation::{self, NetworkRequest, format_mac, parse_mac};
+use crate::cni::types::{
+    CniError, CniResult, Command, Interface, IpConfig, NetConf, Request, Response, RouteConfig,
+    code, parse_cni_args, version_result,
+};
+use crate::ipam::{AllocRequest, Allocation, Ipam, IpamError, Pool};
+
+/// What the engine needs to know about a pod.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodInfo {
+    /// The pod's annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// Labels of the pod's namespace (for `namespaceSelector`).
+    pub namespace_labels: BTreeMap<String, String>,
+}
+
+/// A pod's identity.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl std::fmt::Display for PodRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Something the rest of the agent should know (Events, pod annotation, NodeBridge status).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Notice {
+    /// A pod's request was refused: an Event of type Warning on the pod.
+    Rejected {
+        /// The pod.
+        pod: PodRef,
+        /// Short CamelCase reason.
+        reason: &'static str,
+        /// What to do.
+        message: String,
+    },
+    /// The pod's attachments changed (annotation `network-status`, endpoints).
+    Changed {
+        /// The pod.
+        pod: PodRef,
+    },
+}
+
+/// The cluster as the engine sees it. The agent implements it with kube reflectors; tests with
+/// fixed data.
+pub trait Directory: Send + Sync + 'static {
+    /// This node's NodeBridge for `network`, if the network exists here.
+    fn node_bridge(&self, network: &str) -> Option<NodeBridgeSpec>;
+    /// The pod and its namespace's labels; `Ok(None)` if the pod does not exist.
+    fn pod(&self, pod: &PodRef) -> impl Future<Output = Result<Option<PodInfo>, String>> + Send;
+    /// Whether the directory has synced (STATUS answers "not available" until then).
+    fn ready(&self) -> bool;
+    /// Reports a notice; must not block.
+    fn notify(&self, notice: Notice);
+}
+
+/// Names of the steps a failure can be injected at (environment `BRIDGENET_FAILPOINT`), for
+/// the crash tests: the process aborts there, like a `kill -9` at that instant.
+pub mod failpoint {
+    /// ADD: addresses journaled, no veth yet.
+    pub const ADD_AFTER_RESERVE: &str = "add-after-reserve";
+    /// ADD: veth created and configured, result not yet sent.
+    pub const ADD_AFTER_ATTACH: &str = "add-after-attach";
+    /// DEL: allocations looked up, nothing deleted yet.
+    pub const DEL_BEFORE_DETACH: &str = "del-before-detach";
+    /// DEL: veth deleted, addresses not yet freed.
+    pub const DEL_AFTER_DETACH: &str = "del-after-detach";
+    /// Every step, in order.
+    pub const ALL: &[&str] = &[
+        ADD_AFTER_RESERVE,
+        ADD_AFTER_ATTACH,
+        DEL_BEFORE_DETACH,
+        DEL_AFTER_DETACH,
+    ];
+}
+
+fn failpoint(name: &str) {
+    static ARMED: OnceLock<Option<String>> = OnceLock::new();
+    if ARMED
+        .get_or_init(|| std::env::var("BRIDGENET_FAILPOINT").ok())
+        .as_deref()
+        == Some(name)
+    {
+        tracing::error!(failpoint = name, "failpoint hit: aborting");
+        std::process::abort();
+    }
+}
+
+/// One attachment made (for results and status).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attached {
+    /// Network.
+    pub network: String,
+    /// Interface in the pod.
+    pub interface: String,
+    /// MAC of the interface.
+    pub mac: String,
+    /// MTU.
+    pub mtu: u32,
+    /// Addresses with prefix.
+    pub addresses: Vec<(IpAddr, u8)>,
+    /// Gateways of the network (per family).
+    pub gateways: Vec<IpAddr>,
+    /// Default routes installed.
+    pub default_routes: Vec<IpAddr>,
+}
+
+/// Where a pod's interfaces go.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Sandbox ID.
+    pub container_id: String,
+    /// The pod's netns path.
+    pub netns: PathBuf,
+    /// The pod.
+    pub pod: Option<PodRef>,
+    /// CNI configuration name (empty for hot-plug).
+    pub cni_name: String,
+}
+
+/// The agent's CNI logic.
+pub struct Engine<D> {
+    dir: D,
+    ipam: Mutex<Ipam>,
+    host_netns: Option<PathBuf>,
+}
+
+fn reject(pod: Option<&PodRef>, msg: String, details: &str) -> CniError {
+    let who = pod.map(|p| format!("pod {p}: ")).unwrap_or_default();
+    CniError::new(code::POD_REQUEST_REJECTED, format!("{who}{msg}"), details)
+}
+
+fn ipam_error(e: IpamError) -> CniError {
+    if e.is_request_error() {
+        CniError::new(
+            code::POD_REQUEST_REJECTED,
+            e.to_string(),
+            "pick another address in the bridgenet.io/networks annotation, or omit \"ip\" to get a free one",
+        )
+    } else if matches!(e, IpamError::Exhausted { .. }) {
+        CniError::new(
+            code::TRY_AGAIN_LATER,
+            e.to_string(),
+            "this node's address blocks are full: delete pods on this network here, or give the network a larger blockSize/ipRange",
+        )
+    } else {
+        CniError::new(
+            code::IPAM_FAILURE,
+            e.to_string(),
+            "the agent cannot record addresses under --state-dir: check the node's disk and the agent's logs",
+        )
+    }
+}
+
+fn attach_error(e: AttachError) -> CniError {
+    match e {
+        AttachError::NoBridge(_) => CniError::new(
+            code::TRY_AGAIN_LATER,
+            e.to_string(),
+            "the agent has not programmed this network on the node yet; the kubelet will retry (check `kubectl get nodebridges` for Ready)",
+        ),
+        AttachError::Mismatch(m) => CniError::new(
+            code::POD_REQUEST_REJECTED,
+            m,
+            "choose another interface name in the bridgenet.io/networks annotation",
+        ),
+        other => CniError::new(
+            code::NETLINK_FAILURE,
+            other.to_string(),
+            "the kernel refused to set up the pod's interface; see the bridgenet agent's logs on this node",
+        ),
+    }
+}
+
+impl<D: Directory> Engine<D> {
+    /// An engine over the journal in `state_dir`. `host_netns` is the namespace holding the
+    /// bridges (`None`: the agent's own — only tests run the node elsewhere).
+    pub fn new(dir: D, state_dir: &Path, host_netns: Option<PathBuf>) -> Result<Self, IpamError> {
+        Ok(Self {
+            dir,
+            ipam: Mutex::new(Ipam::open(state_dir)?),
+            host_netns,
+        })
+    }
+
+    /// The directory.
+    pub fn directory(&self) -> &D {
+        &self.dir
+    }
+
+    /// A copy of every live allocation.
+    pub async fn allocations(&self) -> Vec<Allocation> {
+        self.ipam.lock().await.all().cloned().collect()
+    }
+
+    /// Handles one CNI call.
+    pub async fn handle(&self, req: Request) -> Response {
+        let version = req
+            .config
+            .get("cniVersion")
+            .and_then(Value::as_str)
+            .unwrap_or(crate::cni::types::CNI_VERSION)
+            .to_owned();
+        let result = match serde_json::to_vec(&req.config)
+            .map_err(|e| CniError::new(code::DECODE_FAILURE, e.to_string(), ""))
+            .and_then(|b| NetConf::parse(&b))
+        {
+            Ok(conf) => match req.command {
+                Command::Add => self.add(&conf, &req).await,
+                Command::Del => self.del(&conf, &req).await.map(|()| Value::Null),
+                Command::Check => self.check(&conf, &req).await.map(|()| Value::Null),
+                Command::Gc => self.gc(&conf).await.map(|()| Value::Null),
+                Command::Status => self.status().map(|()| Value::Null),
+                Command::Version => Ok(version_result(Some(&conf.cni_version))),
+            },
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(v) => Response::Ok(v),
+            Err(e) => {
+                tracing::warn!(command = %req.command, container = %req.container_id, code = e.code, msg = %e.msg, "CNI call failed");
+                Response::Error(e.with_version(&version))
+            }
+        }
+    }
+
+    fn status(&self) -> Result<(), CniError> {
+        if self.dir.ready() {
+            Ok(())
+        } else {
+            Err(CniError::new(
+                code::NOT_AVAILABLE,
+                "bridgenet agent has not synced with the API server yet",
+                "wait for the agent on this node to become ready (`kubectl -n bridgenet-system get pods -o wide`)",
+            ))
+        }
+    }
+
+    /// Which networks this CNI call is about: the delegate's one, or the pod's annotation.
+    async fn requested(
+        &self,
+        conf: &NetConf,
+        req: &Request,
+        pod: Option<&PodRef>,
+    ) -> Result<(Vec<NetworkRequest>, PodInfo), CniError> {
+        let info = match pod {
+            Some(p) => match self.dir.pod(p).await {
+                Ok(Some(info)) => info,
+                Ok(None) if conf.network.is_some() => PodInfo::default(),
+                Ok(None) => {
+                    return Err(CniError::new(
+                        code::TRY_AGAIN_LATER,
+                        format!("pod {p} is not known to the API server yet"),
+                        "the kubelet retries the sandbox; if it persists, check the agent's connection to the API server",
+                    ));
+                }
+                Err(e) => {
+                    return Err(CniError::new(
+                        code::TRY_AGAIN_LATER,
+                        format!("reading pod {p} from the API server: {e}"),
+                        "the kubelet retries the sandbox; check the agent's connection to the API server",
+                    ));
+                }
+            },
+            None => PodInfo::default(),
+        };
+        if let Some(network) = &conf.network {
+            let runtime = conf.extra.get("runtimeConfig");
+            let mac = runtime
+                .and_then(|r| r.get("mac"))
+                .and_then(Value::as_str)
+                .map(|m| {
+                    parse_mac(m).ok_or_else(|| {
+                        reject(
+                            pod,
+                            format!("runtimeConfig mac {m:?} is not a unicast MAC"),
+                            "",
+                        )
+                    })
+                })
+                .transpose()?;
+            let ip = runtime
+                .and_then(|r| r.get("ips"))
+                .and_then(Value::as_array)
+                .and_then(|ips| ips.first())
+                .and_then(Value::as_str)
+                .map(|s| {
+                    s.split('/')
+                        .next()
+                        .unwrap_or_default()
+                        .parse::<IpAddr>()
+                        .map_err(|_| {
+                            reject(pod, format!("runtimeConfig ip {s:?} is not an address"), "")
+                        })
+                })
+                .transpose()?;
+            return Ok((
+                vec![NetworkRequest {
+                    name: network.clone(),
+                    interface: req.ifname.clone(),
+                    ip,
+                    mac,
+                    default_route: false,
+                }],
+                info,
+            ));
+        }
+        let Some(value) = info.annotations.get(bridgenet_crds::ANNOTATION_NETWORKS) else {
+            return Ok((Vec::new(), info));
+        };
+        match annotation::parse(value) {
+            Ok(list) => Ok((list, info)),
+            Err(e) => {
+                let msg = format!("annotation {}: {e}", bridgenet_crds::ANNOTATION_NETWORKS);
+                if let Some(p) = pod {
+                    self.dir.notify(Notice::Rejected {
+                        pod: p.clone(),
+                        reason: "InvalidNetworkAnnotation",
+                        message: msg.clone(),
+                    });
+                }
+                Err(reject(
+                    pod,
+                    msg,
+                    "fix the annotation: a network name, a comma list, or a JSON list of {name, interface, ip, mac}",
+                ))
+            }
+        }
+    }
+
+    /// Checks a request against this node's NodeBridges and the namespace selector.
+    fn admit(
+        &self,
+        request: &NetworkRequest,
+        pod: Option<&PodRef>,
+        info: &PodInfo,
+    ) -> Result<NodeBridgeSpec, (&'static str, String, &'static str)> {
+        let Some(spec) = self.dir.node_bridge(&request.name) else {
+            return Err((
+                "UnknownNetwork",
+                format!("network {:?} does not exist on this node", request.name),
+                "create the BridgeNetwork (kubectl get bridgenetworks), or check that its nodeSelector selects this node",
+            ));
+        };
+        if let (Some(selector), Some(p)) = (&spec.namespace_selector, pod) {
+            let admitted = Selector::try_from(selector.clone())
+                .map(|s| s.matches(&info.namespace_labels))
+                .unwrap_or(false);
+            if !admitted {
+                return Err((
+                    "NamespaceNotAdmitted",
+                    format!(
+                        "network {:?} does not admit pods of namespace {:?} (namespaceSelector)",
+                        request.name, p.namespace
+                    ),
+                    "label the namespace to match the BridgeNetwork's namespaceSelector, or use another network",
+                ));
+            }
+        }
+        Ok(spec)
+    }
+
+    async fn add(&self, conf: &NetConf, req: &Request) -> Result<Value, CniError> {
+        if req.container_id.is_empty() || req.netns.is_empty() {
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                "CNI_CONTAINERID and CNI_NETNS are required for ADD",
+                "this is a container runtime bug or a hand-made call",
+            ));
+        }
+        let args = parse_cni_args(&req.args);
+        let pod = match (args.get("K8S_POD_NAMESPACE"), args.get("K8S_POD_NAME")) {
+            (Some(ns), Some(name)) => Some(PodRef {
+                namespace: ns.clone(),
+                name: name.clone(),
+            }),
+            _ if conf.network.is_some() => None,
+            _ => {
+                return Err(CniError::new(
+                    code::INVALID_ENV,
+                    "CNI_ARGS lacks K8S_POD_NAMESPACE/K8S_POD_NAME",
+                    "bridgenet reads the pod's bridgenet.io/networks annotation; without a pod, configure \"network\" in the CNI config",
+                ));
+            }
+        };
+        let (requests, info) = self.requested(conf, req, pod.as_ref()).await?;
+        let target = Target {
+            container_id: req.container_id.clone(),
+            netns: PathBuf::from(&req.netns),
+            pod: pod.clone(),
+            cni_name: conf.name.clone(),
+        };
+        let attached = self.attach(&target, &requests, &info).await?;
+        let mut result = CniResult {
+            cni_version: conf.cni_version.clone(),
+            ..CniResult::default()
+        };
+        for a in &attached {
+            let index = result.interfaces.len();
+            result.interfaces.push(Interface {
+                name: a.interface.clone(),
+                mac: a.mac.clone(),
+                mtu: Some(a.mtu),
+                sandbox: req.netns.clone(),
+            });
+            for (ip, prefix) in &a.addresses {
+                result.ips.push(IpConfig {
+                    version: None,
+                    address: format!("{ip}/{prefix}"),
+                    gateway: a
+                        .gateways
+                        .iter()
+                        .find(|g| g.is_ipv6() == ip.is_ipv6())
+                        .map(ToString::to_string),
+                    interface: Some(index),
+                });
+            }
+            for gw in &a.default_routes {
+                result.routes.push(RouteConfig {
+                    dst: if gw.is_ipv6() { "::/0" } else { "0.0.0.0/0" }.into(),
+                    gw: Some(gw.to_string()),
+                });
+            }
+        }
+        failpoint(failpoint::ADD_AFTER_ATTACH);
+        Ok(result.append_to(conf.prev_result.as_ref(), &conf.cni_version))
+    }
+
+    /// Attaches `requests` to the sandbox, all or nothing. Used by ADD and by hot-plug.
+    pub async fn attach(
+        &self,
+        target: &Target,
+        requests: &[NetworkRequest],
+        info: &PodInfo,
+    ) -> Result<Vec<Attached>, CniError> {
+        let pod = target.pod.as_ref();
+        let mut planned = Vec::new();
+        for request in requests {
+            match self.admit(request, pod, info) {
+                Ok(spec) => planned.push((request, spec)),
+                Err((reason, msg, details)) => {
+                    if let Some(p) = pod {
+                        self.dir.notify(Notice::Rejected {
+                            pod: p.clone(),
+                            reason,
+                            message: msg.clone(),
+                        });
+                    }
+                    return Err(reject(pod, msg, details));
+                }
+            }
+        }
+        if planned.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Reserve everything first (one journal write each), then build interfaces.
+        let mut reserved: Vec<(Vec<Allocation>, &NetworkRequest, NodeBridgeSpec)> = Vec::new();
+        {
+            let mut ipam = self.ipam.lock().await;
+            for (request, spec) in planned {
+                let host_veth = attach::host_veth_name(&target.container_id, &request.interface);
+                let alloc = Pool::from_spec(&spec).and_then(|pool| {
+                    ipam.allocate(
+                        &pool,
+                        &AllocRequest {
+                            container_id: target.container_id.clone(),
+                            ifname: request.interface.clone(),
+                            pod: pod.map(ToString::to_string).unwrap_or_default(),
+                            cni_name: target.cni_name.clone(),
+                            host_veth,
+                            mac: format_mac(&request.mac.unwrap_or_else(attach::random_mac)),
+                            ip: request.ip,
+                        },
+                    )
+                });
+                match alloc {
+                    Ok(a) => reserved.push((a, request, spec)),
+                    Err(e) => {
+                        let undo: Vec<Allocation> =
+                            reserved.into_iter().flat_map(|r| r.0).collect();
+                        if let Err(e2) = ipam.release(&undo) {
+                            tracing::error!(error = %e2, "releasing addresses of a failed ADD");
+                        }
+                        if e.is_request_error()
+                            && let Some(p) = pod
+                        {
+                            self.dir.notify(Notice::Rejected {
+                                pod: p.clone(),
+                                reason: "AddressUnavailable",
+                                message: e.to_string(),
+                            });
+                        }
+                        return Err(ipam_error(e));
+                    }
+                }
+            }
+        }
+        failpoint(failpoint::ADD_AFTER_RESERVE);
+        let mut done = Vec::new();
+        let mut failure = None;
+        for (allocs, request, spec) in &reserved {
+            let Some(first) = allocs.first() else {
+                continue;
+            };
+            let mac = parse_mac(&first.mac).unwrap_or_else(attach::random_mac);
+            let mut gateways = vec![];
+            if let Ok(g) = spec.gateway.parse::<IpAddr>() {
+                gateways.push(g);
+            }
+            if let Some(g) = spec
+                .ipv6
+                .as_ref()
+                .and_then(|v6| v6.gateway.parse::<IpAddr>().ok())
+            {
+                gateways.push(g);
+            }
+            let default_routes = if request.default_route {
+                gateways.clone()
+            } else {
+                vec![]
+            };
+            let addresses: Vec<(IpAddr, u8)> = allocs.iter().map(|a| (a.ip, a.prefix)).collect();
+            let spec_a = AttachSpec {
+                host_netns: self.host_netns.clone(),
+                pod_netns: target.netns.clone(),
+                host_veth: first.host_veth.clone(),
+                pod_ifname: request.interface.clone(),
+                bridge: spec.bridge.clone(),
+                mtu: spec.mtu,
+                mac,
+                addresses: addresses.clone(),
+                default_routes: default_routes.clone(),
+            };
+            match attach::attach(spec_a).await {
+                Ok(()) => done.push(Attached {
+                    network: request.name.clone(),
+                    interface: request.interface.clone(),
+                    mac: format_mac(&mac),
+                    mtu: spec.mtu,
+                    addresses,
+                    gateways,
+                    default_routes,
+                }),
+                Err(e) => {
+                    failure = Some(attach_error(e));
+                    break;
+                }
+            }
+        }
+        if let Some(err) = failure {
+            // All or nothing: undo this call's interfaces and addresses.
+            let all: Vec<Allocation> = reserved.into_iter().flat_map(|r| r.0).collect();
+            if let Err(e) = self.remove(&all).await {
+                tracing::error!(error = %e.msg, "rolling back a failed ADD");
+            }
+            return Err(err);
+        }
+        if let Some(p) = pod {
+            self.dir.notify(Notice::Changed { pod: p.clone() });
+        }
+        tracing::info!(container = %target.container_id, pod = ?pod.map(ToString::to_string), attached = done.len(), "attached");
+        Ok(done)
+    }
+
+    /// Deletes the interfaces of `allocs`, then frees their addresses. An address whose
+    /// interface could not be deleted stays allocated (the next DEL/GC tries again).
+    pub async fn remove(&self, allocs: &[Allocation]) -> Result<(), CniError> {
+        failpoint(failpoint::DEL_BEFORE_DETACH);
+        let veths: BTreeSet<&str> = allocs.iter().map(|a| a.host_veth.as_str()).collect();
+        let mut failed = BTreeSet::new();
+        let mut first_error = None;
+        for veth in veths {
+            if let Err(e) = attach::detach(self.host_netns.as_deref(), veth).await {
+                tracing::error!(veth, error = %e, "deleting a pod veth");
+                failed.insert(veth.to_owned());
+                first_error.get_or_insert(e);
+            }
+        }
+        failpoint(failpoint::DEL_AFTER_DETACH);
+        let free: Vec<Allocation> = allocs
+            .iter()
+            .filter(|a| !failed.contains(&a.host_veth))
+            .cloned()
+            .collect();
+        self.ipam.lock().await.release(&free).map_err(ipam_error)?;
+        match first_error {
+            Some(e) => Err(attach_error(e)),
+            None => Ok(()),
+        }
+    }
+
+    fn selected(&self, conf: &NetConf, req: &Request, allocs: Vec<Allocation>) -> Vec<Allocation> {
+        match &conf.network {
+            // Delegate mode: only the network and interface this call is about.
+            Some(net) => allocs
+                .into_iter()
+                .filter(|a| &a.network == net && (req.ifname.is_empty() || a.ifname == req.ifname))
+                .collect(),
+            None => allocs,
+        }
+    }
+
+    async fn del(&self, conf: &NetConf, req: &Request) -> Result<(), CniError> {
+        let allocs = self.ipam.lock().await.of_container(&req.container_id);
+        let allocs = self.selected(conf, req, allocs);
+        if allocs.is_empty() {
+            return Ok(());
+        }
+        self.remove(&allocs).await?;
+        let pods: BTreeSet<String> = allocs.iter().map(|a| a.pod.clone()).collect();
+        for pod in pods {
+            if let Some((ns, name)) = pod.split_once('/') {
+                self.dir.notify(Notice::Changed {
+                    pod: PodRef {
+                        namespace: ns.to_owned(),
+                        name: name.to_owned(),
+                    },
+                });
+            }
+        }
+        tracing::info!(container = %req.container_id, detached = allocs.len(), "detached");
+        Ok(())
+    }
+
+    async fn check(&self, conf: &NetConf, req: &Request) -> Result<(), CniError> {
+        let allocs = self.ipam.lock().await.of_container(&req.container_id);
+        let allocs = self.selected(conf, req, allocs);
+        let mut by_if: BTreeMap<(String, String), Vec<&Allocation>> = BTreeMap::new();
+        for a in &allocs {
+            by_if
+                .entry((a.network.clone(), a.ifname.clone()))
+                .or_default()
+                .push(a);
+        }
+        if by_if.is_empty() && conf.network.is_some() {
+            return Err(CniError::new(
+                code::CHECK_FAILED,
+                format!(
+                    "no attachment of {} for this sandbox",
+                    conf.network.as_deref().unwrap_or_default()
+                ),
+                "the pod lost its interface; delete the pod to recreate it",
+            ));
+        }
+        for ((network, ifname), list) in by_if {
+            let bridge = self
+                .dir
+                .node_bridge(&network)
+                .map(|s| s.bridge)
+                .ok_or_else(|| {
+                    CniError::new(
+                        code::CHECK_FAILED,
+                        format!("network {network} no longer exists on this node"),
+                        "",
+                    )
+                })?;
+            attach::check(
+                self.host_netns.as_deref(),
+                Path::new(&req.netns),
+                attach::Expected {
+                    host_veth: list[0].host_veth.clone(),
+                    bridge,
+                    pod_ifname: ifname,
+                    addresses: list.iter().map(|a| a.ip).collect(),
+                },
+            )
+            .await
+            .map_err(|e| {
+                CniError::new(
+                    code::CHECK_FAILED,
+                    e.to_string(),
+                    "delete the pod to recreate its interfaces",
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn gc(&self, conf: &NetConf) -> Result<(), CniError> {
+        let valid: HashSet<String> = conf.valid_attachments()?.into_iter().collect();
+        let stale: Vec<Allocation> = self
+            .ipam
+            .lock()
+            .await
+            .all()
+            .filter(|a| a.cni_name == conf.name && !valid.contains(&a.container_id))
+            .cloned()
+            .collect();
+        if !stale.is_empty() {
+            tracing::info!(
+                count = stale.len(),
+                "CNI GC frees attachments of sandboxes the runtime no longer knows"
+            );
+            self.remove(&stale).await?;
+        }
+        self.sweep_stray_veths().await.map_err(attach_error)
+    }
+
+    /// Frees every allocation whose sandbox is not in `live` (the runtime's sandboxes, from
+    /// CRI). Returns how many were freed.
+    pub async fn reconcile(&self, live: &HashSet<String>) -> Result<usize, CniError> {
+        let stale: Vec<Allocation> = self
+            .ipam
+            .lock()
+            .await
+            .all()
+            .filter(|a| !live.contains(&a.container_id))
+            .cloned()
+            .collect();
+        if !stale.is_empty() {
+            tracing::info!(
+                count = stale.len(),
+                "reconcile frees attachments of sandboxes that are gone"
+            );
+            self.remove(&stale).await?;
+        }
+        self.sweep_stray_veths().await.map_err(attach_error)?;
+        Ok(stale.len())
+    }
+
+    /// Detaches one interface of a running sandbox (hot-unplug).
+    pub async fn detach_interface(
+        &self,
+        container_id: &str,
+        network: &str,
+    ) -> Result<(), CniError> {
+        let allocs: Vec<Allocation> = self
+            .ipam
+            .lock()
+            .await
+            .of_container(container_id)
+            .into_iter()
+            .filter(|a| a.network == network)
+            .collect();
+        self.remove(&allocs).await
+    }
+
+    /// Deletes host veths that carry our prefix but no allocation: only possible if the journal
+    /// was lost, but then they would hold a bridge port forever.
+    async fn sweep_stray_veths(&self) -> Result<(), AttachError> {
+        let known: HashSet<String> = self
+            .ipam
+            .lock()
+            .await
+            .all()
+            .map(|a| a.host_veth.clone())
+            .collect();
+        let names =
+            attach::list_links_with_prefix(self.host_netns.as_deref(), attach::HOST_VETH_PREFIX)
+                .await?;
+        for name in names.into_iter().filter(|n| !known.contains(n)) {
+            // Re-check under the lock: an ADD may have just journaled it.
+            if self.ipam.lock().await.all().any(|a| a.host_veth == name) {
+                continue;
+            }
+            tracing::warn!(veth = %name, "deleting a stray pod veth with no allocation");
+            attach::detach(self.host_netns.as_deref(), &name).await?;
+        }
+        Ok(())
+    }
+}

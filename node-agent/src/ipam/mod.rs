@@ -1,0 +1,609 @@
+//! Node IPAM: pod addresses from the node's blocks of each network (`NodeBridge.spec.blocks`),
+//! journaled under `--state-dir` before they are used.
+//!
+//! Invariants: an address is in at most one live allocation (the in-memory map is keyed by
+//! address and rebuilt from the journal on start); an allocation is durable before any
+//! interface carries it; it is freed only after its interface is gone (callers delete first,
+//! then [`Ipam::release`]). An allocation is keyed to its sandbox (container ID) and interface,
+//! so a retried ADD gets the same address and DEL/GC find everything a sandbox holds.
+
+pub mod journal;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use bridgenet_crds::NodeBridgeSpec;
+use bridgenet_crds::net::{AddressPlan, Family};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use journal::{Journal, Record};
+
+/// Errors of the node IPAM.
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    /// A file operation on the journal failed.
+    #[error("IPAM journal: {op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// Which file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The journal is damaged before its last record.
+    #[error(
+        "IPAM journal {path} is damaged at byte {offset}; refusing to guess which addresses are in use"
+    )]
+    Corrupt {
+        /// Which file.
+        path: PathBuf,
+        /// Where the damage starts.
+        offset: usize,
+    },
+    /// A record could not be encoded.
+    #[error("IPAM journal: encoding a record: {0}")]
+    Encode(serde_json::Error),
+    /// The NodeBridge has an address field that does not parse.
+    #[error("network {network}: {field} {value:?} is not valid: {reason}")]
+    BadSpec {
+        /// Network.
+        network: String,
+        /// Which field.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// Parser message.
+        reason: String,
+    },
+    /// Every address of the node's blocks is in use.
+    #[error("network {network}: no free {family} address left in this node's blocks {blocks}")]
+    Exhausted {
+        /// Network.
+        network: String,
+        /// `IPv4`/`IPv6`.
+        family: &'static str,
+        /// The blocks searched.
+        blocks: String,
+    },
+    /// A requested address is held by another pod.
+    #[error("network {network}: address {ip} is already in use by {holder}")]
+    Taken {
+        /// Network.
+        network: String,
+        /// The address.
+        ip: IpAddr,
+        /// Who holds it (`namespace/pod` or container ID).
+        holder: String,
+    },
+    /// A requested address is outside what this node may hand out.
+    #[error(
+        "network {network}: address {ip} is not available on this node (blocks {blocks}, excluding gateway and reserved addresses)"
+    )]
+    OutOfRange {
+        /// Network.
+        network: String,
+        /// The address.
+        ip: IpAddr,
+        /// The node's blocks.
+        blocks: String,
+    },
+}
+
+impl IpamError {
+    fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            op,
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// Whether the pod's request is at fault (rather than the node).
+    pub fn is_request_error(&self) -> bool {
+        matches!(self, Self::Taken { .. } | Self::OutOfRange { .. })
+    }
+}
+
+/// One address in use.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Allocation {
+    /// BridgeNetwork name.
+    pub network: String,
+    /// The address.
+    pub ip: IpAddr,
+    /// Prefix length of the network's subnet (what the interface gets).
+    pub prefix: u8,
+    /// Sandbox (pod infra container) ID.
+    pub container_id: String,
+    /// Interface name in the pod.
+    pub ifname: String,
+    /// `namespace/name` of the pod, when known.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod: String,
+    /// Name of the CNI network configuration that asked (empty for hot-plug), for GC.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cni_name: String,
+    /// Host end of the pod's veth, deleted before the address is freed.
+    pub host_veth: String,
+    /// MAC of the pod's interface.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mac: String,
+    /// Unix seconds of allocation.
+    pub since: u64,
+}
+
+/// What one network lets this node hand out, derived from its NodeBridge: the shared address
+/// plans (`bridgenet_crds::net`) restricted to the node's blocks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    /// Network name.
+    pub network: String,
+    /// IPv4 addresses of the network.
+    pub v4: AddressPlan,
+    /// IPv6 addresses, for dual stack.
+    pub v6: Option<AddressPlan>,
+    /// The node's blocks (both families).
+    pub blocks: Vec<IpNet>,
+}
+
+fn parse_net(network: &str, field: &'static str, value: &str) -> Result<IpNet, IpamError> {
+    value
+        .parse::<IpNet>()
+        .map(|n| n.trunc())
+        .map_err(|e| IpamError::BadSpec {
+            network: network.to_owned(),
+            field,
+            value: value.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+fn parse_ip(network: &str, field: &'static str, value: &str) -> Result<IpAddr, IpamError> {
+    value.parse::<IpAddr>().map_err(|e| IpamError::BadSpec {
+        network: network.to_owned(),
+        field,
+        value: value.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+impl Pool {
+    /// The pool of a NodeBridge.
+    pub fn from_spec(spec: &NodeBridgeSpec) -> Result<Self, IpamError> {
+        let network = spec.network.as_str();
+        let excludes = spec
+            .exclude_addresses
+            .iter()
+            .map(|ex| parse_ip(network, "excludeAddresses", ex))
+            .collect::<Result<BTreeSet<_>, _>>()?;
+        let plan = |subnet: IpNet, gateway: IpAddr| AddressPlan {
+            subnet,
+            gateway,
+            // The node only ever allocates inside its blocks, which the operator carved from
+            // the range; the subnet is the right bound for the reserved-address rules.
+            range: subnet,
+            exclude: excludes
+                .iter()
+                .copied()
+                .filter(|ip| subnet.contains(ip))
+                .collect(),
+            block_prefix: subnet.prefix_len(),
+        };
+        let v4 = plan(
+            parse_net(network, "subnet", &spec.subnet)?,
+            parse_ip(network, "gateway", &spec.gateway)?,
+        );
+        let v6 = match &spec.ipv6 {
+            Some(v6) => Some(plan(
+                parse_net(network, "ipv6.subnet", &v6.subnet)?,
+                parse_ip(network, "ipv6.gateway", &v6.gateway)?,
+            )),
+            None => None,
+        };
+        let blocks = spec
+            .blocks
+            .iter()
+            .map(|b| parse_net(network, "blocks", b))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            network: network.to_owned(),
+            v4,
+            v6,
+            blocks,
+        })
+    }
+
+    /// The plans, IPv4 first.
+    pub fn plans(&self) -> impl Iterator<Item = &AddressPlan> {
+        std::iter::once(&self.v4).chain(self.v6.as_ref())
+    }
+
+    /// The plan an address belongs to.
+    pub fn plan_of(&self, ip: IpAddr) -> Option<&AddressPlan> {
+        self.plans().find(|p| p.subnet.contains(&ip))
+    }
+
+    /// Whether the node may hand `ip` to a pod.
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        self.plan_of(ip).is_some_and(|p| p.is_assignable(ip))
+            && self.blocks.iter().any(|b| b.contains(&ip))
+    }
+
+    /// Assignable addresses in the node's blocks (IPv4), for status counts.
+    pub fn capacity_v4(&self) -> u64 {
+        self.blocks
+            .iter()
+            .filter(|b| Family::of_net(b) == Family::V4)
+            .map(|b| self.v4.assignable_in_block(b))
+            .sum()
+    }
+
+    fn blocks_text(&self) -> String {
+        self.blocks
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn min_ip(family: Family) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        Family::V6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+fn max_ip(family: Family) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(Ipv4Addr::BROADCAST),
+        Family::V6 => IpAddr::V6(Ipv6Addr::from(u128::MAX)),
+    }
+}
+
+/// What one attachment asks of IPAM.
+#[derive(Clone, Debug)]
+pub struct AllocRequest {
+    /// Sandbox ID.
+    pub container_id: String,
+    /// Interface in the pod.
+    pub ifname: String,
+    /// `namespace/name`.
+    pub pod: String,
+    /// CNI configuration name (empty for hot-plug).
+    pub cni_name: String,
+    /// Host veth name.
+    pub host_veth: String,
+    /// Pod MAC.
+    pub mac: String,
+    /// A specific address asked for.
+    pub ip: Option<IpAddr>,
+}
+
+/// The node's allocations.
+#[derive(Debug)]
+pub struct Ipam {
+    journal: Journal,
+    /// (network, address) → allocation.
+    allocs: BTreeMap<(String, IpAddr), Allocation>,
+    /// The address handed out last per (network, family): the next search starts after it, so
+    /// a freed address is not reused at once (like host-local) and a stale ARP entry or a late
+    /// packet meets no one.
+    last: HashMap<(String, Family), IpAddr>,
+}
+
+impl Ipam {
+    /// Opens the journal under `state_dir/ipam` and rebuilds the allocations.
+    pub fn open(state_dir: &Path) -> Result<Self, IpamError> {
+        let (journal, records) = Journal::open(&state_dir.join("ipam"))?;
+        let mut allocs = BTreeMap::new();
+        for record in records {
+            match record {
+                Record::Alloc(a) => {
+                    allocs.insert((a.network.clone(), a.ip), a);
+                }
+                Record::Free { network, ip } => {
+                    allocs.remove(&(network, ip));
+                }
+            }
+        }
+        let mut ipam = Self {
+            journal,
+            allocs,
+            last: HashMap::new(),
+        };
+        if ipam.journal.wants_compaction(ipam.allocs.len()) {
+            ipam.journal.compact(ipam.allocs.values())?;
+        }
+        Ok(ipam)
+    }
+
+    /// Every live allocation.
+    pub fn all(&self) -> impl Iterator<Item = &Allocation> {
+        self.allocs.values()
+    }
+
+    /// The allocations of one sandbox.
+    pub fn of_container(&self, container_id: &str) -> Vec<Allocation> {
+        self.allocs
+            .values()
+            .filter(|a| a.container_id == container_id)
+            .cloned()
+            .collect()
+    }
+
+    /// Live allocations in `network`.
+    pub fn count(&self, network: &str) -> usize {
+        self.allocs.keys().filter(|(n, _)| n == network).count()
+    }
+
+    /// Reserves the addresses of one attachment (IPv4, and IPv6 for dual stack) and makes them
+    /// durable before returning. A retry for the same sandbox and interface returns what it
+    /// already holds.
+    pub fn allocate(
+        &mut self,
+        pool: &Pool,
+        req: &AllocRequest,
+    ) -> Result<Vec<Allocation>, IpamError> {
+        let held: Vec<Allocation> = self
+            .allocs
+            .values()
+            .filter(|a| {
+                a.network == pool.network
+                    && a.container_id == req.container_id
+                    && a.ifname == req.ifname
+            })
+            .cloned()
+            .collect();
+        if !held.is_empty() {
+            return Ok(held);
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut out = Vec::new();
+        for plan in pool.plans() {
+            let subnet = plan.subnet;
+            let ip = match req.ip.filter(|ip| Family::of(*ip) == plan.family()) {
+                Some(ip) => self.check_requested(pool, ip)?,
+                None => self.find_free(pool, plan)?,
+            };
+            out.push(Allocation {
+                network: pool.network.clone(),
+                ip,
+                prefix: subnet.prefix_len(),
+                container_id: req.container_id.clone(),
+                ifname: req.ifname.clone(),
+                pod: req.pod.clone(),
+                cni_name: req.cni_name.clone(),
+                host_veth: req.host_veth.clone(),
+                mac: req.mac.clone(),
+                since: now,
+            });
+        }
+        if let Some(ip) = req.ip
+            && !out.iter().any(|a| a.ip == ip)
+        {
+            return Err(IpamError::OutOfRange {
+                network: pool.network.clone(),
+                ip,
+                blocks: pool.blocks_text(),
+            });
+        }
+        let records: Vec<Record> = out.iter().cloned().map(Record::Alloc).collect();
+        // Durable first, visible second: if the write fails nothing was handed out.
+        self.journal.append(&records)?;
+        for a in &out {
+            self.last
+                .insert((a.network.clone(), Family::of(a.ip)), a.ip);
+            self.allocs.insert((a.network.clone(), a.ip), a.clone());
+        }
+        Ok(out)
+    }
+
+    fn check_requested(&self, pool: &Pool, ip: IpAddr) -> Result<IpAddr, IpamError> {
+        if !pool.admits(ip) {
+            return Err(IpamError::OutOfRange {
+                network: pool.network.clone(),
+                ip,
+                blocks: pool.blocks_text(),
+            });
+        }
+        if let Some(holder) = self.allocs.get(&(pool.network.clone(), ip)) {
+            return Err(IpamError::Taken {
+                network: pool.network.clone(),
+                ip,
+                holder: if holder.pod.is_empty() {
+                    holder.container_id.clone()
+                } else {
+                    holder.pod.clone()
+                },
+            });
+        }
+        Ok(ip)
+    }
+
+    fn find_free(&self, pool: &Pool, plan: &AddressPlan) -> Result<IpAddr, IpamError> {
+        let family = plan.family();
+        let used: BTreeSet<IpAddr> = self
+            .allocs
+            .range((pool.network.clone(), min_ip(family))..=(pool.network.clone(), max_ip(family)))
+            .map(|((_, ip), _)| *ip)
+            .collect();
+        let last = self.last.get(&(pool.network.clone(), family)).copied();
+        let mut blocks: Vec<&IpNet> = pool
+            .blocks
+            .iter()
+            .filter(|b| Family::of_net(b) == family)
+            .collect();
+        // Round-robin across blocks too: start with the block of the last handed-out address.
+        if let Some(pos) = last.and_then(|ip| blocks.iter().position(|b| b.contains(&ip))) {
+            blocks.rotate_left(pos);
+        }
+        blocks
+            .into_iter()
+            .find_map(|b| plan.next_free(b, &used, last))
+            .ok_or_else(|| IpamError::Exhausted {
+                network: pool.network.clone(),
+                family: if family == Family::V6 { "IPv6" } else { "IPv4" },
+                blocks: pool.blocks_text(),
+            })
+    }
+
+    /// Frees allocations (their interfaces must already be gone). Unknown ones are ignored,
+    /// so a repeated DEL succeeds.
+    pub fn release(&mut self, allocs: &[Allocation]) -> Result<(), IpamError> {
+        let records: Vec<Record> = allocs
+            .iter()
+            .filter(|a| {
+                self.allocs
+                    .get(&(a.network.clone(), a.ip))
+                    .is_some_and(|held| {
+                        held.container_id == a.container_id && held.ifname == a.ifname
+                    })
+            })
+            .map(|a| Record::Free {
+                network: a.network.clone(),
+                ip: a.ip,
+            })
+            .collect();
+        self.journal.append(&records)?;
+        for r in &records {
+            if let Record::Free { network, ip } = r {
+                self.allocs.remove(&(network.clone(), *ip));
+            }
+        }
+        if self.journal.wants_compaction(self.allocs.len()) {
+            self.journal.compact(self.allocs.values())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn pool() -> Pool {
+        let spec: NodeBridgeSpec = serde_json::from_value(serde_json::json!({
+            "network": "n", "node": "node-a", "bridge": "br-n", "subnet": "172.20.0.0/24",
+            "gateway": "172.20.0.1", "gatewayMac": "02:00:00:00:00:01",
+            "blocks": ["172.20.0.0/29"], "mtu": 1450, "vni": 1,
+        }))
+        .unwrap();
+        Pool::from_spec(&spec).unwrap()
+    }
+
+    fn req(cid: &str) -> AllocRequest {
+        AllocRequest {
+            container_id: cid.into(),
+            ifname: "net1".into(),
+            pod: format!("default/{cid}"),
+            cni_name: "k8s".into(),
+            host_veth: format!("v{cid}"),
+            mac: String::new(),
+            ip: None,
+        }
+    }
+
+    #[test]
+    fn hands_out_each_address_once_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ipam = Ipam::open(dir.path()).unwrap();
+        let mut seen = Vec::new();
+        // /29 inside a /24: .0 is the subnet's network address, .1 the gateway → .2..=.7.
+        for i in 0..6 {
+            let a = ipam.allocate(&pool(), &req(&format!("c{i}"))).unwrap();
+            seen.push(a[0].ip);
+        }
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 6);
+        assert!(!seen.contains(&"172.20.0.1".parse().unwrap()));
+        assert!(matches!(
+            ipam.allocate(&pool(), &req("c9")),
+            Err(IpamError::Exhausted { .. })
+        ));
+        // Idempotent retry.
+        assert_eq!(ipam.allocate(&pool(), &req("c3")).unwrap()[0].ip, seen[3]);
+        let c2 = ipam.of_container("c2");
+        ipam.release(&c2).unwrap();
+        ipam.release(&c2).unwrap();
+        drop(ipam);
+        let mut ipam = Ipam::open(dir.path()).unwrap();
+        assert_eq!(ipam.all().count(), 5);
+        let again = ipam.allocate(&pool(), &req("c10")).unwrap();
+        assert_eq!(again[0].ip, seen[2], "the only free address");
+    }
+
+    #[test]
+    fn requested_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ipam = Ipam::open(dir.path()).unwrap();
+        let mut r = req("a");
+        r.ip = Some("172.20.0.5".parse().unwrap());
+        assert_eq!(ipam.allocate(&pool(), &r).unwrap()[0].ip, r.ip.unwrap());
+        let mut r2 = req("b");
+        r2.ip = r.ip;
+        assert!(matches!(
+            ipam.allocate(&pool(), &r2),
+            Err(IpamError::Taken { .. })
+        ));
+        r2.ip = Some("172.20.0.1".parse().unwrap());
+        assert!(matches!(
+            ipam.allocate(&pool(), &r2),
+            Err(IpamError::OutOfRange { .. })
+        ));
+        r2.ip = Some("172.20.0.9".parse().unwrap());
+        assert!(matches!(
+            ipam.allocate(&pool(), &r2),
+            Err(IpamError::OutOfRange { .. })
+        ));
+    }
+
+    #[test]
+    fn torn_tail_is_dropped_and_damage_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ipam = Ipam::open(dir.path()).unwrap();
+        ipam.allocate(&pool(), &req("a")).unwrap();
+        drop(ipam);
+        let path = dir.path().join("ipam").join(journal::FILE_NAME);
+        let mut text = std::fs::read(&path).unwrap();
+        text.extend_from_slice(br#"{"op":"alloc","netw"#);
+        std::fs::write(&path, &text).unwrap();
+        let ipam = Ipam::open(dir.path()).unwrap();
+        assert_eq!(ipam.all().count(), 1);
+        drop(ipam);
+        let mut text = b"garbage\n".to_vec();
+        text.extend(std::fs::read(&path).unwrap());
+        std::fs::write(&path, &text).unwrap();
+        assert!(matches!(
+            Ipam::open(dir.path()),
+            Err(IpamError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn compaction_keeps_live_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ipam = Ipam::open(dir.path()).unwrap();
+        ipam.allocate(&pool(), &req("keep")).unwrap();
+        for i in 0..700 {
+            let a = ipam.allocate(&pool(), &req(&format!("t{i}"))).unwrap();
+            ipam.release(&a).unwrap();
+        }
+        drop(ipam);
+        let path = dir.path().join("ipam").join(journal::FILE_NAME);
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert!(lines < 1100, "compacted: {lines}");
+        let ipam = Ipam::open(dir.path()).unwrap();
+        assert_eq!(ipam.of_container("keep").len(), 1);
+        assert_eq!(ipam.all().count(), 1);
+    }
+}

@@ -1,0 +1,231 @@
+//! Per-node address blocks, Calico style: a network's range is carved into equal blocks and
+//! each node hands out pod addresses from its own blocks only, so nodes never coordinate per pod.
+//!
+//! The assignment is not kept in memory: every reconcile rebuilds it from what the API holds
+//! (`BridgeNetwork.status.blocks`, then the blocks in existing NodeBridge specs), so a restart or
+//! a re-list gives every node the blocks it had. New blocks go out in address order to nodes in
+//! name order, which makes the result a pure function of its inputs.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use bridgenet_crds::net::{AddressPlan, Family};
+use ipnet::IpNet;
+
+/// Blocks of one address family, by node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Assignment {
+    /// Each node's blocks in address order. Holds members and retained nodes only.
+    pub by_node: BTreeMap<String, Vec<IpNet>>,
+    /// Members that wanted a block (or one more) and got none: the range is exhausted.
+    pub unmet: Vec<String>,
+    /// Blocks two records gave to different nodes; the first record (status) won.
+    pub conflicts: Vec<(IpNet, String, String)>,
+}
+
+impl Assignment {
+    /// Number of blocks assigned.
+    pub fn len(&self) -> usize {
+        self.by_node.values().map(Vec::len).sum()
+    }
+
+    /// Whether no block is assigned.
+    pub fn is_empty(&self) -> bool {
+        self.by_node.values().all(Vec::is_empty)
+    }
+
+    /// Blocks of `node` (empty when it has none).
+    pub fn of(&self, node: &str) -> &[IpNet] {
+        self.by_node.get(node).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+/// Assigns blocks of `plan` (one family).
+///
+/// - `claims`: existing (block, node) records, most authoritative first (status, then
+///   NodeBridge specs); a block already claimed keeps its first owner, and records that are
+///   not a block of this plan (other family, size or range) are ignored.
+/// - `members`: the nodes the network is on, sorted; each keeps its claimed blocks.
+/// - `retained`: nodes the network left whose blocks may still hold pod addresses; they keep
+///   their blocks but get no new ones. Every other claim is released.
+/// - `target(node, held)`: how many blocks a member should hold; more are allocated when it
+///   is higher than `held`, none are taken away when lower.
+pub fn assign(
+    plan: &AddressPlan,
+    claims: impl IntoIterator<Item = (IpNet, String)>,
+    members: &[String],
+    retained: &BTreeSet<String>,
+    target: impl Fn(&str, usize) -> usize,
+) -> Assignment {
+    let family = plan.family();
+    let is_block = |b: &IpNet| {
+        Family::of_net(b) == family && b.prefix_len() == plan.block_prefix && plan.range.contains(b)
+    };
+    let member_set: BTreeSet<&str> = members.iter().map(String::as_str).collect();
+
+    let mut owner: HashMap<IpNet, String> = HashMap::new();
+    let mut out = Assignment::default();
+    for (block, node) in claims {
+        if !is_block(&block) {
+            continue;
+        }
+        match owner.get(&block) {
+            Some(first) if *first != node => out.conflicts.push((block, first.clone(), node)),
+            Some(_) => {}
+            None => {
+                owner.insert(block, node);
+            }
+        }
+    }
+    // Claims of nodes that are neither members nor retained are released here; only the kept
+    // ones block allocation below.
+    owner.retain(|_, node| member_set.contains(node.as_str()) || retained.contains(node));
+    for (block, node) in &owner {
+        out.by_node.entry(node.clone()).or_default().push(*block);
+    }
+
+    let mut free = plan
+        .blocks()
+        .filter(|b| !owner.contains_key(b) && plan.assignable_in_block(b) > 0);
+    for node in members {
+        let held = out.by_node.get(node).map_or(0, Vec::len);
+        let want = target(node, held);
+        let mut got = 0;
+        while held + got < want {
+            match free.next() {
+                Some(block) => {
+                    out.by_node.entry(node.clone()).or_default().push(block);
+                    got += 1;
+                }
+                None => {
+                    out.unmet.push(node.clone());
+                    break;
+                }
+            }
+        }
+    }
+    for blocks in out.by_node.values_mut() {
+        blocks.sort_by_key(|b| (b.network(), b.prefix_len()));
+    }
+    out
+}
+
+/// Whether a node should get one more block: its agent reports few free addresses, and the
+/// report describes the node's current blocks (not a spec older than the last block added).
+pub fn nearly_full(plan: &AddressPlan, free_addresses: i64) -> bool {
+    let block_size = 1u64 << u32::from(plan.range.max_prefix_len() - plan.block_prefix).min(63);
+    let low_water = (block_size / 8).max(1);
+    free_addresses >= 0 && u64::try_from(free_addresses).unwrap_or(0) <= low_water
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use bridgenet_crds::net::{BlockDefaults, resolve_with};
+    use bridgenet_crds::v1alpha1::BridgeNetworkSpec;
+
+    fn plan(subnet: &str, block: u8) -> AddressPlan {
+        let spec: BridgeNetworkSpec =
+            serde_json::from_value(serde_json::json!({"subnet": subnet, "blockSize": block}))
+                .unwrap();
+        resolve_with("n", &spec, BlockDefaults::default())
+            .unwrap()
+            .v4
+    }
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn one(_: &str, held: usize) -> usize {
+        held.max(1)
+    }
+
+    #[test]
+    fn new_nodes_get_first_free_blocks_in_name_order() {
+        let p = plan("10.1.0.0/24", 26);
+        let a = assign(&p, [], &names(&["b", "a"]), &BTreeSet::new(), one);
+        // members are passed sorted by callers; here "b" comes first and gets the first block
+        assert_eq!(a.of("b"), &["10.1.0.0/26".parse::<IpNet>().unwrap()]);
+        assert_eq!(a.of("a"), &["10.1.0.64/26".parse::<IpNet>().unwrap()]);
+        assert!(a.unmet.is_empty());
+    }
+
+    #[test]
+    fn claims_are_kept_and_released_claims_are_reused() {
+        let p = plan("10.1.0.0/24", 26);
+        let claims = vec![
+            ("10.1.0.128/26".parse().unwrap(), "a".to_owned()),
+            ("10.1.0.0/26".parse().unwrap(), "gone".to_owned()),
+        ];
+        let a = assign(&p, claims, &names(&["a", "b"]), &BTreeSet::new(), one);
+        assert_eq!(a.of("a"), &["10.1.0.128/26".parse::<IpNet>().unwrap()]);
+        assert_eq!(a.of("b"), &["10.1.0.0/26".parse::<IpNet>().unwrap()]);
+        assert!(a.of("gone").is_empty());
+    }
+
+    #[test]
+    fn retained_nodes_keep_blocks_and_first_claim_wins() {
+        let p = plan("10.1.0.0/25", 26);
+        let claims = vec![
+            ("10.1.0.0/26".parse().unwrap(), "old".to_owned()),
+            ("10.1.0.0/26".parse().unwrap(), "a".to_owned()),
+        ];
+        let retained = BTreeSet::from(["old".to_owned()]);
+        let a = assign(&p, claims, &names(&["a", "b"]), &retained, one);
+        assert_eq!(a.of("old").len(), 1);
+        assert_eq!(a.of("a"), &["10.1.0.64/26".parse::<IpNet>().unwrap()]);
+        assert_eq!(a.unmet, vec!["b".to_owned()]);
+        assert_eq!(a.conflicts.len(), 1);
+    }
+
+    #[test]
+    fn blocks_of_other_sizes_or_ranges_are_ignored() {
+        let p = plan("10.1.0.0/24", 26);
+        let claims = vec![
+            ("10.1.0.0/25".parse().unwrap(), "a".to_owned()),
+            ("10.2.0.0/26".parse().unwrap(), "a".to_owned()),
+        ];
+        let a = assign(&p, claims, &names(&["a"]), &BTreeSet::new(), one);
+        assert_eq!(a.of("a"), &["10.1.0.0/26".parse::<IpNet>().unwrap()]);
+    }
+
+    #[test]
+    fn growth_adds_one_block_and_never_shares() {
+        let p = plan("10.1.0.0/24", 26);
+        let claims = vec![("10.1.0.0/26".parse().unwrap(), "a".to_owned())];
+        let a = assign(
+            &p,
+            claims,
+            &names(&["a", "b"]),
+            &BTreeSet::new(),
+            |n, held| {
+                if n == "a" { held + 1 } else { held.max(1) }
+            },
+        );
+        assert_eq!(a.of("a").len(), 2);
+        let all: BTreeSet<IpNet> = a.by_node.values().flatten().copied().collect();
+        assert_eq!(all.len(), a.len(), "no block twice");
+    }
+
+    #[test]
+    fn blocks_without_assignable_addresses_are_skipped() {
+        // /32 blocks: the network address and the gateway (.1) hold nothing assignable.
+        let p = plan("10.1.0.0/30", 32);
+        let a = assign(&p, [], &names(&["a", "b"]), &BTreeSet::new(), one);
+        assert_eq!(a.of("a"), &["10.1.0.2/32".parse::<IpNet>().unwrap()]);
+        assert_eq!(
+            a.unmet,
+            vec!["b".to_owned()],
+            "broadcast is not assignable either"
+        );
+    }
+
+    #[test]
+    fn low_water_mark_is_an_eighth_of_a_block() {
+        let p = plan("10.1.0.0/24", 26);
+        assert!(nearly_full(&p, 8));
+        assert!(!nearly_full(&p, 9));
+        assert!(nearly_full(&p, 0));
+    }
+}

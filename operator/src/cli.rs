@@ -1,0 +1,110 @@
+//! Command line and environment: every flag also reads an environment variable, so the Helm
+//! chart can set either.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use ipnet::IpNet;
+
+/// bridgenet operator: turns BridgeNetworks into per-node NodeBridges and reports their status.
+///
+/// Uses the in-cluster service account, or `KUBECONFIG` / `~/.kube/config` outside a cluster.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "bridgenet-operator", version, about)]
+pub struct Cli {
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, env = "BRIDGENET_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "bridgenet-system")]
+    pub lease_namespace: String,
+
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "BRIDGENET_LEASE_NAME",
+        default_value = "bridgenet-operator"
+    )]
+    pub lease_name: String,
+
+    /// This replica's identity in the Lease (default: the hostname).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Seconds a Lease stays valid without renewal; another replica takes over after that.
+    #[arg(long, env = "BRIDGENET_LEASE_DURATION_SECONDS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub lease_duration_seconds: u64,
+
+    /// Run without leader election (a single replica, or tests). Two replicas started this way
+    /// would both write.
+    #[arg(long, env = "BRIDGENET_DISABLE_LEADER_ELECTION")]
+    pub disable_leader_election: bool,
+
+    /// MTU of networks whose spec has none (1450 leaves room for VXLAN on a 1500-byte underlay).
+    #[arg(long, env = "BRIDGENET_DEFAULT_MTU", default_value_t = 1450,
+          value_parser = clap::value_parser!(u32).range(576..=65535))]
+    pub default_mtu: u32,
+
+    /// Prefix length of per-node IPv4 blocks for networks whose spec has no blockSize.
+    #[arg(long, env = "BRIDGENET_BLOCK_SIZE", default_value_t = 26,
+          value_parser = clap::value_parser!(u8).range(8..=32))]
+    pub block_size: u8,
+
+    /// Comma-separated pod and service CIDRs of the cluster; networks overlapping them are
+    /// refused (SubnetOverlap).
+    #[arg(long, env = "BRIDGENET_CLUSTER_CIDRS", value_delimiter = ',')]
+    pub cluster_cidrs: Vec<IpNet>,
+
+    /// Log JSON lines instead of human-readable text.
+    #[arg(long, env = "BRIDGENET_LOG_JSON")]
+    pub log_json: bool,
+}
+
+impl Cli {
+    /// The Lease holder identity: `--identity`, else the hostname, else a fixed fallback.
+    pub fn identity(&self) -> String {
+        self.identity.clone().unwrap_or_else(|| {
+            hostname::get()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "bridgenet-operator".to_owned())
+        })
+    }
+
+    /// Lease validity.
+    pub fn lease_duration(&self) -> Duration {
+        Duration::from_secs(self.lease_duration_seconds)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_conventions() {
+        let cli = Cli::try_parse_from(["bridgenet-operator"]).unwrap();
+        assert_eq!(cli.metrics_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(cli.lease_name, "bridgenet-operator");
+        assert_eq!(cli.default_mtu, 1450);
+        assert_eq!(cli.block_size, 26);
+        assert!(cli.cluster_cidrs.is_empty());
+    }
+
+    #[test]
+    fn cluster_cidrs_are_a_comma_list_and_bad_ones_fail() {
+        let cli = Cli::try_parse_from([
+            "bridgenet-operator",
+            "--cluster-cidrs",
+            "10.244.0.0/16,10.96.0.0/12",
+        ])
+        .unwrap();
+        assert_eq!(cli.cluster_cidrs.len(), 2);
+        assert!(Cli::try_parse_from(["x", "--cluster-cidrs", "nope"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--block-size", "40"]).is_err());
+    }
+}

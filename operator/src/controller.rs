@@ -1,0 +1,576 @@
+//! The BridgeNetwork controller: gathers what the planner needs from watch caches, runs it,
+//! and executes the plan: status first (it records block assignments, guarded by the
+//! resourceVersion the plan was made from), then NodeBridge writes and deletions, then Events.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bridgenet_crds::v1alpha1::{
+    BridgeNetwork, BridgeNetworkStatus, NodeBridge, node_bridge_labels,
+};
+use bridgenet_crds::{FINALIZER_AGENT, FINALIZER_OPERATOR, LABEL_NETWORK, LABEL_NODE};
+use futures::{StreamExt, future};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::error::{Error, Result, is_conflict, is_not_found};
+use crate::metrics::{Health, Metrics, NetworkLabel};
+use crate::plan::{self, Member, PlanInput, Settings};
+use crate::status::PlannedEvent;
+
+/// Field manager of every write, so server-side apply sees one owner.
+pub const MANAGER: &str = "bridgenet-operator";
+/// How often an accepted network is reconciled without any change, as a safety net.
+pub const RESYNC: Duration = Duration::from_secs(300);
+
+/// What every reconcile shares.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Planner settings.
+    pub settings: Settings,
+    /// All BridgeNetworks (the controller's own cache).
+    pub networks: Store<BridgeNetwork>,
+    /// All Nodes.
+    pub nodes: Store<Node>,
+    /// All NodeBridges the operator manages.
+    pub node_bridges: Store<NodeBridge>,
+    /// Event publisher.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Consecutive failures by network, for backoff.
+    pub failures: Mutex<HashMap<String, u32>>,
+    /// How long a reconcile waits for the caches' first full list.
+    pub sync_timeout: Duration,
+}
+
+impl Context {
+    /// A context over the given caches.
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        stores: (Store<BridgeNetwork>, Store<Node>, Store<NodeBridge>),
+        metrics: Arc<Metrics>,
+        identity: &str,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.to_owned(),
+                instance: Some(identity.to_owned()),
+            },
+        );
+        Self {
+            client,
+            settings,
+            networks: stores.0,
+            nodes: stores.1,
+            node_bridges: stores.2,
+            recorder,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+            sync_timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn consecutive_failures(&self, name: &str) -> u32 {
+        self.failures
+            .lock()
+            .map(|m| m.get(name).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    fn record_outcome(&self, name: &str, failed: bool) {
+        if let Ok(mut m) = self.failures.lock() {
+            if failed {
+                *m.entry(name.to_owned()).or_default() += 1;
+            } else {
+                m.remove(name);
+            }
+        }
+    }
+}
+
+/// Reconciles one BridgeNetwork (the controller's entry point).
+pub async fn reconcile(net: Arc<BridgeNetwork>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let name = net.name_any();
+    let result = reconcile_inner(net, &ctx).await;
+    ctx.metrics.observe(
+        started.elapsed(),
+        result.as_ref().err().map(Error::metric_label),
+    );
+    ctx.record_outcome(&name, result.is_err());
+    result
+}
+
+/// Invalid or refused specs wait for a change; transient failures back off exponentially.
+pub fn error_policy(net: Arc<BridgeNetwork>, err: &Error, ctx: Arc<Context>) -> Action {
+    let name = net.name_any();
+    let after = err.retry_after(ctx.consecutive_failures(&name).saturating_sub(1));
+    match err.inner() {
+        Error::Rejected { .. }
+        | Error::DeletionBlocked { .. }
+        | Error::WaitingForTeardown { .. } => {
+            tracing::info!(network = %name, reason = err.metric_label(), "{err}")
+        }
+        _ => {
+            tracing::warn!(network = %name, reason = err.metric_label(), error = %err, "reconcile failed")
+        }
+    }
+    match after {
+        Some(d) => Action::requeue(d),
+        None => Action::await_change(),
+    }
+}
+
+async fn wait_synced(ctx: &Context) -> Result<()> {
+    let timeout = ctx.sync_timeout;
+    let synced = |ready: bool, what| {
+        if ready {
+            Ok(())
+        } else {
+            Err(Error::CachesNotSynced { what })
+        }
+    };
+    let r = tokio::time::timeout(timeout, ctx.networks.wait_until_ready()).await;
+    synced(matches!(r, Ok(Ok(()))), "BridgeNetworks")?;
+    let r = tokio::time::timeout(timeout, ctx.nodes.wait_until_ready()).await;
+    synced(matches!(r, Ok(Ok(()))), "Nodes")?;
+    let r = tokio::time::timeout(timeout, ctx.node_bridges.wait_until_ready()).await;
+    synced(matches!(r, Ok(Ok(()))), "NodeBridges")
+}
+
+async fn reconcile_inner(net: Arc<BridgeNetwork>, ctx: &Arc<Context>) -> Result<Action> {
+    // Planning on a partial list would delete the NodeBridges of nodes not listed yet.
+    wait_synced(ctx).await?;
+    let name = net.name_any();
+    let api: Api<BridgeNetwork> = Api::all(ctx.client.clone());
+    finalizer(&api, FINALIZER_OPERATOR, net, |event| async {
+        match event {
+            Finalizer::Apply(net) => apply(net, ctx).await,
+            Finalizer::Cleanup(net) => cleanup(net, ctx).await,
+        }
+    })
+    .await
+    .map_err(|source| Error::Finalizer {
+        network: name,
+        source: Box::new(source),
+    })
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+async fn apply(net: Arc<BridgeNetwork>, ctx: &Context) -> Result<Action> {
+    let name = net.name_any();
+    // The object handed to us may be newer than the cache's copy; plan with it.
+    let mut networks: Vec<Arc<BridgeNetwork>> = ctx
+        .networks
+        .state()
+        .into_iter()
+        .filter(|n| n.name_any() != name)
+        .collect();
+    networks.push(net.clone());
+    let verdicts = plan::admit_all(&networks, &ctx.settings);
+    let verdict = verdicts.get(&name).ok_or(Error::MissingField {
+        kind: "BridgeNetwork",
+        field: "metadata.name",
+    })?;
+    let nodes = ctx.nodes.state();
+    let existing = ctx.node_bridges.state();
+    let now = now();
+    let plan = plan::plan_network(&PlanInput {
+        network: &net,
+        verdict,
+        nodes: &nodes,
+        existing: &existing,
+        settings: &ctx.settings,
+        now: &now,
+    });
+    ctx.metrics
+        .networks
+        .set(i64::try_from(networks.len()).unwrap_or(i64::MAX));
+    ctx.metrics
+        .nodes
+        .set(i64::try_from(nodes.len()).unwrap_or(i64::MAX));
+    ctx.metrics
+        .blocks_used
+        .get_or_create(&NetworkLabel {
+            network: name.clone(),
+        })
+        .set(i64::try_from(plan.blocks_used).unwrap_or(i64::MAX));
+
+    if net.status.as_ref() != Some(&plan.status) {
+        patch_status(ctx, &net, &plan.status).await?;
+    }
+    if let Some(children) = &plan.children {
+        for (i, member) in children.members.iter().enumerate() {
+            if children.needs_write(i) {
+                write_node_bridge(ctx, &net, member, || children.spec_for(i)).await?;
+            }
+        }
+        for nb in &children.deletes {
+            delete_node_bridge(ctx, nb).await?;
+        }
+        for nb in &children.release_agent_finalizer {
+            release_agent_finalizer(ctx, nb).await?;
+        }
+    }
+    publish(ctx, &net, &plan.events).await;
+
+    match plan.rejection {
+        Some((reason, message)) => Err(Error::Rejected {
+            network: name,
+            reason: reason.as_str(),
+            message,
+        }),
+        None => Ok(Action::requeue(RESYNC)),
+    }
+}
+
+async fn cleanup(net: Arc<BridgeNetwork>, ctx: &Context) -> Result<Action> {
+    let name = net.name_any();
+    let nodes = ctx.nodes.state();
+    let existing = ctx.node_bridges.state();
+    let plan = plan::plan_cleanup(&net, &nodes, &existing, &now());
+    if let Some(status) = &plan.status {
+        patch_status(ctx, &net, status).await?;
+    }
+    publish(ctx, &net, &plan.events).await;
+    if !plan.blocked_by.is_empty() {
+        return Err(Error::DeletionBlocked {
+            network: name,
+            message: crate::status::name_list(&plan.blocked_by, 5),
+        });
+    }
+    for nb in &plan.deletes {
+        delete_node_bridge(ctx, nb).await?;
+    }
+    for nb in &plan.release_agent_finalizer {
+        release_agent_finalizer(ctx, nb).await?;
+    }
+    if plan.remaining > 0 {
+        return Err(Error::WaitingForTeardown {
+            network: name,
+            remaining: plan.remaining,
+        });
+    }
+    ctx.metrics.blocks_used.remove(&NetworkLabel {
+        network: name.clone(),
+    });
+    tracing::info!(network = %name, "network torn down on every node; releasing finalizer");
+    Ok(Action::await_change())
+}
+
+/// Writes the status with server-side apply. The resourceVersion the plan was made from is a
+/// precondition: block assignments are decided from that version, and a stale view must not
+/// overwrite a newer assignment (the API answers 409 and we re-plan).
+async fn patch_status(
+    ctx: &Context,
+    net: &BridgeNetwork,
+    status: &BridgeNetworkStatus,
+) -> Result<()> {
+    let name = net.name_any();
+    let mut metadata = json!({ "name": name });
+    if let Some(rv) = &net.metadata.resource_version {
+        metadata["resourceVersion"] = json!(rv);
+    }
+    let body = json!({
+        "apiVersion": BridgeNetwork::api_version(&()),
+        "kind": BridgeNetwork::kind(&()),
+        "metadata": metadata,
+        "status": status,
+    });
+    let api: Api<BridgeNetwork> = Api::all(ctx.client.clone());
+    api.patch_status(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|e| Error::kube("patch status of", "BridgeNetwork", &name, e))?;
+    Ok(())
+}
+
+/// Creates or server-side-applies one NodeBridge. A missing object is created with POST (the
+/// test emulator cannot create through apply); an object of that name carrying another
+/// network's or node's labels is never overwritten.
+async fn write_node_bridge(
+    ctx: &Context,
+    net: &BridgeNetwork,
+    member: &Member,
+    spec: impl FnOnce() -> bridgenet_crds::NodeBridgeSpec,
+) -> Result<()> {
+    let network = net.name_any();
+    if member.existing.is_none()
+        && let Some(other) = ctx.node_bridges.get(&ObjectRef::new(&member.name))
+    {
+        let labels = other.labels();
+        if labels.get(LABEL_NETWORK) != Some(&network)
+            || labels.get(LABEL_NODE) != Some(&member.node)
+        {
+            tracing::warn!(network = %network, node = %member.node, nodebridge = %member.name,
+                "a NodeBridge of that name belongs to something else; not overwriting it");
+            return Ok(());
+        }
+    }
+    let mut nb = NodeBridge::new(&member.name, spec());
+    nb.metadata.labels = Some(node_bridge_labels(&network, &member.node));
+    match net.controller_owner_ref(&()) {
+        Some(owner) => nb.metadata.owner_references = Some(vec![owner]),
+        // Only servers that keep no uid (the test emulator) get here; a real API server always
+        // sets one.
+        None => {
+            tracing::warn!(network = %network, "network has no uid; NodeBridge written without owner reference")
+        }
+    }
+    let api: Api<NodeBridge> = Api::all(ctx.client.clone());
+    if member.existing.is_none() {
+        let pp = PostParams {
+            field_manager: Some(MANAGER.to_owned()),
+            ..Default::default()
+        };
+        match api.create(&pp, &nb).await {
+            Ok(_) => {
+                tracing::info!(network = %network, node = %member.node, nodebridge = %member.name, "created NodeBridge");
+                return Ok(());
+            }
+            // Created since our cache was filled: apply over it below.
+            Err(e) if is_conflict(&e) => {}
+            Err(e) => return Err(Error::kube("create", "NodeBridge", &member.name, e)),
+        }
+    }
+    api.patch(
+        &member.name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&nb),
+    )
+    .await
+    .map_err(|e| Error::kube("apply", "NodeBridge", &member.name, e))?;
+    tracing::info!(network = %network, node = %member.node, nodebridge = %member.name, "updated NodeBridge");
+    Ok(())
+}
+
+async fn delete_node_bridge(ctx: &Context, name: &str) -> Result<()> {
+    let api: Api<NodeBridge> = Api::all(ctx.client.clone());
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => {
+            tracing::info!(nodebridge = %name, "deleting NodeBridge");
+            Ok(())
+        }
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(Error::kube("delete", "NodeBridge", name, e)),
+    }
+}
+
+/// Drops the agent's finalizer from a terminating NodeBridge whose node no longer exists.
+async fn release_agent_finalizer(ctx: &Context, nb: &NodeBridge) -> Result<()> {
+    let name = nb.name_any();
+    let remaining: Vec<&String> = nb
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER_AGENT)
+        .collect();
+    let patch = json!({
+        "metadata": {
+            "finalizers": remaining,
+            "resourceVersion": nb.metadata.resource_version,
+        }
+    });
+    let api: Api<NodeBridge> = Api::all(ctx.client.clone());
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Err(e) if !is_not_found(&e) => Err(Error::kube(
+            "remove agent finalizer from",
+            "NodeBridge",
+            &name,
+            e,
+        )),
+        _ => {
+            tracing::info!(nodebridge = %name, node = %nb.spec.node,
+                "node no longer exists; removed the agent finalizer in its place");
+            Ok(())
+        }
+    }
+}
+
+async fn publish(ctx: &Context, net: &BridgeNetwork, events: &[PlannedEvent]) {
+    let reference = net.object_ref(&());
+    for ev in events {
+        let event = Event {
+            type_: if ev.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: ev.reason.clone(),
+            note: Some(ev.note.chars().take(1000).collect()),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        // An Event that cannot be written must not fail the reconcile: the condition
+        // already says the same thing.
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(network = %net.name_any(), reason = %ev.reason, error = %e, "publishing event");
+        }
+    }
+}
+
+/// Networks whose verdict may change when `changed` changes: those sharing address space or
+/// the bridge name with it. A deleted or edited older network frees its subnet for them.
+fn related_networks(
+    store: &Store<BridgeNetwork>,
+    changed: &BridgeNetwork,
+    settings: &Settings,
+) -> Vec<ObjectRef<BridgeNetwork>> {
+    let name = changed.name_any();
+    let Ok(mine) = bridgenet_crds::net::resolve_with(&name, &changed.spec, settings.block_defaults)
+    else {
+        return Vec::new();
+    };
+    store
+        .state()
+        .iter()
+        .filter(|other| other.name_any() != name)
+        .filter(|other| {
+            match bridgenet_crds::net::resolve_with(
+                &other.name_any(),
+                &other.spec,
+                settings.block_defaults,
+            ) {
+                Ok(r) => {
+                    r.bridge == mine.bridge
+                        || r.plans().any(|p| {
+                            mine.plans().any(|q| {
+                                p.subnet.contains(&q.subnet.network())
+                                    || q.subnet.contains(&p.subnet.network())
+                            })
+                        })
+                }
+                Err(_) => false,
+            }
+        })
+        .map(|other| ObjectRef::from_obj(&**other))
+        .collect()
+}
+
+/// What of a Node matters to networks: its name, labels (selectors), underlay address and
+/// whether it is going away. Status heartbeats change none of these and trigger nothing.
+fn node_fingerprint(node: &Node) -> u64 {
+    let mut h = DefaultHasher::new();
+    node.metadata.name.hash(&mut h);
+    node.metadata.labels.hash(&mut h);
+    plan::node_address(node).hash(&mut h);
+    node.metadata.deletion_timestamp.is_some().hash(&mut h);
+    h.finish()
+}
+
+/// Runs the controller until `shutdown` resolves (then finishes in-flight reconciles).
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    identity: &str,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let networks: Api<BridgeNetwork> = Api::all(client.clone());
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    let nb_api: Api<NodeBridge> = Api::all(client.clone());
+
+    let (node_store, node_writer) = reflector::store();
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let node_stream = watcher(nodes_api, watcher::Config::default())
+        .default_backoff()
+        .reflect(node_writer)
+        .filter(move |ev| {
+            let pass = match ev {
+                Ok(watcher::Event::Apply(n)) | Ok(watcher::Event::InitApply(n)) => {
+                    let fp = node_fingerprint(n);
+                    seen.insert(n.name_any(), fp) != Some(fp)
+                }
+                Ok(watcher::Event::Delete(n)) => {
+                    seen.remove(&n.name_any());
+                    true
+                }
+                _ => true,
+            };
+            future::ready(pass)
+        })
+        .touched_objects();
+
+    let (nb_store, nb_writer) = reflector::store();
+    let nb_stream = watcher(
+        nb_api,
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=bridgenet-operator"),
+    )
+    .default_backoff()
+    .reflect(nb_writer)
+    .touched_objects();
+
+    let controller = Controller::new(networks.clone(), watcher::Config::default())
+        .with_config(controller::Config::default().debounce(Duration::from_millis(500)));
+    let net_store = controller.store();
+    let ctx = Arc::new(Context::new(
+        client,
+        settings.clone(),
+        (net_store.clone(), node_store.clone(), nb_store.clone()),
+        metrics,
+        identity,
+    ));
+
+    let ready = {
+        let (a, b, c) = (net_store.clone(), node_store, nb_store);
+        async move {
+            let _ = a.wait_until_ready().await;
+            let _ = b.wait_until_ready().await;
+            let _ = c.wait_until_ready().await;
+            tracing::info!("caches synced");
+            health.set_ready(true);
+        }
+    };
+    tokio::spawn(ready);
+
+    let all_networks = net_store.clone();
+    let related_store = net_store.clone();
+    controller
+        .owns_stream(nb_stream)
+        .watches_stream(node_stream, move |_node| {
+            all_networks
+                .state()
+                .iter()
+                .map(|n| ObjectRef::from_obj(&**n))
+                .collect::<Vec<_>>()
+        })
+        .watches(networks, watcher::Config::default(), move |changed| {
+            related_networks(&related_store, &changed, &settings)
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| {
+            match res {
+                Ok((obj, _)) => tracing::debug!(network = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+            future::ready(())
+        })
+        .await;
+}
