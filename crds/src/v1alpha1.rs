@@ -45,6 +45,31 @@ macro_rules! ipv4_int {
     };
 }
 
+/// CEL: the string `$e` is a valid CIDR of IP family `$f`. Rules that relate two fields start with
+/// this guard so that a malformed field yields its own field-level message rather than an
+/// evaluation error of the cross-field rule (`cidr()` of a bad string errors, it does not return
+/// false).
+macro_rules! cidr_ok {
+    ($e:literal, $f:literal) => {
+        concat!(
+            "(isCIDR(",
+            $e,
+            ") && cidr(",
+            $e,
+            ").ip().family() == ",
+            $f,
+            ")"
+        )
+    };
+}
+
+/// CEL: the string `$e` is a valid IP address of family `$f` (see [`cidr_ok`]).
+macro_rules! ip_ok {
+    ($e:literal, $f:literal) => {
+        concat!("(isIP(", $e, ") && ip(", $e, ").family() == ", $f, ")")
+    };
+}
+
 /// A Docker-style bridge network: one subnet and gateway, attached pods on every selected node,
 /// isolated from every other BridgeNetwork.
 ///
@@ -71,20 +96,28 @@ macro_rules! ipv4_int {
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("!has(self.gateway) || cidr(self.subnet).containsIP(self.gateway)")
+    validation = Rule::new(concat!("!has(self.gateway) || !", cidr_ok!("self.subnet", 4), " || !", ip_ok!("self.gateway", 4),
+        " || cidr(self.subnet).containsIP(self.gateway)"))
         .message("gateway must be an address inside subnet: pick one from the subnet (Docker's convention is the first host, e.g. 172.20.0.1 for 172.20.0.0/16), or omit gateway to get that default"),
-    validation = Rule::new("!has(self.gateway) || ip(self.gateway) != cidr(self.subnet).ip()")
+    validation = Rule::new(concat!("!has(self.gateway) || !", cidr_ok!("self.subnet", 4), " || !", ip_ok!("self.gateway", 4),
+        " || ip(self.gateway) != cidr(self.subnet).masked().ip()"))
         .message("gateway must not be the subnet's network address: use a host address such as the first one (x.x.x.1), or omit gateway"),
     validation = Rule::new(concat!(
-        "!has(self.gateway) || !cidr(self.subnet).containsIP(self.gateway) || cidr(self.subnet).prefixLength() >= 31 || ",
+        "!has(self.gateway) || !", cidr_ok!("self.subnet", 4), " || !", ip_ok!("self.gateway", 4),
+        " || !cidr(self.subnet).containsIP(self.gateway) || cidr(self.subnet).prefixLength() >= 31 || ",
         ipv4_int!("self.gateway"), " % ", pow2_list!(), "[32 - cidr(self.subnet).prefixLength()] != ",
         pow2_list!(), "[32 - cidr(self.subnet).prefixLength()] - 1"))
         .message("gateway must not be the subnet's broadcast address: use a host address such as the first one (x.x.x.1), or omit gateway"),
-    validation = Rule::new("!has(self.ipRange) || cidr(self.subnet).containsCIDR(self.ipRange)")
+    validation = Rule::new(concat!("!has(self.ipRange) || !", cidr_ok!("self.subnet", 4), " || !", cidr_ok!("self.ipRange", 4),
+        " || cidr(self.subnet).containsCIDR(self.ipRange)"))
         .message("ipRange must lie inside subnet: use a CIDR within the subnet (like docker --ip-range), or omit it to use the whole subnet"),
-    validation = Rule::new("!has(self.blockSize) || self.blockSize >= cidr(has(self.ipRange) ? self.ipRange : self.subnet).prefixLength()")
+    validation = Rule::new(concat!("!has(self.blockSize) || (has(self.ipRange)",
+        " ? !", cidr_ok!("self.ipRange", 4), " || self.blockSize >= cidr(self.ipRange).prefixLength()",
+        " : !", cidr_ok!("self.subnet", 4), " || self.blockSize >= cidr(self.subnet).prefixLength())"))
         .message("blockSize must be a prefix length at least as long as the subnet's (or ipRange's): per-node blocks are carved out of it"),
-    validation = Rule::new("!has(self.excludeAddresses) || self.excludeAddresses.all(a, cidr(self.subnet).containsIP(a) || (has(self.ipv6) && cidr(self.ipv6.subnet).containsIP(a)))")
+    validation = Rule::new(concat!("!has(self.excludeAddresses) || !", cidr_ok!("self.subnet", 4),
+        " || self.excludeAddresses.all(a, !isIP(a) || cidr(self.subnet).containsIP(a)",
+        " || (has(self.ipv6) && (!", cidr_ok!("self.ipv6.subnet", 6), " || cidr(self.ipv6.subnet).containsIP(a))))"))
         .message("every excludeAddresses entry must be an address inside subnet (or ipv6.subnet): remove the ones outside it"),
     validation = Rule::new("!has(self.ipv6) || !has(self.mtu) || self.mtu >= 1280")
         .message("mtu must be at least 1280 when ipv6 is enabled (IPv6's minimum link MTU): raise mtu or remove ipv6"),
@@ -108,7 +141,7 @@ pub struct BridgeNetworkSpec {
             .message("subnet must be an IPv4 CIDR such as 172.20.0.0/16 (IPv6 goes in ipv6.subnet)"),
         validation = Rule::new("!isCIDR(self) || cidr(self).masked() == cidr(self)")
             .message("subnet must be written with its network address, e.g. 172.20.0.0/16 rather than 172.20.3.4/16"),
-        validation = Rule::new("!isCIDR(self) || cidr(self).prefixLength() <= 30")
+        validation = Rule::new("!isCIDR(self) || cidr(self).ip().family() != 4 || cidr(self).prefixLength() <= 30")
             .message("subnet must hold at least two host addresses: use a prefix length of /30 or shorter"),
         validation = Rule::new("self == oldSelf")
             .message("subnet is immutable, like a Docker network's: create a new BridgeNetwork for another subnet"),
@@ -194,16 +227,25 @@ pub struct BridgeNetworkSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("!has(self.gateway) || cidr(self.subnet).containsIP(self.gateway)")
+    validation = Rule::new(concat!("!has(self.gateway) || !", cidr_ok!("self.subnet", 6), " || !", ip_ok!("self.gateway", 6),
+        " || cidr(self.subnet).containsIP(self.gateway)"))
         .message("ipv6.gateway must be an address inside ipv6.subnet, or omitted to get the subnet's first host address"),
-    validation = Rule::new("!has(self.gateway) || ip(self.gateway) != cidr(self.subnet).ip()")
+    validation = Rule::new(concat!("!has(self.gateway) || !", cidr_ok!("self.subnet", 6), " || !", ip_ok!("self.gateway", 6),
+        " || ip(self.gateway) != cidr(self.subnet).masked().ip()"))
         .message("ipv6.gateway must not be the subnet-router anycast (network) address: use a host address such as ::1 of the subnet"),
-    validation = Rule::new("!has(self.ipRange) || cidr(self.subnet).containsCIDR(self.ipRange)")
+    validation = Rule::new(concat!("!has(self.ipRange) || !", cidr_ok!("self.subnet", 6), " || !", cidr_ok!("self.ipRange", 6),
+        " || cidr(self.subnet).containsCIDR(self.ipRange)"))
         .message("ipv6.ipRange must lie inside ipv6.subnet, or be omitted"),
-    validation = Rule::new("!has(self.blockSize) || self.blockSize >= cidr(has(self.ipRange) ? self.ipRange : self.subnet).prefixLength()")
+    validation = Rule::new(concat!("!has(self.blockSize) || (has(self.ipRange)",
+        " ? !", cidr_ok!("self.ipRange", 6), " || self.blockSize >= cidr(self.ipRange).prefixLength()",
+        " : !", cidr_ok!("self.subnet", 6), " || self.blockSize >= cidr(self.subnet).prefixLength())"))
         .message("ipv6.blockSize must be at least the prefix length of ipv6.subnet (or ipv6.ipRange)"),
-    validation = Rule::new("self.subnet == oldSelf.subnet && has(self.gateway) == has(oldSelf.gateway) && (!has(self.gateway) || self.gateway == oldSelf.gateway)")
-        .message("ipv6.subnet and ipv6.gateway are immutable: create a new BridgeNetwork to change them"),
+    validation = Rule::new("has(self.gateway) == has(oldSelf.gateway) && (!has(self.gateway) || self.gateway == oldSelf.gateway)")
+        .message("ipv6.gateway is immutable: create a new BridgeNetwork to change it"),
+    validation = Rule::new("has(self.ipRange) == has(oldSelf.ipRange) && (!has(self.ipRange) || self.ipRange == oldSelf.ipRange)")
+        .message("ipv6.ipRange is immutable, since addresses are already handed out from it: create a new BridgeNetwork to change it"),
+    validation = Rule::new("has(self.blockSize) == has(oldSelf.blockSize) && (!has(self.blockSize) || self.blockSize == oldSelf.blockSize)")
+        .message("ipv6.blockSize is immutable, since nodes already hold blocks of the old size: create a new BridgeNetwork to change it"),
 )]
 pub struct Ipv6Config {
     /// IPv6 subnet in CIDR notation, e.g. `fd00:20::/64`. Immutable.
@@ -213,8 +255,10 @@ pub struct Ipv6Config {
             .message("ipv6.subnet must be an IPv6 CIDR such as fd00:20::/64"),
         validation = Rule::new("!isCIDR(self) || cidr(self).masked() == cidr(self)")
             .message("ipv6.subnet must be written with its network address, e.g. fd00:20::/64"),
-        validation = Rule::new("!isCIDR(self) || cidr(self).prefixLength() <= 126")
+        validation = Rule::new("!isCIDR(self) || cidr(self).ip().family() != 6 || cidr(self).prefixLength() <= 126")
             .message("ipv6.subnet must hold host addresses: use a prefix length of /126 or shorter"),
+        validation = Rule::new("self == oldSelf")
+            .message("ipv6.subnet is immutable: create a new BridgeNetwork to change it"),
     )]
     pub subnet: String,
 
@@ -225,7 +269,7 @@ pub struct Ipv6Config {
         .message("ipv6.gateway must be an IPv6 address such as fd00:20::1"))]
     pub gateway: Option<String>,
 
-    /// Pods get IPv6 addresses only from this CIDR inside `subnet`.
+    /// Pods get IPv6 addresses only from this CIDR inside `subnet`. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 43))]
     #[x_kube(validation = Rule::new("isCIDR(self) && cidr(self).ip().family() == 6 && cidr(self).masked() == cidr(self)")
@@ -233,6 +277,7 @@ pub struct Ipv6Config {
     pub ip_range: Option<String>,
 
     /// Prefix length of the per-node IPv6 blocks. Default: /122 (64 addresses) or the whole range.
+    /// Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 64, max = 128))]
     pub block_size: Option<u8>,
