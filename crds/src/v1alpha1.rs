@@ -151,7 +151,7 @@ pub struct BridgeNetworkSpec {
     /// Gateway address inside `subnet` (docker `--gateway`). Default: the subnet's first host
     /// address. Every node's bridge answers on it. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 15))]
+    #[schemars(length(max = 15), transform = not_nullable)]
     #[x_kube(validation = Rule::new("isIP(self) && ip(self).family() == 4")
         .message("gateway must be an IPv4 address such as 172.20.0.1"))]
     pub gateway: Option<String>,
@@ -159,7 +159,7 @@ pub struct BridgeNetworkSpec {
     /// Pods get addresses only from this CIDR inside `subnet` (docker `--ip-range`).
     /// Default: the whole subnet. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 18))]
+    #[schemars(length(max = 18), transform = not_nullable)]
     #[x_kube(
         validation = Rule::new("isCIDR(self) && cidr(self).ip().family() == 4")
             .message("ipRange must be an IPv4 CIDR such as 172.20.10.0/24"),
@@ -177,12 +177,13 @@ pub struct BridgeNetworkSpec {
 
     /// Optional IPv6 subnet for a dual-stack network (docker `--ipv6 --subnet`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = not_nullable)]
     pub ipv6: Option<Ipv6Config>,
 
     /// Name of the Linux bridge on every node (at most 15 bytes). Default: derived from the
     /// network name (`bn-` and a hash), never colliding for different names. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 15))]
+    #[schemars(length(min = 1, max = 15), transform = not_nullable)]
     #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9][A-Za-z0-9_.-]*$')")
         .message("bridge must be a Linux interface name: 1-15 characters of letters, digits, '_', '.', '-', starting with a letter or digit"))]
     pub bridge: Option<String>,
@@ -191,7 +192,7 @@ pub struct BridgeNetworkSpec {
     /// `com.docker.network.driver.mtu`). Default: the operator's `--default-mtu` (1450, room for
     /// the VXLAN overlay on a 1500-byte underlay).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 576, max = 65535))]
+    #[schemars(range(min = 576, max = 65535), transform = not_nullable)]
     pub mtu: Option<u32>,
 
     /// No traffic leaves the network, not even through the gateway (docker `--internal`).
@@ -211,15 +212,17 @@ pub struct BridgeNetworkSpec {
     /// Prefix length of the per-node address blocks carved from `ipRange` (or `subnet`).
     /// Default: /26 (64 addresses), or the whole range when it is smaller. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 8, max = 32))]
+    #[schemars(range(min = 8, max = 32), transform = not_nullable)]
     pub block_size: Option<u8>,
 
     /// Nodes on which the network exists. Default: every node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = not_nullable)]
     pub node_selector: Option<LabelSelector>,
 
     /// Namespaces whose pods may attach. Default: every namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = not_nullable)]
     pub namespace_selector: Option<LabelSelector>,
 }
 
@@ -264,14 +267,14 @@ pub struct Ipv6Config {
 
     /// IPv6 gateway inside `subnet`. Default: the subnet's first host address. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 39))]
+    #[schemars(length(max = 39), transform = not_nullable)]
     #[x_kube(validation = Rule::new("isIP(self) && ip(self).family() == 6")
         .message("ipv6.gateway must be an IPv6 address such as fd00:20::1"))]
     pub gateway: Option<String>,
 
     /// Pods get IPv6 addresses only from this CIDR inside `subnet`. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 43))]
+    #[schemars(length(max = 43), transform = not_nullable)]
     #[x_kube(validation = Rule::new("isCIDR(self) && cidr(self).ip().family() == 6 && cidr(self).masked() == cidr(self)")
         .message("ipv6.ipRange must be an IPv6 CIDR written with its network address, e.g. fd00:20:0:0:1::/80"))]
     pub ip_range: Option<String>,
@@ -279,8 +282,39 @@ pub struct Ipv6Config {
     /// Prefix length of the per-node IPv6 blocks. Default: /122 (64 addresses) or the whole range.
     /// Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 64, max = 128))]
+    #[schemars(range(min = 64, max = 128), transform = not_nullable)]
     pub block_size: Option<u8>,
+}
+
+/// Schema transform for optional spec fields: drop `nullable: true`, so that the API server
+/// prunes an explicit `null` (as Helm templates produce for an empty value) and the field reads
+/// as absent. Kept nullable, a `null` would reach the CEL rules, where `has()` is true and
+/// `isIP(null)` is an evaluation error instead of a clear answer.
+fn not_nullable(schema: &mut schemars::Schema) {
+    let Some(obj) = schema.as_object_mut() else {
+        return;
+    };
+    obj.remove("nullable");
+    if let Some(serde_json::Value::Array(types)) = obj.get_mut("type") {
+        types.retain(|t| t != "null");
+        if types.len() == 1 {
+            let only = types.remove(0);
+            obj.insert("type".into(), only);
+        }
+    }
+    let null_branch = |v: &serde_json::Value| v.get("type").is_some_and(|t| t == "null");
+    if let Some(serde_json::Value::Array(branches)) = obj.get("anyOf")
+        && branches.len() == 2
+        && let Some(other) = branches.iter().find(|b| !null_branch(b)).cloned()
+        && branches.iter().any(null_branch)
+    {
+        obj.remove("anyOf");
+        if let serde_json::Value::Object(inner) = other {
+            for (k, v) in inner {
+                obj.entry(k).or_insert(v);
+            }
+        }
+    }
 }
 
 fn default_true() -> bool {

@@ -197,12 +197,56 @@ fn refuses_a_missing_subnet_or_spec() {
     assert_eq!(openapi_failures(&no_spec), vec![""]);
 }
 
+/// What the API server does with `null` before validating: a `null` for a field whose schema is
+/// not `nullable` is dropped, as if the field were absent.
+pub fn prune_nulls(schema: &Value, object: &mut Value) {
+    match object {
+        Value::Object(map) => {
+            let props = schema.get("properties").and_then(Value::as_object);
+            map.retain(|key, value| {
+                let nullable = props
+                    .and_then(|p| p.get(key))
+                    .is_some_and(|s| s.get("nullable") == Some(&Value::Bool(true)));
+                !value.is_null() || nullable
+            });
+            for (key, value) in map.iter_mut() {
+                if let Some(child) = props.and_then(|p| p.get(key)) {
+                    prune_nulls(child, value);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                items.iter_mut().for_each(|i| prune_nulls(item_schema, i));
+            }
+        }
+        _ => {}
+    }
+}
+
 #[test]
-fn nullable_fields_take_null() {
-    // kube marks Option fields nullable; the API server then keeps an explicit null.
+fn explicit_nulls_in_the_spec_read_as_absent() {
+    // A Helm template with an empty value writes `gateway: null`. The spec's optional fields are
+    // not nullable, so the API server drops such nulls and neither OpenAPI nor CEL sees them
+    // (a kept null would reach `isIP(self.gateway)` as an evaluation error).
+    let schema = bridge_network_schema();
+    let mut object = spec(
+        json!({"gateway": null, "mtu": null, "ipv6": null, "ipRange": null,
+        "bridge": null, "blockSize": null, "nodeSelector": null, "namespaceSelector": null}),
+    );
+    prune_nulls(&schema, &mut object);
+    assert_eq!(object["spec"], json!({"subnet": "172.20.0.0/16"}));
+    assert_eq!(openapi_failures(&object), Vec::<String>::new());
+    assert_eq!(crate::cel_failures(&object, None), vec![]);
+    let mut dual = spec(
+        json!({"ipv6": {"subnet": "fd00::/64", "gateway": null, "ipRange": null, "blockSize": null}}),
+    );
+    prune_nulls(&schema, &mut dual);
+    assert_eq!(dual["spec"]["ipv6"], json!({"subnet": "fd00::/64"}));
+    // Unpruned, a null is a type error, so nothing relies on a kept null.
     assert_eq!(
-        openapi_failures(&spec(json!({"gateway": null, "mtu": null}))),
-        Vec::<String>::new()
+        openapi_failures(&spec(json!({"gateway": null}))),
+        vec!["/spec/gateway"]
     );
 }
 
