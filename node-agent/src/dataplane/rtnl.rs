@@ -236,6 +236,15 @@ impl Netlink for Rtnl {
                     NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => {
                         dst = Some(IpAddr::V6(*ip))
                     }
+                    // In AF_BRIDGE messages the parser cannot know the family of NDA_DST
+                    // and hands over raw bytes.
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
+                        dst = match raw.len() {
+                            4 => <[u8; 4]>::try_from(raw.as_slice()).ok().map(IpAddr::from),
+                            16 => <[u8; 16]>::try_from(raw.as_slice()).ok().map(IpAddr::from),
+                            _ => None,
+                        }
+                    }
                     _ => {}
                 }
             }
