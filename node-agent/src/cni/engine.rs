@@ -157,10 +157,10 @@ fn reject(pod: Option<&PodRef>, msg: String, details: &str) -> CniError {
     CniError::new(code::POD_REQUEST_REJECTED, format!("{who}{msg}"), details)
 }
 
-fn ipam_error(e: IpamError) -> CniError {
+fn ipam_error(e: IpamError, pod: Option<&PodRef>) -> CniError {
     if e.is_request_error() {
-        CniError::new(
-            code::POD_REQUEST_REJECTED,
+        reject(
+            pod,
             e.to_string(),
             "pick another address in the bridgenet.io/networks annotation, or omit \"ip\" to get a free one",
         )
@@ -517,7 +517,7 @@ impl<D: Directory> Engine<D> {
                                 message: e.to_string(),
                             });
                         }
-                        return Err(ipam_error(e));
+                        return Err(ipam_error(e, pod));
                     }
                 }
             }
@@ -609,7 +609,11 @@ impl<D: Directory> Engine<D> {
             .filter(|a| !failed.contains(&a.host_veth))
             .cloned()
             .collect();
-        self.ipam.lock().await.release(&free).map_err(ipam_error)?;
+        self.ipam
+            .lock()
+            .await
+            .release(&free)
+            .map_err(|e| ipam_error(e, None))?;
         match first_error {
             Some(e) => Err(attach_error(e)),
             None => Ok(()),
