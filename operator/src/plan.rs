@@ -704,6 +704,7 @@ fn plan_accepted(
     }
     deletes.sort();
     deletes.dedup();
+    release_agent_finalizer.sort_by_key(|nb| nb.name_any());
 
     let children = Children {
         template,
@@ -933,6 +934,9 @@ pub fn plan_cleanup(
             }
         }
         plan.remaining = mine.len();
+        // The cache's order is a hash map's: sort so that the same input gives the same plan.
+        plan.deletes.sort();
+        plan.release_agent_finalizer.sort_by_key(|nb| nb.name_any());
     }
 
     let prev = net.status.clone().unwrap_or_default();
@@ -961,7 +965,9 @@ pub fn plan_cleanup(
         }
     };
     status::set_condition(&mut status.conditions, cond, generation, now);
-    if status != prev {
+    // With nothing left the object is about to go: a status write would be wasted.
+    let worth_saying = !plan.blocked_by.is_empty() || plan.remaining > 0;
+    if worth_saying && status != prev {
         plan.events = status::transition_events(&prev.conditions, &status.conditions);
         plan.status = Some(status);
     }

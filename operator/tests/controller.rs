@@ -1,0 +1,498 @@
+//! The controller against a mocked API server (`tower_test::mock::pair`): the requests one
+//! reconcile sends, in order, with their bodies, and what `error_policy` decides afterwards.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bridgenet_crds::v1alpha1::{BridgeNetwork, NodeBridge, NodeBridgeStatus};
+use bridgenet_crds::{FINALIZER_OPERATOR, LABEL_NETWORK, LABEL_NODE};
+use bridgenet_operator::controller::{Context, error_policy, reconcile};
+use bridgenet_operator::metrics::Metrics;
+use bridgenet_operator::plan::Settings;
+use bridgenet_operator::scale::{network, node};
+use http::{Request, Response};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+
+/// One request as the API server saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    query: String,
+    body: Value,
+}
+
+fn store_of<K>(objs: Vec<K>) -> Store<K>
+where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for o in objs {
+        writer.apply_watcher_event(&watcher::Event::InitApply(o));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    reader
+}
+
+/// A fake API server: answers writes by echoing what was sent (the status subresource echoes
+/// the network with the new status), and `conflict_on` paths with 409.
+struct Api {
+    handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    network: Value,
+    conflict_on: Vec<(String, String)>,
+}
+
+impl Api {
+    async fn run(mut self) -> Vec<Seen> {
+        let mut seen = Vec::new();
+        while let Some((req, send)) = self.handle.next_request().await {
+            let method = req.method().to_string();
+            let path = req.uri().path().to_owned();
+            let query = req.uri().query().unwrap_or_default().to_owned();
+            let bytes = req.into_body().collect_bytes().await.unwrap();
+            let body: Value = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).unwrap()
+            };
+            seen.push(Seen {
+                method: method.clone(),
+                path: path.clone(),
+                query,
+                body: body.clone(),
+            });
+            let (code, answer) = if self.conflict_on.contains(&(method.clone(), path.clone())) {
+                (
+                    409,
+                    json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "Conflict", "code": 409, "message": "the object has been modified"}),
+                )
+            } else if path.ends_with("/status") {
+                let mut n = self.network.clone();
+                n["status"] = body["status"].clone();
+                (200, n)
+            } else if path.starts_with("/apis/bridgenet.io/v1alpha1/bridgenetworks/") {
+                // The finalizer's JSON patch: answer with the finalizer in place (or removed).
+                let mut n = self.network.clone();
+                let adds = body
+                    .as_array()
+                    .is_some_and(|ops| ops.iter().any(|o| o["op"] == "add"));
+                n["metadata"]["finalizers"] = if adds {
+                    json!([FINALIZER_OPERATOR])
+                } else {
+                    json!([])
+                };
+                (200, n)
+            } else if method == "DELETE" {
+                (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "Status", "status": "Success", "code": 200, "metadata": {}}),
+                )
+            } else {
+                (if method == "POST" { 201 } else { 200 }, body)
+            };
+            send.send_response(
+                Response::builder()
+                    .status(code)
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .unwrap(),
+            );
+        }
+        seen
+    }
+}
+
+struct Scenario {
+    network: BridgeNetwork,
+    others: Vec<BridgeNetwork>,
+    nodes: Vec<Node>,
+    node_bridges: Vec<NodeBridge>,
+    conflict_on: Vec<(String, String)>,
+}
+
+impl Scenario {
+    fn new(network: BridgeNetwork, nodes: Vec<Node>) -> Self {
+        Self {
+            network,
+            others: Vec::new(),
+            nodes,
+            node_bridges: Vec::new(),
+            conflict_on: Vec::new(),
+        }
+    }
+
+    /// Runs one reconcile; returns the requests in order, the result, and error_policy's
+    /// decision for a failure.
+    async fn reconcile(self) -> (Vec<Seen>, Result<Action, String>, Option<Action>) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let api = Api {
+            handle,
+            network: serde_json::to_value(&self.network).unwrap(),
+            conflict_on: self.conflict_on,
+        };
+        let server = tokio::spawn(api.run());
+        let client = Client::new(service, "default");
+        let mut nets = self.others;
+        nets.push(self.network.clone());
+        let ctx = Arc::new(Context::new(
+            client,
+            Settings::default(),
+            (
+                store_of(nets),
+                store_of(self.nodes),
+                store_of(self.node_bridges),
+            ),
+            Arc::new(Metrics::new()),
+            "test-replica",
+        ));
+        let obj = Arc::new(self.network);
+        let result =
+            tokio::time::timeout(Duration::from_secs(10), reconcile(obj.clone(), ctx.clone()))
+                .await
+                .expect("reconcile hangs");
+        let policy = result
+            .as_ref()
+            .err()
+            .map(|e| error_policy(obj, e, ctx.clone()));
+        let result = result.map_err(|e| format!("{e}"));
+        drop(ctx);
+        let seen = tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .unwrap()
+            .unwrap();
+        (seen, result, policy)
+    }
+}
+
+fn blue() -> BridgeNetwork {
+    let mut n = network("blue", "172.20.0.0/16", 100);
+    n.metadata.finalizers = Some(vec![FINALIZER_OPERATOR.to_owned()]);
+    n
+}
+
+fn two_nodes() -> Vec<Node> {
+    vec![node("a", "192.168.0.1", &[]), node("b", "192.168.0.2", &[])]
+}
+
+fn route(s: &Seen) -> String {
+    format!("{} {}", s.method, s.path)
+}
+
+fn routes(seen: &[Seen]) -> Vec<String> {
+    seen.iter().map(route).collect()
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
+const NETS: &str = "/apis/bridgenet.io/v1alpha1/bridgenetworks";
+const NBS: &str = "/apis/bridgenet.io/v1alpha1/nodebridges";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+
+#[tokio::test]
+async fn finalizer_is_added_before_anything_else() {
+    let mut net = blue();
+    net.metadata.finalizers = None;
+    let (seen, result, _) = Scenario::new(net, two_nodes()).reconcile().await;
+    assert_eq!(routes(&seen), [format!("PATCH {NETS}/blue")]);
+    assert!(seen[0].body.to_string().contains(FINALIZER_OPERATOR));
+    assert_eq!(result, Ok(Action::await_change()));
+}
+
+#[tokio::test]
+async fn new_network_writes_status_then_one_node_bridge_per_node() {
+    let (seen, result, _) = Scenario::new(blue(), two_nodes()).reconcile().await;
+    assert_eq!(
+        routes(&seen),
+        [
+            format!("PATCH {NETS}/blue/status"),
+            format!("POST {NBS}"),
+            format!("POST {NBS}")
+        ]
+    );
+    // Status: server-side apply by our field manager, guarded by the resourceVersion read.
+    let st = &seen[0];
+    assert!(
+        st.query.contains("fieldManager=bridgenet-operator") && st.query.contains("force=true"),
+        "{}",
+        st.query
+    );
+    assert_eq!(st.body["metadata"]["resourceVersion"], "1");
+    let status = &st.body["status"];
+    assert_eq!(
+        status["blocks"],
+        json!([
+            {"cidr": "172.20.0.0/26", "node": "a"},
+            {"cidr": "172.20.0.64/26", "node": "b"},
+        ])
+    );
+    assert_eq!(status["readySummary"], "0/2");
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(condition(status, "Accepted")["status"], "True");
+    assert_eq!(condition(status, "Ready")["reason"], "NodesNotReady");
+    // NodeBridges: labels, owner, spec.
+    let a = &seen[1].body;
+    assert_eq!(a["metadata"]["name"], "blue.a");
+    assert_eq!(a["metadata"]["labels"][LABEL_NETWORK], "blue");
+    assert_eq!(a["metadata"]["labels"][LABEL_NODE], "a");
+    assert_eq!(a["metadata"]["ownerReferences"][0]["uid"], "uid-blue");
+    assert_eq!(a["metadata"]["ownerReferences"][0]["controller"], true);
+    assert_eq!(a["spec"]["blocks"], json!(["172.20.0.0/26"]));
+    assert_eq!(
+        a["spec"]["peers"],
+        json!([{"node": "b", "address": "192.168.0.2", "blocks": ["172.20.0.64/26"]}])
+    );
+    assert_eq!(a["spec"]["vni"], status["vni"]);
+    assert!(seen[1].query.contains("fieldManager=bridgenet-operator"));
+    assert_eq!(seen[2].body["metadata"]["name"], "blue.b");
+    assert_eq!(result, Ok(Action::requeue(Duration::from_secs(300))));
+}
+
+/// Feeds the objects the first reconcile wrote back in, with agents reporting Ready: the next
+/// reconciles (a restart re-lists the same objects) write the status once and then nothing.
+#[tokio::test]
+async fn restart_with_converged_objects_sends_no_request() {
+    let (seen, _, _) = Scenario::new(blue(), two_nodes()).reconcile().await;
+    let mut net = blue();
+    net.status = Some(serde_json::from_value(seen[0].body["status"].clone()).unwrap());
+    let ready = |body: &Value| {
+        let mut nb: NodeBridge = serde_json::from_value(body.clone()).unwrap();
+        nb.metadata.generation = Some(1);
+        nb.status = Some(NodeBridgeStatus {
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                reason: "Programmed".into(),
+                message: String::new(),
+                observed_generation: Some(1),
+                last_transition_time: Time(Timestamp::UNIX_EPOCH),
+            }],
+            observed_generation: Some(1),
+            free_addresses: 61,
+            ..Default::default()
+        });
+        nb
+    };
+    let nbs = vec![ready(&seen[1].body), ready(&seen[2].body)];
+
+    let mut sc = Scenario::new(net.clone(), two_nodes());
+    sc.node_bridges = nbs.clone();
+    let (seen2, result, _) = sc.reconcile().await;
+    assert_eq!(
+        routes(&seen2),
+        [format!("PATCH {NETS}/blue/status")],
+        "only Ready flips"
+    );
+    let status = &seen2[0].body["status"];
+    assert_eq!(condition(status, "Ready")["status"], "True");
+    assert_eq!(status["readySummary"], "2/2");
+    assert_eq!(status["blocks"], seen[0].body["status"]["blocks"]);
+    assert!(result.is_ok());
+
+    net.status = Some(serde_json::from_value(status.clone()).unwrap());
+    let mut sc = Scenario::new(net, vec![two_nodes()[1].clone(), two_nodes()[0].clone()]);
+    sc.node_bridges = nbs.into_iter().rev().collect();
+    let (seen3, result, _) = sc.reconcile().await;
+    assert!(seen3.is_empty(), "steady state sent {:?}", routes(&seen3));
+    assert!(result.is_ok());
+}
+
+#[tokio::test]
+async fn overlapping_younger_network_is_refused_with_condition_and_event() {
+    let mut young = network("young", "172.20.5.0/24", 200);
+    young.metadata.finalizers = Some(vec![FINALIZER_OPERATOR.to_owned()]);
+    let mut sc = Scenario::new(young, two_nodes());
+    sc.others = vec![blue()];
+    let (seen, result, policy) = sc.reconcile().await;
+    assert_eq!(
+        routes(&seen),
+        [
+            format!("PATCH {NETS}/young/status"),
+            format!("POST {EVENTS}")
+        ]
+    );
+    let accepted = condition(&seen[0].body["status"], "Accepted");
+    assert_eq!(accepted["status"], "False");
+    assert_eq!(accepted["reason"], "SubnetOverlap");
+    assert!(accepted["message"].as_str().unwrap().contains("blue"));
+    let ev = &seen[1].body;
+    assert_eq!(ev["type"], "Warning");
+    assert_eq!(ev["reason"], "SubnetOverlap");
+    assert_eq!(ev["regarding"]["name"], "young");
+    assert_eq!(ev["reportingController"], "bridgenet-operator");
+    assert!(result.unwrap_err().contains("SubnetOverlap"));
+    assert_eq!(
+        policy,
+        Some(Action::await_change()),
+        "waits for a change, no polling"
+    );
+}
+
+#[tokio::test]
+async fn departed_node_loses_its_node_bridge_and_peers_follow() {
+    let (seen, _, _) = Scenario::new(blue(), two_nodes()).reconcile().await;
+    let mut net = blue();
+    net.status = Some(serde_json::from_value(seen[0].body["status"].clone()).unwrap());
+    let nbs: Vec<NodeBridge> = seen[1..]
+        .iter()
+        .map(|s| serde_json::from_value(s.body.clone()).unwrap())
+        .collect();
+    let mut sc = Scenario::new(net, vec![two_nodes()[0].clone()]);
+    sc.node_bridges = nbs;
+    let (seen, result, _) = sc.reconcile().await;
+    assert_eq!(
+        routes(&seen),
+        [
+            format!("PATCH {NETS}/blue/status"),
+            format!("PATCH {NBS}/blue.a"),
+            format!("DELETE {NBS}/blue.b")
+        ]
+    );
+    assert_eq!(
+        seen[0].body["status"]["blocks"],
+        json!([{"cidr": "172.20.0.0/26", "node": "a"}])
+    );
+    assert!(seen[1].query.contains("fieldManager=bridgenet-operator"));
+    assert!(
+        seen[1].body["spec"]
+            .get("peers")
+            .is_none_or(|p| p == &json!([]))
+    );
+    assert!(result.is_ok());
+}
+
+#[tokio::test]
+async fn stale_view_conflict_stops_before_any_node_bridge_write() {
+    let mut sc = Scenario::new(blue(), two_nodes());
+    sc.conflict_on = vec![("PATCH".into(), format!("{NETS}/blue/status"))];
+    let (seen, result, policy) = sc.reconcile().await;
+    assert_eq!(routes(&seen), [format!("PATCH {NETS}/blue/status")]);
+    assert!(result.is_err());
+    assert_eq!(policy, Some(Action::requeue(Duration::from_secs(1))));
+}
+
+#[tokio::test]
+async fn node_bridge_created_meanwhile_is_applied_over() {
+    let mut sc = Scenario::new(blue(), vec![node("a", "192.168.0.1", &[])]);
+    sc.conflict_on = vec![("POST".into(), NBS.into())];
+    let (seen, result, _) = sc.reconcile().await;
+    assert_eq!(
+        routes(&seen),
+        [
+            format!("PATCH {NETS}/blue/status"),
+            format!("POST {NBS}"),
+            format!("PATCH {NBS}/blue.a")
+        ]
+    );
+    assert!(result.is_ok());
+}
+
+fn attached(nb: &mut NodeBridge) {
+    nb.status = Some(serde_json::from_value(json!({
+        "endpoints": [{"namespace": "shop", "pod": "cart", "interface": "net1", "mac": "02:00:00:00:00:09"}],
+        "endpointCount": 1
+    })).unwrap());
+}
+
+async fn converged_blue() -> (BridgeNetwork, Vec<NodeBridge>) {
+    let (seen, _, _) = Scenario::new(blue(), two_nodes()).reconcile().await;
+    let mut net = blue();
+    net.status = Some(serde_json::from_value(seen[0].body["status"].clone()).unwrap());
+    let nbs = seen[1..]
+        .iter()
+        .map(|s| serde_json::from_value(s.body.clone()).unwrap())
+        .collect();
+    (net, nbs)
+}
+
+#[tokio::test]
+async fn deletion_with_attached_pods_is_held_and_announced() {
+    let (mut net, mut nbs) = converged_blue().await;
+    attached(&mut nbs[0]);
+    net.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+    let mut sc = Scenario::new(net, two_nodes());
+    sc.node_bridges = nbs;
+    let (seen, result, policy) = sc.reconcile().await;
+    assert_eq!(
+        routes(&seen),
+        [
+            format!("PATCH {NETS}/blue/status"),
+            format!("POST {EVENTS}")
+        ]
+    );
+    let ready = condition(&seen[0].body["status"], "Ready");
+    assert_eq!(ready["reason"], "DeletionBlocked");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("shop/cart on a")
+    );
+    assert_eq!(seen[1].body["reason"], "DeletionBlocked");
+    assert!(result.unwrap_err().contains("blocked"));
+    assert_eq!(policy, Some(Action::requeue(Duration::from_secs(30))));
+}
+
+#[tokio::test]
+async fn forced_deletion_deletes_node_bridges_then_waits_for_agents() {
+    let (mut net, mut nbs) = converged_blue().await;
+    attached(&mut nbs[0]);
+    net.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+    net.metadata.annotations.get_or_insert_default().insert(
+        bridgenet_crds::ANNOTATION_FORCE_DELETE.into(),
+        "true".into(),
+    );
+    let mut sc = Scenario::new(net, two_nodes());
+    sc.node_bridges = nbs;
+    let (seen, result, policy) = sc.reconcile().await;
+    assert_eq!(
+        routes(&seen),
+        [
+            format!("PATCH {NETS}/blue/status"),
+            format!("DELETE {NBS}/blue.a"),
+            format!("DELETE {NBS}/blue.b")
+        ]
+    );
+    assert_eq!(
+        condition(&seen[0].body["status"], "Ready")["reason"],
+        "Deleting"
+    );
+    assert!(result.unwrap_err().contains("torn down"));
+    assert_eq!(policy, Some(Action::requeue(Duration::from_secs(5))));
+}
+
+#[tokio::test]
+async fn finalizer_goes_once_every_node_bridge_is_gone() {
+    let (mut net, _) = converged_blue().await;
+    net.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+    let (seen, result, _) = Scenario::new(net, two_nodes()).reconcile().await;
+    assert_eq!(routes(&seen), [format!("PATCH {NETS}/blue")]);
+    // kube's finalizer helper: test-and-remove, so another controller's finalizer is safe.
+    let ops = seen[0].body.as_array().unwrap();
+    assert_eq!(ops[0]["op"], "test");
+    assert_eq!(ops[0]["value"], FINALIZER_OPERATOR);
+    assert_eq!(ops[1]["op"], "remove");
+    assert_eq!(result, Ok(Action::await_change()));
+}
