@@ -264,7 +264,11 @@ pub struct InProcessAgent {
 
 impl InProcessAgent {
     pub fn start(dir: StaticDirectory, state: &Path, node: &Netns) -> Self {
-        let engine = Arc::new(Engine::new(dir, state, Some(node.path())).unwrap());
+        Self::start_at(dir, state, node.path())
+    }
+
+    pub fn start_at(dir: StaticDirectory, state: &Path, node_netns: PathBuf) -> Self {
+        let engine = Arc::new(Engine::new(dir, state, Some(node_netns)).unwrap());
         let socket = state.join("cni.sock");
         let listener = server::bind(&socket).unwrap();
         let e2 = engine.clone();
