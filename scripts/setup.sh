@@ -28,3 +28,16 @@ if ! python3 -c 'import aiohttp, pytest, jsonschema, yaml, jsonpatch' 2>/dev/nul
     python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "${SANDBOX_PIP[@]}"
 fi
 command -v kubectl >/dev/null || echo "setup: kubectl not found: the sandbox's kubectl tests will be skipped" >&2
+# tests/sandbox nodes: a private containerd per node namespace, runc, the reference CNI plugins
+# (loopback in every node's bin_dir) and a static busybox for the offline images.
+SANDBOX_APT=(containerd runc containernetworking-plugins busybox-static)
+sandbox_missing=()
+for pkg in "${SANDBOX_APT[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || sandbox_missing+=("$pkg")
+done
+if ((${#sandbox_missing[@]})); then
+    echo "setup: installing ${sandbox_missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${sandbox_missing[@]}" >/dev/null
+fi

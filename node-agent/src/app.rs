@@ -6,8 +6,14 @@
 use anyhow::Context as _;
 use tokio::task::JoinSet;
 
+use std::sync::Arc;
+
 use crate::cli::Cli;
+use crate::dataplane::NodeContext;
+use crate::dataplane::firewall::Firewall;
+use crate::dataplane::rtnl::Rtnl;
 use crate::health::Readiness;
+use crate::nodebridge::{self, Dataplane, StatusWriter};
 
 /// Entry point of the binary: logging, runtime, [`run`].
 pub fn main(cli: Cli) -> anyhow::Result<()> {
@@ -39,6 +45,9 @@ pub struct Context {
     pub client: kube::Client,
     /// What `/readyz` reports.
     pub readiness: Readiness,
+    /// The one writer of NodeBridge status (conditions from the data plane, endpoints from
+    /// attachment): every writer changes its part and the full status is applied.
+    pub status: StatusWriter,
 }
 
 /// Runs the agent until a task fails or a termination signal arrives.
@@ -47,10 +56,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("building the Kubernetes client (in-cluster config or KUBECONFIG)")?;
+    let status = StatusWriter::new(kube::Api::all(client.clone()));
     let ctx = Context {
         cli,
         client,
         readiness: Readiness::default(),
+        status,
     };
 
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
@@ -61,6 +72,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("serving health endpoints on {addr}"))
         });
+    }
+    {
+        let ctx = ctx.clone();
+        tasks.spawn(async move { run_dataplane(ctx).await });
     }
     // Further parts of the agent add one `tasks.spawn(...)` each here.
 
@@ -77,6 +92,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The NodeBridge controller and the node's data plane.
+async fn run_dataplane(ctx: Context) -> anyhow::Result<()> {
+    let underlay =
+        nodebridge::node_underlay(&ctx.client, &ctx.cli.node_name, ctx.cli.node_ip).await?;
+    let node = NodeContext {
+        node_name: ctx.cli.node_name.clone(),
+        underlay,
+        vxlan_port: ctx.cli.vxlan_port,
+    };
+    tracing::info!(node = %node.node_name, %underlay, port = node.vxlan_port, "data plane starting");
+    let rtnl = Rtnl::connect().context("opening a netlink socket")?;
+    let dataplane = Arc::new(Dataplane::new(
+        rtnl,
+        Firewall::default(),
+        ctx.cli.resync_interval,
+    ));
+    nodebridge::run(
+        ctx.client.clone(),
+        node,
+        dataplane,
+        ctx.status.clone(),
+        ctx.readiness.clone(),
+        ctx.cli.resync_interval,
+    )
+    .await?;
+    anyhow::bail!("the NodeBridge watch ended")
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {

@@ -9,3 +9,4 @@ pub mod cni;
 pub mod dataplane;
 pub mod health;
 pub mod ipam;
+pub mod nodebridge;

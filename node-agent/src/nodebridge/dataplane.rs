@@ -1,0 +1,230 @@
+//! The node-wide owner of the kernel side: one netlink connection, the nftables tables, and
+//! the set of networks realized on this node (the firewall is computed over all of them).
+//! Every change goes through one lock, so concurrent reconciles never interleave their plans.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use rtnetlink::packet_core::NetlinkPayload;
+use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::packet_route::link::LinkAttribute;
+
+use crate::dataplane::apply::{Applier, ApplyError, TeardownError};
+use crate::dataplane::firewall::{Firewall, FirewallError, FirewallOutcome};
+use crate::dataplane::netlink::{LinkKind, Netlink};
+use crate::dataplane::plan::{Op, orphaned_networks};
+use crate::dataplane::rtnl::Rtnl;
+use crate::dataplane::{ALIAS_PREFIX, Desired, Teardown};
+
+/// A failure of the node's data plane.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// Links, addresses, FDB or sysctls.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// nftables.
+    #[error(transparent)]
+    Firewall(#[from] FirewallError),
+    /// Teardown of links (every failure listed).
+    #[error(transparent)]
+    Teardown(#[from] TeardownError),
+    /// The blocking nftables call could not complete.
+    #[error("nftables worker: {0}")]
+    Worker(#[from] tokio::task::JoinError),
+}
+
+impl DataplaneError {
+    /// Condition / event reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DataplaneError::Apply(e) => e.reason(),
+            DataplaneError::Firewall(e) => e.reason(),
+            DataplaneError::Teardown(_) => "TeardownFailed",
+            DataplaneError::Worker(_) => "FirewallFailed",
+        }
+    }
+}
+
+struct State {
+    networks: BTreeMap<String, Desired>,
+    /// Bumped on every change of `networks`.
+    version: u64,
+    /// When the firewall was last verified, and at which version.
+    verified: Option<(Instant, u64)>,
+}
+
+/// The kernel side of the agent.
+pub struct Dataplane {
+    applier: tokio::sync::Mutex<Applier<Rtnl>>,
+    firewall: Firewall,
+    state: Mutex<State>,
+    /// How long a verified firewall is trusted before it is listed again.
+    firewall_check_interval: Duration,
+}
+
+impl Dataplane {
+    /// A data plane on the calling thread's network namespace. `firewall_check_interval`
+    /// bounds how stale the nftables verification may be (drift of rules is repaired within
+    /// it); a changed set of networks is always applied at once.
+    pub fn new(rtnl: Rtnl, firewall: Firewall, firewall_check_interval: Duration) -> Self {
+        Dataplane {
+            applier: tokio::sync::Mutex::new(Applier::new(rtnl)),
+            firewall,
+            state: Mutex::new(State {
+                networks: BTreeMap::new(),
+                version: 0,
+                verified: None,
+            }),
+            firewall_check_interval,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // Single-assignment critical sections: a poisoned lock holds consistent data.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sets the networks known at startup (before any reconcile), so the first firewall
+    /// transaction contains all of them.
+    pub fn seed(&self, networks: BTreeMap<String, Desired>) {
+        let mut s = self.state();
+        s.networks = networks;
+        s.version += 1;
+    }
+
+    /// Names of the networks currently realized.
+    pub fn networks(&self) -> Vec<String> {
+        self.state().networks.keys().cloned().collect()
+    }
+
+    /// Realizes one network (links, then the node's whole firewall).
+    pub async fn realize(&self, desired: Desired) -> Result<Vec<Op>, DataplaneError> {
+        let mut applier = self.applier.lock().await;
+        let result = applier.apply(&desired).await;
+        {
+            let mut s = self.state();
+            match &result {
+                Ok(_) => {
+                    if s.networks.get(&desired.network) != Some(&desired) {
+                        s.networks.insert(desired.network.clone(), desired.clone());
+                        s.version += 1;
+                    }
+                }
+                // Never point rules at an interface that is not ours.
+                Err(ApplyError::Plan(_)) => {
+                    if s.networks.remove(&desired.network).is_some() {
+                        s.version += 1;
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        let firewall = self.sync_firewall().await;
+        let ops = result?;
+        firewall?;
+        Ok(ops)
+    }
+
+    async fn sync_firewall(&self) -> Result<FirewallOutcome, DataplaneError> {
+        let (networks, version) = {
+            let s = self.state();
+            if let Some((at, v)) = s.verified
+                && v == s.version
+                && at.elapsed() < self.firewall_check_interval
+            {
+                return Ok(FirewallOutcome::Unchanged);
+            }
+            (s.networks.values().cloned().collect::<Vec<_>>(), s.version)
+        };
+        let fw = self.firewall.clone();
+        let outcome = tokio::task::spawn_blocking(move || fw.reconcile(&networks)).await??;
+        self.state().verified = Some((Instant::now(), version));
+        Ok(outcome)
+    }
+
+    /// Removes one network: its rules first (one transaction for the remaining set), then its
+    /// links. Best effort: both steps run, every error is returned.
+    pub async fn remove(&self, teardown: &Teardown) -> Result<(), DataplaneError> {
+        let mut applier = self.applier.lock().await;
+        {
+            let mut s = self.state();
+            s.networks.remove(&teardown.network);
+            s.version += 1;
+        }
+        let firewall = self.sync_firewall().await;
+        let links = applier.teardown(teardown).await;
+        firewall?;
+        links?;
+        Ok(())
+    }
+
+    /// Tears down networks that have links on the node but no NodeBridge any more (deleted
+    /// while the agent was away and their finalizer forced off). `known` holds the network of
+    /// every NodeBridge of this node, valid or not.
+    pub async fn collect_orphans(&self, known: &BTreeSet<String>) {
+        let mut applier = self.applier.lock().await;
+        let links = match applier.netlink().links().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing links for orphan collection failed");
+                return;
+            }
+        };
+        let orphans: Vec<Teardown> = orphaned_networks(&links, known)
+            .into_iter()
+            .map(|network| Teardown {
+                network: network.to_owned(),
+                bridge: links
+                    .iter()
+                    .find(|l| {
+                        l.kind == LinkKind::Bridge
+                            && l.alias
+                                .as_deref()
+                                .and_then(|a| a.strip_prefix(ALIAS_PREFIX))
+                                == Some(network)
+                    })
+                    .map(|l| l.name.clone())
+                    .unwrap_or_default(),
+                vxlan: None,
+            })
+            .collect();
+        for t in orphans {
+            tracing::info!(network = %t.network, bridge = %t.bridge, "removing links of a network this node no longer has");
+            if let Err(e) = applier.teardown(&t).await {
+                tracing::warn!(network = %t.network, error = %e, "orphan teardown failed");
+            }
+        }
+    }
+}
+
+/// A stream that yields whenever a link carrying bridgenet's marker is deleted (someone ran
+/// `ip link del` on a bridge or overlay port), so drift is repaired at once rather than at the
+/// next periodic resync. Empty (periodic resync only) when the monitor cannot be opened.
+pub fn link_deletions() -> impl Stream<Item = ()> + Send + 'static {
+    let (tx, rx) = futures::channel::mpsc::unbounded::<()>();
+    match rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link]) {
+        Ok((connection, _handle, mut messages)) => {
+            tokio::spawn(connection);
+            tokio::spawn(async move {
+                while let Some((msg, _)) = futures::StreamExt::next(&mut messages).await {
+                    if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) =
+                        msg.payload
+                    {
+                        let ours = link.attributes.iter().any(|a| {
+                            matches!(a, LinkAttribute::IfAlias(alias) if alias.starts_with(ALIAS_PREFIX))
+                        });
+                        if ours && tx.unbounded_send(()).is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot monitor link deletions; drift is repaired by the periodic resync only")
+        }
+    }
+    rx
+}

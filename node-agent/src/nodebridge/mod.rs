@@ -1,0 +1,279 @@
+//! The NodeBridge controller: watches this node's NodeBridges (label `bridgenet.io/node`),
+//! realizes them through the [`crate::dataplane`], holds the `bridgenet.io/agent` finalizer
+//! until teardown, and reports `Ready` on the status.
+//!
+//! Drift is repaired two ways: every NodeBridge is requeued after `--resync-interval`, and a
+//! netlink link monitor triggers a full pass as soon as one of bridgenet's links is deleted.
+
+pub mod dataplane;
+pub mod status;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bridgenet_crds::{FINALIZER_AGENT, LABEL_NODE, NodeBridge};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::ListParams;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+
+use crate::dataplane::{Desired, NodeContext, Teardown};
+use crate::health::Readiness;
+pub use dataplane::{Dataplane, DataplaneError};
+pub use status::StatusWriter;
+
+/// Why the controller could not start or a reconcile failed outside the data plane.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// A Kubernetes API call failed.
+    #[error("{op}: {source}")]
+    Kube {
+        /// What was being done.
+        op: String,
+        /// The client error.
+        source: kube::Error,
+    },
+    /// The node's underlay address is unknown.
+    #[error(
+        "node {node} has no InternalIP address and --node-ip is not set: the overlay needs this node's underlay address"
+    )]
+    NoNodeIp {
+        /// Node name.
+        node: String,
+    },
+    /// Tearing the network down failed; the finalizer stays and teardown is retried.
+    #[error(transparent)]
+    Teardown(#[from] DataplaneError),
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// NodeBridges API (cluster-scoped).
+    pub api: Api<NodeBridge>,
+    /// Node-wide facts (name, underlay address, VXLAN port).
+    pub node: NodeContext,
+    /// The kernel side.
+    pub dataplane: Arc<Dataplane>,
+    /// Status book and writer.
+    pub status: StatusWriter,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// `/readyz` state.
+    pub readiness: Readiness,
+    /// Period of the drift-repairing resync.
+    pub resync: Duration,
+}
+
+/// Finds this node's underlay address: the flag, else the Node's first `InternalIP`.
+pub async fn node_underlay(
+    client: &Client,
+    node: &str,
+    flag: Option<IpAddr>,
+) -> Result<IpAddr, ControllerError> {
+    if let Some(ip) = flag {
+        return Ok(ip);
+    }
+    let nodes: Api<Node> = Api::all(client.clone());
+    let n = nodes
+        .get(node)
+        .await
+        .map_err(|source| ControllerError::Kube {
+            op: format!("reading Node {node}"),
+            source,
+        })?;
+    n.status
+        .and_then(|s| s.addresses)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .find_map(|a| a.address.parse().ok())
+        .ok_or_else(|| ControllerError::NoNodeIp {
+            node: node.to_owned(),
+        })
+}
+
+fn selector(node: &str) -> String {
+    format!("{LABEL_NODE}={node}")
+}
+
+/// Runs the controller until the watch ends.
+pub async fn run(
+    client: Client,
+    node: NodeContext,
+    dataplane: Arc<Dataplane>,
+    status: StatusWriter,
+    readiness: Readiness,
+    resync: Duration,
+) -> Result<(), ControllerError> {
+    let api: Api<NodeBridge> = Api::all(client.clone());
+
+    // Seed the data plane with every NodeBridge of the node before the first reconcile, so
+    // the first nftables transaction already holds every network's rules: reconciling one
+    // network at a time from an empty set would briefly drop the others' rules after a restart.
+    let existing = api
+        .list(&ListParams::default().labels(&selector(&node.node_name)))
+        .await
+        .map_err(|source| ControllerError::Kube {
+            op: format!("listing NodeBridges of node {}", node.node_name),
+            source,
+        })?;
+    let mut known = BTreeMap::new();
+    let mut names = std::collections::BTreeSet::new();
+    for nb in &existing.items {
+        names.insert(nb.spec.network.clone());
+        if nb.meta().deletion_timestamp.is_none()
+            && let Ok(d) = Desired::from_spec(&nb.spec, &node)
+        {
+            known.insert(d.network.clone(), d);
+        }
+    }
+    dataplane.seed(known);
+    dataplane.collect_orphans(&names).await;
+
+    let reporter = Reporter {
+        controller: "bridgenet-agent".into(),
+        instance: Some(node.node_name.clone()),
+    };
+    let ctx = Arc::new(Context {
+        api: api.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        node: node.clone(),
+        dataplane: dataplane.clone(),
+        status,
+        readiness: readiness.clone(),
+        resync,
+    });
+    let trigger = dataplane::link_deletions();
+    let wc = watcher::Config::default().labels(&selector(&node.node_name));
+    let mut first = true;
+    Controller::new(api, wc)
+        .reconcile_all_on(trigger)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| {
+            if first {
+                // The first result arrives after the initial list has been queued; from here
+                // on, /readyz reflects the per-NodeBridge outcomes.
+                readiness.set_synced();
+                first = false;
+            }
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile did not complete");
+            }
+            futures::future::ready(())
+        })
+        .await;
+    Ok(())
+}
+
+/// What a reconcile returns on failure: the finalizer helper's wrapper around ours.
+pub type ReconcileError = kube::runtime::finalizer::Error<ControllerError>;
+
+fn error_policy(nb: Arc<NodeBridge>, error: &ReconcileError, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(nodebridge = %nb.name_any(), error = %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn reconcile(nb: Arc<NodeBridge>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let api = ctx.api.clone();
+    finalizer(&api, FINALIZER_AGENT, nb, |event| async {
+        match event {
+            Finalizer::Apply(nb) => apply(&nb, &ctx).await,
+            Finalizer::Cleanup(nb) => cleanup(&nb, &ctx).await,
+        }
+    })
+    .await
+}
+
+async fn publish(ctx: &Context, nb: &NodeBridge, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Program".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &nb.object_ref(&())).await {
+        tracing::warn!(nodebridge = %nb.name_any(), error = %e, "could not publish event");
+    }
+}
+
+async fn apply(nb: &NodeBridge, ctx: &Context) -> Result<Action, ControllerError> {
+    let name = nb.name_any();
+    let generation = nb.meta().generation;
+    ctx.status.seed(&name, nb.status.as_ref());
+    let outcome = match Desired::from_spec(&nb.spec, &ctx.node) {
+        Err(e) => Err((e.reason(), e.to_string())),
+        Ok(desired) => ctx
+            .dataplane
+            .realize(desired)
+            .await
+            .map_err(|e| (e.reason(), e.to_string())),
+    };
+    let (ok, reason, message) = match &outcome {
+        Ok(_) => (
+            true,
+            "Programmed",
+            format!(
+                "bridge {}, gateway and overlay are in place",
+                nb.spec.bridge
+            ),
+        ),
+        Err((reason, message)) => (false, *reason, message.clone()),
+    };
+    let was = ctx.status.get(&name).and_then(|s| {
+        s.conditions
+            .into_iter()
+            .find(|c| c.type_ == status::CONDITION_READY)
+    });
+    let changed_reason = was
+        .as_ref()
+        .map(|c| (c.status.as_str() == "True", c.reason.as_str()))
+        != Some((ok, reason));
+    ctx.readiness
+        .set(&name, (!ok).then(|| format!("{reason}: {message}")));
+    ctx.status
+        .update(&name, |s| {
+            status::set_condition(
+                &mut s.conditions,
+                status::CONDITION_READY,
+                ok,
+                reason,
+                &message,
+                generation,
+            );
+            s.observed_generation = generation;
+        })
+        .await
+        .map_err(|source| ControllerError::Kube {
+            op: format!("writing the status of NodeBridge {name}"),
+            source,
+        })?;
+    if changed_reason {
+        if ok {
+            publish(ctx, nb, EventType::Normal, reason, message).await;
+        } else {
+            tracing::warn!(nodebridge = %name, reason, %message, "NodeBridge not programmed");
+            publish(ctx, nb, EventType::Warning, reason, message).await;
+        }
+    }
+    Ok(Action::requeue(ctx.resync))
+}
+
+async fn cleanup(nb: &NodeBridge, ctx: &Context) -> Result<Action, ControllerError> {
+    let name = nb.name_any();
+    let teardown = Teardown::from_spec(&nb.spec);
+    if let Err(e) = ctx.dataplane.remove(&teardown).await {
+        publish(ctx, nb, EventType::Warning, e.reason(), e.to_string()).await;
+        return Err(e.into());
+    }
+    ctx.status.forget(&name);
+    ctx.readiness.remove(&name);
+    tracing::info!(nodebridge = %name, network = %nb.spec.network, "torn down; releasing finalizer");
+    Ok(Action::await_change())
+}
