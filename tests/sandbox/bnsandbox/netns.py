@@ -92,7 +92,10 @@ class Node:
         """Starts a long-running process inside the node's network namespace; it is killed at
         teardown."""
         out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
-        proc = subprocess.Popen(["ip", "netns", "exec", self.netns, *args], stdout=out, stderr=subprocess.STDOUT,
+        # nsenter, not `ip netns exec`: the latter also remounts /sys in a private mount
+        # namespace, which hides the cgroup mounts that runc (under containerd) needs.
+        proc = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{self.netns}", *args], stdout=out,
+                                stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         self.procs.append(proc)
         return proc
