@@ -21,8 +21,8 @@ if command -v rustup >/dev/null; then
 fi
 
 # tests/sandbox: the Kubernetes API emulator and its pytest suite (versions pinned).
-SANDBOX_PIP=(aiohttp==3.14.5 pytest==9.2.0 jsonschema==4.26.0 PyYAML==6.0.3 jsonpatch==1.33)
-if ! python3 -c 'import aiohttp, pytest, jsonschema, yaml, jsonpatch' 2>/dev/null \
+SANDBOX_PIP=(aiohttp==3.14.5 pytest==9.2.0 jsonschema==4.26.0 PyYAML==6.0.3 jsonpatch==1.33 grpcio==1.85.1)
+if ! python3 -c 'import aiohttp, pytest, jsonschema, yaml, jsonpatch, grpc' 2>/dev/null \
     || [ "$(python3 -c 'import aiohttp; print(aiohttp.__version__)' 2>/dev/null)" != "3.14.5" ]; then
     echo "setup: pip installing ${SANDBOX_PIP[*]}"
     python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "${SANDBOX_PIP[@]}"

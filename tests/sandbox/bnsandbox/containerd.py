@@ -9,6 +9,7 @@ CAP_SYS_RESOURCE), overlayfs, cgroupfs, and a `bin_dir` that holds `loopback`.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import shutil
@@ -73,6 +74,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   sandbox_image = "{images.PAUSE_IMAGE}"
   restrict_oom_score_adj = true
   enable_selinux = false
+  # Pod network namespaces under our state dir rather than /var/run/netns: whatever a crash
+  # leaves there is ours, and stop() unmounts it.
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -99,6 +103,28 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         tmp = dest.with_suffix(".tmp")
         shutil.copy2(binary, tmp)
         os.replace(tmp, dest)
+
+    def primary_network(self, pod_cidr: str, chained: list[dict] | None = None) -> pathlib.Path:
+        """The node's primary pod network: the reference `bridge` plugin with `host-local`
+        addresses from pod_cidr (kept under the node's state dir), then any chained plugins
+        (bridgenet's, as in a real cluster)."""
+        for plugin in ("bridge", "host-local"):
+            self.install_plugin(REFERENCE_PLUGINS / plugin)
+        conf = {
+            "cniVersion": "1.0.0",
+            "name": "sandbox",
+            "plugins": [
+                {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False,
+                 "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_cidr}]],
+                          "dataDir": str(self.cni_conf.parent / "ipam")}},
+                *(chained or []),
+            ],
+        }
+        path = self.cni_conf / "10-sandbox.conflist"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(conf, indent=2))
+        os.replace(tmp, path)
+        return path
 
     def start(self, timeout: float = 30.0) -> None:
         self.prepare()
@@ -127,6 +153,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         """Stops containerd and removes what it left: its shims (their own process groups),
         runc's containers, mounts under its directory, and the directory."""
         if self.proc is not None and self.proc.poll() is None:
+            # Through CRI first, so the CNI plugins get their DEL and release what they hold.
+            self._remove_sandboxes()
             self.proc.terminate()
             try:
                 self.proc.wait(10)
@@ -142,6 +170,25 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         for target in sorted(_mounts_under(self.dir), key=len, reverse=True):
             run("umount", "-l", target, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _remove_sandboxes(self) -> None:
+        from . import cri  # grpcio is only needed once pods run
+
+        try:
+            runtime = cri.RuntimeClient(self.endpoint, timeout=20)
+        except Exception:  # noqa: BLE001 - best effort on the way down
+            return
+        try:
+            for sb in runtime.list_pod_sandbox():
+                for call in (runtime.stop_pod_sandbox, runtime.remove_pod_sandbox):
+                    try:
+                        call(sb.id)
+                    except cri.CriError:
+                        pass
+        except cri.CriError:
+            pass
+        finally:
+            runtime.close()
 
     def _kill_shims(self) -> None:
         # Shims are started with their own session, so they outlive containerd; they carry our

@@ -1,0 +1,266 @@
+"""A minimal kubelet stand-in for one sandbox node: Pods bound to the node (`spec.nodeName`)
+become a CRI pod sandbox (the runtime calls the node's CNI plugins, as for a real kubelet) plus
+one container per Pod container, with the offline busybox image; their status (phase, IPs,
+container states, Ready) goes back to the Pod's status subresource; Pods that are gone or being
+deleted are stopped and removed. A failed sandbox gets a `FailedCreatePodSandBox` Warning Event
+on the Pod and is retried.
+
+    python3 -m bnsandbox.kubelet --node-name node1 --node-ip 10.251.0.11 \\
+        --kubeconfig K --cri-endpoint unix:///.../containerd.sock --log-dir D
+
+Not a kubelet: no probes, restarts, volumes, resources, image pulls (every image runs as the
+local busybox), or graceful termination periods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import logging
+import pathlib
+import signal
+import time
+import uuid
+from typing import Any
+
+from . import cri, images
+from .kube import Kube, KubeError
+
+log = logging.getLogger("bnsandbox.kubelet")
+LABEL_UID = "bnsandbox.io/pod-uid"
+LABEL_NODE = "bnsandbox.io/node"
+RETRY_AFTER = 3.0
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _micro_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Kubelet:
+    def __init__(self, node: str, node_ip: str, kube: Kube, runtime: cri.RuntimeClient, log_dir: pathlib.Path,
+                 resync: float = 5.0) -> None:
+        self.node, self.node_ip, self.kube, self.runtime = node, node_ip, kube, runtime
+        self.log_dir = log_dir
+        self.resync = resync
+        self.dirty = asyncio.Event()
+        self.reported: dict[str, Any] = {}
+        self.failed_at: dict[str, float] = {}
+
+    async def call(self, fn, *args):
+        return await asyncio.to_thread(fn, *args)
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        watcher = asyncio.create_task(self._watch())
+        try:
+            while True:
+                try:
+                    await self.sync()
+                except (KubeError, cri.CriError, OSError) as err:
+                    log.warning("sync failed: %s", err)
+                try:
+                    await asyncio.wait_for(self.dirty.wait(), timeout=self.resync)
+                except asyncio.TimeoutError:
+                    pass
+                self.dirty.clear()
+        finally:
+            watcher.cancel()
+
+    async def _watch(self) -> None:
+        params = {"fieldSelector": f"spec.nodeName={self.node}", "allowWatchBookmarks": "true"}
+        while True:
+            try:
+                listed = await self.kube.request("GET", "/api/v1/pods", params={"fieldSelector": params["fieldSelector"]})
+                rv = listed["metadata"]["resourceVersion"]
+                self.dirty.set()
+                async for ev in self.kube.watch("/api/v1/pods", {**params, "resourceVersion": rv}):
+                    if ev.get("type") == "ERROR":
+                        break
+                    if ev.get("type") != "BOOKMARK":
+                        self.dirty.set()
+            except (KubeError, OSError, asyncio.TimeoutError) as err:
+                log.warning("pod watch: %s", err)
+                await asyncio.sleep(1)
+            except Exception as err:  # noqa: BLE001 - aiohttp's payload errors; the watch restarts
+                log.warning("pod watch ended: %r", err)
+                await asyncio.sleep(1)
+
+    async def sync(self) -> None:
+        pods = (await self.kube.request("GET", "/api/v1/pods",
+                                        params={"fieldSelector": f"spec.nodeName={self.node}"}))["items"]
+        sandboxes = await self.call(self.runtime.list_pod_sandbox, {LABEL_NODE: self.node})
+        by_uid: dict[str, list[cri.Sandbox]] = {}
+        for sb in sandboxes:
+            by_uid.setdefault(sb.labels.get(LABEL_UID, ""), []).append(sb)
+        wanted = set()
+        for pod in pods:
+            uid = pod["metadata"]["uid"]
+            if pod["metadata"].get("deletionTimestamp"):
+                await self.teardown(by_uid.pop(uid, []))
+                await self._finish_deletion(pod)
+                continue
+            wanted.add(uid)
+            if uid not in by_uid:
+                if time.monotonic() - self.failed_at.get(uid, -1e9) >= RETRY_AFTER:
+                    await self.start(pod)
+            else:
+                await self.report(pod, by_uid[uid][0])
+        for uid, sbs in by_uid.items():
+            if uid not in wanted:
+                log.info("pod %s is gone: removing its sandbox", uid)
+                await self.teardown(sbs)
+                self.reported.pop(uid, None)
+
+    # -- pod lifecycle -------------------------------------------------------------------------
+
+    async def start(self, pod: dict) -> None:
+        meta, spec = pod["metadata"], pod["spec"]
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        labels = {LABEL_UID: uid, LABEL_NODE: self.node, "io.kubernetes.pod.name": name,
+                  "io.kubernetes.pod.namespace": ns, "io.kubernetes.pod.uid": uid}
+        pod_logs = self.log_dir / f"{ns}_{name}_{uid}"
+        pod_logs.mkdir(parents=True, exist_ok=True)
+        sandbox_meta = cri.SandboxMeta(name, uid, ns)
+        config = cri.sandbox_config(sandbox_meta, spec.get("hostname") or name, str(pod_logs), labels,
+                                    meta.get("annotations") or {})
+        log.info("starting pod %s/%s", ns, name)
+        try:
+            sid = await self.call(self.runtime.run_pod_sandbox, config)
+        except cri.CriError as err:
+            self.failed_at[uid] = time.monotonic()
+            log.warning("pod %s/%s: %s", ns, name, err)
+            await self._event(pod, "FailedCreatePodSandBox",
+                              f"Failed to create pod sandbox: {err.details}")
+            await self._status(pod, {"phase": "Pending", "conditions": [
+                {"type": "Ready", "status": "False", "reason": "FailedCreatePodSandBox",
+                 "message": err.details, "lastTransitionTime": _now()}]})
+            return
+        self.failed_at.pop(uid, None)
+        for c in spec.get("containers") or []:
+            env = {e["name"]: e.get("value", "") for e in c.get("env") or [] if "name" in e}
+            image = c.get("image", "")
+            cc = cri.container_config(c["name"], _local_image(image), c.get("command") or [], c.get("args") or [],
+                                      env, {"io.kubernetes.container.name": c["name"]}, f"{c['name']}/0.log")
+            cid = await self.call(self.runtime.create_container, sid, cc, config)
+            await self.call(self.runtime.start_container, cid)
+        sandboxes = await self.call(self.runtime.list_pod_sandbox, {LABEL_UID: uid})
+        if sandboxes:
+            await self.report(pod, sandboxes[0])
+
+    async def report(self, pod: dict, sandbox: cri.Sandbox) -> None:
+        uid = pod["metadata"]["uid"]
+        status = await self.call(self.runtime.pod_sandbox_status, sandbox.id)
+        containers = await self.call(self.runtime.list_containers, sandbox.id)
+        running = {c.name for c in containers if c.state == cri.CONTAINER_RUNNING}
+        names = [c["name"] for c in pod["spec"].get("containers") or []]
+        ready = status.state == cri.SANDBOX_READY and all(n in running for n in names)
+        ips = [ip for ip in [status.ip, *status.additional_ips] if ip]
+        cstatuses = []
+        for c in pod["spec"].get("containers") or []:
+            cid = next((x.id for x in containers if x.name == c["name"]), "")
+            state = {"running": {"startedAt": _now()}} if c["name"] in running else {
+                "waiting": {"reason": "ContainerCreating"}}
+            cstatuses.append({"name": c["name"], "ready": c["name"] in running, "started": c["name"] in running,
+                              "restartCount": 0, "image": c.get("image", ""), "imageID": "",
+                              "containerID": f"containerd://{cid}" if cid else "", "state": state})
+        key = (sandbox.id, tuple(ips), ready, tuple(sorted(running)))
+        if self.reported.get(uid) == key:
+            return
+        flag = "True" if ready else "False"
+        body = {
+            "phase": "Running" if ready else "Pending",
+            "hostIP": self.node_ip, "hostIPs": [{"ip": self.node_ip}],
+            "podIP": ips[0] if ips else None, "podIPs": [{"ip": ip} for ip in ips] or None,
+            "startTime": pod.get("status", {}).get("startTime") or _now(),
+            "conditions": [{"type": t, "status": flag if t in ("Ready", "ContainersReady") else "True",
+                            "lastTransitionTime": _now()}
+                           for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")],
+            "containerStatuses": cstatuses,
+        }
+        if await self._status(pod, body):
+            self.reported[uid] = key
+
+    async def teardown(self, sandboxes: list[cri.Sandbox]) -> None:
+        for sb in sandboxes:
+            log.info("removing sandbox %s of %s/%s", sb.id[:12], sb.meta.namespace, sb.meta.name)
+            await self.call(self.runtime.stop_pod_sandbox, sb.id)
+            await self.call(self.runtime.remove_pod_sandbox, sb.id)
+
+    async def _finish_deletion(self, pod: dict) -> None:
+        """What a kubelet does for a Pod in graceful deletion once its containers are gone."""
+        meta = pod["metadata"]
+        try:
+            await self.kube.request("DELETE", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
+                                    {"gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}})
+        except KubeError as err:
+            if err.status not in (404, 409):
+                raise
+
+    async def _status(self, pod: dict, status: dict) -> bool:
+        meta = pod["metadata"]
+        try:
+            await self.kube.request("PATCH", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status",
+                                    {"status": status}, content_type="application/merge-patch+json")
+            return True
+        except KubeError as err:
+            if err.status == 404:
+                return False
+            raise
+
+    async def _event(self, pod: dict, reason: str, message: str) -> None:
+        meta = pod["metadata"]
+        ev = {"apiVersion": "v1", "kind": "Event",
+              "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
+              "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"],
+                                 "namespace": meta["namespace"], "uid": meta["uid"]},
+              "reason": reason, "message": message, "type": "Warning", "count": 1,
+              "firstTimestamp": _now(), "lastTimestamp": _now(), "eventTime": None,
+              "source": {"component": "kubelet", "host": self.node},
+              "reportingComponent": "kubelet", "reportingInstance": self.node}
+        try:
+            await self.kube.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", ev)
+        except KubeError as err:
+            log.warning("event for %s/%s: %s", meta["namespace"], meta["name"], err)
+
+
+def _local_image(image: str) -> str:
+    """Every image is the local busybox: no registry is reachable from the sandbox."""
+    return images.BUSYBOX_TAGS[0]
+
+
+async def amain(args: argparse.Namespace) -> None:
+    runtime = cri.RuntimeClient(args.cri_endpoint)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Kube(args.kubeconfig) as kube:
+        kubelet = Kubelet(args.node_name, args.node_ip, kube, runtime, pathlib.Path(args.log_dir),
+                          resync=args.resync)
+        task = asyncio.create_task(kubelet.run())
+        await stop.wait()
+        task.cancel()
+    runtime.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python3 -m bnsandbox.kubelet", description=__doc__.splitlines()[0])
+    p.add_argument("--node-name", required=True)
+    p.add_argument("--node-ip", required=True)
+    p.add_argument("--kubeconfig", required=True)
+    p.add_argument("--cri-endpoint", required=True)
+    p.add_argument("--log-dir", required=True)
+    p.add_argument("--resync", type=float, default=5.0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s kubelet[" + args.node_name + "] %(message)s")
+    asyncio.run(amain(args))
+
+
+if __name__ == "__main__":
+    main()
