@@ -9,6 +9,7 @@ CAP_SYS_RESOURCE), overlayfs, cgroupfs, and a `bin_dir` that holds `loopback`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -41,7 +42,11 @@ class Containerd:
     def __init__(self, node: Node, state_dir: pathlib.Path) -> None:
         self.node = node
         self.dir = state_dir / "containerd"
-        self.socket = self.dir / "containerd.sock"
+        # Unix socket paths are limited to ~104 bytes, and state dirs (pytest's tmp) are long:
+        # sockets go to a short directory named after the state dir.
+        digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
+        self.sock_dir = pathlib.Path("/run") / f"bnt-sb-{digest}"
+        self.socket = self.sock_dir / "containerd.sock"
         self.cni_bin = state_dir / "cni" / "bin"
         self.cni_conf = state_dir / "cni" / "net.d"
         self.log = state_dir / "containerd.log"
@@ -92,7 +97,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 """
 
     def prepare(self) -> None:
-        for p in (self.dir, self.cni_bin, self.cni_conf):
+        for p in (self.dir, self.sock_dir, self.cni_bin, self.cni_conf):
             p.mkdir(parents=True, exist_ok=True)
         (self.dir / "config.toml").write_text(self.config())
         # The CRI plugin brings up lo in every pod itself through `loopback`.
@@ -170,6 +175,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         for target in sorted(_mounts_under(self.dir), key=len, reverse=True):
             run("umount", "-l", target, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(self.sock_dir, ignore_errors=True)
 
     def _remove_sandboxes(self) -> None:
         from . import cri  # grpcio is only needed once pods run

@@ -7,6 +7,8 @@ namespaces):
     netns <prefix><node>      eth0 = 10.251.0.<11+i>/24, default route via the router
     netns <prefix>internet    (optional) eth0 = 10.251.0.254/24, plus 10.251.255.1/32 on lo:
                               "the outside world" for egress tests, reached via the default route
+    host link <prefix>        (optional) a veth from the host into the underlay, 10.251.0.1/24, so
+                              the API server on the host is reachable from the nodes
 
 Everything is torn down on `close()`, at interpreter exit, on SIGINT/SIGTERM, and — leftovers
 of a killed run — at the next `Topology(...)` with the same prefix. The `ip` command builds the
@@ -27,6 +29,7 @@ from typing import Sequence
 
 DEFAULT_PREFIX = "bnt-sb-demo-"
 UNDERLAY = ipaddress.ip_network("10.251.0.0/24")
+HOST_IP = "10.251.0.1"
 ROUTER_IP = "10.251.0.254"
 INTERNET_IP = "10.251.255.1"
 FIRST_NODE_HOST = 11
@@ -66,10 +69,16 @@ def delete_netns(name: str) -> None:
     run("ip", "netns", "delete", name, check=False)
 
 
+def host_link_name(prefix: str) -> str:
+    """The host's veth into the underlay: the prefix without its dash, cut to IFNAMSIZ-1."""
+    return prefix.rstrip("-")[:15]
+
+
 def cleanup_stale(prefix: str) -> list[str]:
     """Deletes every namespace with the prefix: leftovers of a run that was killed."""
     if not prefix.startswith("bnt-"):
         raise ValueError(f"refusing to clean namespaces with prefix {prefix!r}: not a test prefix")
+    run("ip", "link", "del", host_link_name(prefix), check=False)
     stale = [n for n in list_netns() if n.startswith(prefix)]
     # Nodes first, the underlay last, so no veth is left dangling mid-way.
     for name in sorted(stale, key=lambda n: n.endswith("underlay")):
@@ -124,7 +133,7 @@ class Topology:
     """N nodes on one underlay. Use as a context manager, or call `close()`."""
 
     def __init__(self, node_names: Sequence[str], prefix: str = DEFAULT_PREFIX, internet: bool = False,
-                 mtu: int = 1500) -> None:
+                 mtu: int = 1500, host_link: bool = False) -> None:
         if len(node_names) > 200:
             raise ValueError("at most 200 nodes fit the underlay's /24")
         self.prefix = prefix
@@ -143,6 +152,15 @@ class Topology:
             for i, name in enumerate(node_names):
                 ip = str(UNDERLAY.network_address + FIRST_NODE_HOST + i)
                 self.nodes.append(self._attach(name, prefix + name, ip, i, mtu))
+            self.host_link = host_link_name(prefix) if host_link else None
+            if self.host_link:
+                # The host joins the underlay at HOST_IP, so what runs on the host (the API
+                # emulator, the operator) is reachable from every node, like a control plane.
+                run("ip", "link", "add", self.host_link, "mtu", str(mtu), "type", "veth", "peer", "name", "host",
+                    "netns", self.underlay)
+                self._ns_exec(self.underlay, "ip", "link", "set", "host", "master", "underlay", "up")
+                run("ip", "addr", "add", f"{HOST_IP}/{UNDERLAY.prefixlen}", "dev", self.host_link)
+                run("ip", "link", "set", self.host_link, "up")
             if internet:
                 self.internet = self._attach("internet", prefix + "internet", ROUTER_IP, len(node_names), mtu,
                                              default_route=False)

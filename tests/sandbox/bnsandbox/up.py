@@ -1,8 +1,10 @@
 """Brings the sandbox up: an API server (the emulator, or an existing one from a kubeconfig),
-N nodes as network namespaces registered as `Node`s, and bridgenet's CRDs; then waits until
+N nodes as network namespaces registered as `Node`s — each with a private containerd, the
+reference `bridge` plugin as primary pod network and a kubelet stand-in — bridgenet's CRDs, and,
+when their binaries are given, the node agent on every node and the operator; then waits until
 SIGINT/SIGTERM and tears everything down.
 
-    python3 -m bnsandbox.up --nodes 2 --state-dir /tmp/bnt-sb
+    python3 -m bnsandbox.up --nodes 2 --state-dir /tmp/bnt-sb [--bin-dir target/debug]
     export KUBECONFIG=/tmp/bnt-sb/kubeconfig   # printed on start
 """
 
@@ -13,31 +15,159 @@ import os
 import pathlib
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 
-from . import netns
+from . import containerd, images, netns
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 SANDBOX = REPO / "tests" / "sandbox"
 
 
-def start_emulator(state: pathlib.Path) -> tuple[subprocess.Popen, pathlib.Path]:
-    kubeconfig, ready = state / "kubeconfig", state / "apiserver.url"
-    ready.unlink(missing_ok=True)
-    log = open(state / "apiserver.log", "ab")  # noqa: SIM115 - lives as long as the child
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bnsandbox.apiserver", "--port", "0", "--kubeconfig", str(kubeconfig),
-         "--ready-file", str(ready)],
-        cwd=SANDBOX, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while not (ready.exists() and ready.read_text().strip()):
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _wait_file(path: pathlib.Path, proc: subprocess.Popen, what: str, timeout: float = 20) -> str:
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and path.read_text().strip()):
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the API emulator did not start; see {state / 'apiserver.log'}")
+            raise RuntimeError(f"{what} did not start")
         time.sleep(0.05)
-    return proc, kubeconfig
+    return path.read_text().strip()
+
+
+class Sandbox:
+    """The whole sandbox as one object; `close()` (or leaving the `with`) takes it down."""
+
+    def __init__(self, nodes: int, state_dir: pathlib.Path, prefix: str = netns.DEFAULT_PREFIX,
+                 kubeconfig: str | None = None, runtime: bool = True, bin_dir: pathlib.Path | None = None,
+                 log=print) -> None:
+        self.state = state_dir
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.external = kubeconfig
+        self.log = log
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.runtimes: list[containerd.Containerd] = []
+        self.topo: netns.Topology | None = None
+        self.kubeconfig = pathlib.Path(kubeconfig) if kubeconfig else self.state / "kubeconfig"
+        try:
+            names = [f"node{i + 1}" for i in range(nodes)]
+            self.topo = netns.Topology(names, prefix=prefix, internet=True, host_link=not kubeconfig)
+            if not kubeconfig:
+                self._start_emulator()
+            self.kubectl = [shutil.which("kubectl") or "kubectl", "--kubeconfig", str(self.kubeconfig)]
+            self.topo.register(self.kubectl)
+            netns.run(*self.kubectl, "apply", "-f", str(REPO / "crds" / "yaml"))
+            netns.run(*self.kubectl, "wait", "--for=condition=Established", "crd", "--all", "--timeout=30s")
+            if runtime:
+                self._start_runtimes()
+            if bin_dir is not None:
+                self._start_bridgenet(bin_dir)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- parts ----------------------------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str], log_name: str, env: dict | None = None,
+               cwd: pathlib.Path | None = None) -> subprocess.Popen:
+        log = open(self.state / log_name, "ab")  # noqa: SIM115 - lives as long as the child
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=cwd)
+        self.procs.append((name, proc))
+        return proc
+
+    def _start_emulator(self) -> None:
+        ready = self.state / "apiserver.url"
+        ready.unlink(missing_ok=True)
+        # On the host's underlay address, so agents inside the node namespaces reach it too.
+        proc = self._spawn("apiserver", [sys.executable, "-m", "bnsandbox.apiserver", "--host", netns.HOST_IP,
+                                         "--port", "0", "--kubeconfig", str(self.kubeconfig), "--ready-file",
+                                         str(ready)], "apiserver.log", cwd=SANDBOX)
+        _wait_file(ready, proc, f"the API emulator (see {self.state / 'apiserver.log'})")
+
+    def _start_runtimes(self) -> None:
+        assert self.topo is not None
+        archive = images.build_archive(self.state / "images.tar")
+        for node in self.topo.nodes:
+            ndir = self.state / node.name
+            ctr = containerd.Containerd(node, ndir)
+            self.runtimes.append(ctr)
+            ctr.start()
+            ctr.import_images(archive)
+            ctr.primary_network(f"10.250.{node.index + 1}.0/24")
+            self._spawn(f"kubelet/{node.name}", [
+                sys.executable, "-m", "bnsandbox.kubelet", "--node-name", node.name, "--node-ip", node.ip,
+                "--kubeconfig", str(self.kubeconfig), "--cri-endpoint", ctr.endpoint,
+                "--log-dir", str(ndir / "pods"), "--resync", "2"], f"{node.name}/kubelet.log", cwd=SANDBOX)
+
+    def _start_bridgenet(self, bin_dir: pathlib.Path) -> None:
+        assert self.topo is not None
+        agent, plugin, operator = (bin_dir / n for n in ("bridgenet-agent", "bridgenet", "bridgenet-operator"))
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        if operator.exists():
+            self._spawn("operator", [str(operator), "--metrics-addr", f"127.0.0.1:{_free_port()}",
+                                     "--lease-namespace", "default", "--identity", "sandbox-operator",
+                                     "--cluster-cidrs", "10.250.0.0/16"], "operator.log", env=env)
+        else:
+            self.log(f"sandbox: no {operator}; the operator is not started")
+        if not (agent.exists() and plugin.exists()):
+            self.log(f"sandbox: no {agent} or {plugin}; node agents are not started")
+            return
+        for node, ctr in zip(self.topo.nodes, self.runtimes):
+            ndir = self.state / node.name
+            ctr.install_plugin(plugin)
+            proc = node.popen([str(agent), "--node-name", node.name, "--state-dir", str(ndir / "agent"),
+                               "--socket", str(ctr.sock_dir / "cni.sock"), "--cni-bin-dir", str(ctr.cni_bin),
+                               "--cni-conf-dir", str(ctr.cni_conf), "--cri-endpoint", ctr.endpoint,
+                               "--health-addr", f"{node.ip}:9091"], log_path=str(ndir / "agent.log"),
+                              env={**env, "NODE_NAME": node.name})
+            self.procs.append((f"agent/{node.name}", proc))
+
+    # -- teardown -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        # Kubelets and agents first (they talk to containerd and the API), then the runtimes,
+        # then the namespaces, and the API server last.
+        for name, proc in reversed(self.procs):
+            if name == "apiserver" or proc.poll() is not None:
+                continue
+            proc.terminate()
+        for name, proc in self.procs:
+            if name != "apiserver":
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        for ctr in self.runtimes:
+            ctr.stop()
+        self.runtimes = []
+        if self.topo is not None:
+            if self.external:
+                self.topo.unregister(self.kubectl)
+            self.topo.close()
+            self.topo = None
+        for name, proc in self.procs:
+            if name == "apiserver" and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.procs = []
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,14 +179,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="use this existing API server instead of the emulator (default: $KUBECONFIG if set "
                         "and --emulator is not given)")
     p.add_argument("--emulator", action="store_true", help="always start the emulator, even if KUBECONFIG is set")
+    p.add_argument("--no-runtime", action="store_true", help="nodes without containerd and kubelet stand-in")
+    p.add_argument("--bin-dir", help="start bridgenet-operator, bridgenet-agent and the bridgenet plugin from here")
     p.add_argument("--ready-file", help="write the kubeconfig path here once everything is up")
     args = p.parse_args(argv)
 
-    state = pathlib.Path(args.state_dir)
-    state.mkdir(parents=True, exist_ok=True)
     external = args.kubeconfig or (None if args.emulator else os.environ.get("KUBECONFIG"))
-    emulator = None
-    topo = None
     stop = {"now": False}
 
     def on_signal(signum, frame):
@@ -64,37 +192,21 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    sandbox = Sandbox(args.nodes, pathlib.Path(args.state_dir), args.prefix, external, not args.no_runtime,
+                      pathlib.Path(args.bin_dir) if args.bin_dir else None,
+                      log=lambda m: print(m, flush=True))
     try:
-        if external:
-            kubeconfig = pathlib.Path(external)
-        else:
-            emulator, kubeconfig = start_emulator(state)
-        kubectl = [shutil.which("kubectl") or "kubectl", "--kubeconfig", str(kubeconfig)]
-        names = [f"node{i + 1}" for i in range(args.nodes)]
-        topo = netns.Topology(names, prefix=args.prefix, internet=True)
-        topo.register(kubectl)
-        netns.run(*kubectl, "apply", "-f", str(REPO / "crds" / "yaml"))
-        netns.run(*kubectl, "wait", "--for=condition=Established", "crd", "--all", "--timeout=30s")
-        for node in topo.nodes:
-            (state / node.name).mkdir(exist_ok=True)
-        print(f"sandbox up: {args.nodes} nodes ({', '.join(f'{n.name}={n.ip}' for n in topo.nodes)}), "
-              f"API server {'given' if external else 'emulated'}; export KUBECONFIG={kubeconfig}", flush=True)
+        assert sandbox.topo is not None
+        nodes = ", ".join(f"{n.name}={n.ip}" for n in sandbox.topo.nodes)
+        print(f"sandbox up: {args.nodes} nodes ({nodes}), API server {'given' if external else 'emulated'}; "
+              f"export KUBECONFIG={sandbox.kubeconfig}", flush=True)
         if args.ready_file:
-            pathlib.Path(args.ready_file).write_text(str(kubeconfig) + "\n")
+            pathlib.Path(args.ready_file).write_text(str(sandbox.kubeconfig) + "\n")
         while not stop["now"]:
             time.sleep(0.2)
         return 0
     finally:
-        if topo is not None:
-            if external:
-                topo.unregister(kubectl)
-            topo.close()
-        if emulator is not None and emulator.poll() is None:
-            emulator.terminate()
-            try:
-                emulator.wait(10)
-            except subprocess.TimeoutExpired:
-                emulator.kill()
+        sandbox.close()
         print("sandbox down: namespaces removed" + ("" if external else ", emulator stopped"), flush=True)
 
 

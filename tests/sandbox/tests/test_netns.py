@@ -43,6 +43,15 @@ def test_nodes_reach_each_other_and_the_internet_host_then_vanish():
     assert sleeper.poll() is not None
 
 
+def test_host_link_makes_the_host_reachable_from_nodes():
+    with netns.Topology(["h1"], prefix=PREFIX, host_link=True) as topo:
+        link = netns.host_link_name(PREFIX)
+        assert link == "bnt-sb-test"
+        assert ping(topo.nodes[0], netns.HOST_IP)
+    gone = subprocess.run(["ip", "link", "show", link], capture_output=True)
+    assert gone.returncode != 0
+
+
 def test_removed_node_is_unreachable():
     with netns.Topology(["a", "b"], prefix=PREFIX) as topo:
         a, b = topo.nodes

@@ -54,6 +54,20 @@ def test_up_with_the_emulator_then_down(tmp_path):
         assert "bridgenetworks.bridgenet.io" in kubectl(kc, "get", "crd", "-o", "name")
         assert sorted(n for n in netns.list_netns() if n.startswith(PREFIX)) == [
             PREFIX + "internet", PREFIX + "node1", PREFIX + "node2", PREFIX + "underlay"]
+        # The API server answers on the host's underlay address, where node agents reach it.
+        assert "server: http://10.251.0.1:" in open(kc).read()
+        # A Pod bound to node2 runs there through the kubelet stand-in and containerd.
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default"},
+               "spec": {"nodeName": "node2", "containers": [{"name": "c", "image": "busybox:1.36",
+                                                            "command": ["sleep", "3600"]}]}}
+        subprocess.run(["kubectl", "--kubeconfig", kc, "apply", "-f", "-"], input=json.dumps(pod), text=True,
+                       check=True, capture_output=True)
+        kubectl(kc, "wait", "--for=condition=Ready", "pod/p", "--timeout=60s")
+        ip = json.loads(kubectl(kc, "get", "pod", "p", "-o", "json"))["status"]["podIP"]
+        assert ip.startswith("10.250.2.")
+        ping = subprocess.run(["ip", "netns", "exec", PREFIX + "node2", "busybox", "ping", "-c", "1", "-W", "1", ip],
+                              capture_output=True)
+        assert ping.returncode == 0
     finally:
         code, out = shut_down(proc)
     assert code == 0, out
@@ -64,7 +78,7 @@ def test_up_with_the_emulator_then_down(tmp_path):
 def test_up_against_an_existing_api_server_unregisters_its_nodes(tmp_path):
     existing = Emulator(tmp_path / "existing") if (tmp_path / "existing").mkdir() is None else None
     try:
-        proc, kc = bring_up(tmp_path, "--kubeconfig", str(existing.kubeconfig))
+        proc, kc = bring_up(tmp_path, "--kubeconfig", str(existing.kubeconfig), "--no-runtime")
         try:
             assert kc == str(existing.kubeconfig)
             assert kubectl(kc, "get", "nodes", "-o", "name").split() == ["node/node1", "node/node2"]
