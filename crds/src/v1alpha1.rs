@@ -286,10 +286,11 @@ pub struct Ipv6Config {
     pub block_size: Option<u8>,
 }
 
-/// Schema transform for optional spec fields: drop `nullable: true`, so that the API server
-/// prunes an explicit `null` (as Helm templates produce for an empty value) and the field reads
-/// as absent. Kept nullable, a `null` would reach the CEL rules, where `has()` is true and
-/// `isIP(null)` is an evaluation error instead of a clear answer.
+/// Schema transform for optional spec fields: drop the `nullable: true` kube adds to every
+/// `Option`, so that the API server prunes an explicit `null` (what a Helm template writes for an
+/// empty value) before defaulting and validation. Absent and `null` then mean the same thing
+/// everywhere — in the stored object, to OpenAPI, to CEL and to every client — instead of a
+/// stored `null` that each reader has to treat as absent on its own.
 fn not_nullable(schema: &mut schemars::Schema) {
     let Some(obj) = schema.as_object_mut() else {
         return;

@@ -227,8 +227,8 @@ pub fn prune_nulls(schema: &Value, object: &mut Value) {
 #[test]
 fn explicit_nulls_in_the_spec_read_as_absent() {
     // A Helm template with an empty value writes `gateway: null`. The spec's optional fields are
-    // not nullable, so the API server drops such nulls and neither OpenAPI nor CEL sees them
-    // (a kept null would reach `isIP(self.gateway)` as an evaluation error).
+    // not nullable, so the API server drops such nulls and the object is stored, validated and
+    // read as if the field were absent.
     let schema = bridge_network_schema();
     let mut object = spec(
         json!({"gateway": null, "mtu": null, "ipv6": null, "ipRange": null,
