@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
-use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage, State,
+};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use sha2::{Digest, Sha256};
 
@@ -301,6 +303,7 @@ async fn pod_side(handle: Handle, spec: AttachSpec) -> Result<(), AttachError> {
         .execute()
         .await
         .map_err(nl(format!("setting {} up", spec.pod_ifname)))?;
+    announce(&handle, index, &spec).await?;
     for gw in &spec.default_routes {
         let msg = match gw {
             IpAddr::V4(v4) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
@@ -324,6 +327,43 @@ async fn pod_side(handle: Handle, spec: AttachSpec) -> Result<(), AttachError> {
         }
     }
     Ok(())
+}
+
+/// Announces the pod's addresses once the link is operational.
+///
+/// The kernel's own announcement at link-up (arp_notify) races the bridge: the host port turns
+/// forwarding only when the kernel's link watcher has processed the carrier change, shortly
+/// after, so that first gratuitous ARP is often dropped. Once the pod end reports operstate UP
+/// the port forwards; re-setting the MAC then makes the kernel announce again
+/// (NETDEV_CHANGEADDR with arp_notify / ndisc_notify set), without a raw socket.
+async fn announce(handle: &Handle, index: u32, spec: &AttachSpec) -> Result<(), AttachError> {
+    // Bounded: veth carrier normally follows within a millisecond or two.
+    for _ in 0..200 {
+        let mut links = handle.link().get().match_index(index).execute();
+        let up = links
+            .try_next()
+            .await
+            .map_err(nl(format!("reading {}", spec.pod_ifname)))?
+            .is_some_and(|l| {
+                l.attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::OperState(State::Up)))
+            });
+        if up {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .address(spec.mac.to_vec())
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(nl(format!("announcing {}", spec.pod_ifname)))
 }
 
 /// Removes the pod interface by deleting its host end (the kernel deletes the pair). Gone

@@ -89,6 +89,16 @@ fn run() -> Result<Option<String>, CniError> {
         args: env("CNI_ARGS"),
         config,
     };
+    if request.command == Command::Del && !std::path::Path::new(conf.socket_path()).exists() {
+        // No socket at all: the agent is not installed on this node (or the node just rebooted
+        // and it has not started). Failing would block pod deletion forever; whatever the pod
+        // held is freed by the agent's reconcile against the runtime when it runs.
+        eprintln!(
+            "bridgenet: agent socket {} absent; DEL left to the agent's reconcile",
+            conf.socket_path()
+        );
+        return Ok(None);
+    }
     match forward(conf.socket_path(), &request) {
         Ok(Response::Ok(serde_json::Value::Null)) => Ok(None),
         Ok(Response::Ok(result)) => Ok(Some(result.to_string())),

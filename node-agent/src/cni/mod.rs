@@ -3,5 +3,6 @@
 
 pub mod annotation;
 pub mod engine;
+pub mod install;
 pub mod server;
 pub mod types;
