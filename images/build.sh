@@ -69,12 +69,18 @@ fi
 for bin in "$REL/bridgenet-operator" "$REL/bridgenet-agent" "$CNI_BIN"; do
     [[ -x "$bin" ]] || { echo "build.sh: missing $bin (did the build run?)" >&2; exit 1; }
 done
-if ldd "$CNI_BIN" >/dev/null 2>&1; then
+# A static(-pie) binary: ldd says "statically linked" (or "not a dynamic executable").
+is_static() {
+    local out
+    out="$(ldd "$1" 2>&1 || true)"
+    grep -qE "statically linked|not a dynamic executable" <<<"$out"
+}
+if ! is_static "$CNI_BIN"; then
     echo "build.sh: $CNI_BIN is not statically linked" >&2
     exit 1
 fi
 BUSYBOX="$(command -v busybox || true)"
-if [[ -z "$BUSYBOX" ]] || ldd "$BUSYBOX" >/dev/null 2>&1; then
+if [[ -z "$BUSYBOX" ]] || ! is_static "$BUSYBOX"; then
     echo "build.sh: need a static busybox (apt-get install busybox-static)" >&2
     exit 1
 fi
@@ -84,8 +90,8 @@ install_dynamic() {
     local bin="$1" root="$2" dest="$3"
     install -D -m 0755 "$bin" "$root$dest"
     local lib
-    for lib in $(ldd "$bin" | awk '/=> \//{print $3} /^\s*\/[^ ]+ \(0x/{print $1}'); do
-        install -D -m 0644 "$(readlink -f "$lib")" "$root$lib"
+    for lib in $(ldd "$bin" | awk '/=> \//{print $3} /^[ \t]*\/[^ ]+ \(0x/{print $1}'); do
+        install -D -m 0755 "$(readlink -f "$lib")" "$root$lib"
     done
 }
 
@@ -98,6 +104,8 @@ printf 'root:x:0:0:root:/:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/:/sbin/n
 
 install_dynamic "$REL/bridgenet-agent" "$CTX/agent/rootfs" /usr/bin/bridgenet-agent
 install -D -m 0755 "$CNI_BIN" "$CTX/agent/rootfs/usr/libexec/bridgenet/bridgenet"
+# Also beside the agent, where code that looks next to its own executable finds it.
+ln -s ../libexec/bridgenet/bridgenet "$CTX/agent/rootfs/usr/bin/bridgenet"
 install -D -m 0755 "$BUSYBOX" "$CTX/agent/rootfs/bin/busybox"
 for applet in sh cp mv chmod ls cat ping sleep; do
     ln -sf busybox "$CTX/agent/rootfs/bin/$applet"
@@ -112,7 +120,7 @@ for component in operator agent; do
     if [[ -n "$SAVE_DIR" ]]; then
         mkdir -p "$SAVE_DIR"
         rm -f "$SAVE_DIR/bridgenet-$component-$VERSION.tar"
-        tool save --format docker-archive -o "$SAVE_DIR/bridgenet-$component-$VERSION.tar" "$image" >/dev/null
+        tool save $([[ "$TOOL" == podman ]] && echo --quiet) --format docker-archive -o "$SAVE_DIR/bridgenet-$component-$VERSION.tar" "$image" >/dev/null
         echo "build.sh: saved $SAVE_DIR/bridgenet-$component-$VERSION.tar"
     fi
 done
