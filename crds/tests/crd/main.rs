@@ -7,6 +7,7 @@
 //! read the CRD exactly as `crdgen` writes it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod agreement;
 mod cel;
 mod drift;
 mod examples;
