@@ -65,6 +65,7 @@ CALL_PATTERNS = [
     (r"\b(?:watcher|metadata_watcher|reflector)\(", None, {"list", "watch"}),
     (r"\bController::new\(", None, {"list", "watch"}),
     (r"\.get_opt\(", None, {"get"}),
+    (r"\.get_metadata(?:_opt)?\(", None, {"get"}),
     (r"\.patch_status\(", "status", {"patch"}),
     (r"\.replace_status\(", "status", {"update"}),
     (r"\.get_status\(", "status", {"get"}),
