@@ -1,10 +1,108 @@
 #!/usr/bin/env bash
-# The main job on an embedded default. Until the local sandbox cluster lands (issue 7), this is
-# the smallest real thing: build everything and print the CRDs a cluster would install, with an
-# example network validated by the same CEL rules the API server runs.
+# The main job on an embedded default: a two-node sandbox cluster on this machine (network
+# namespaces as nodes, each with containerd, a kubelet stand-in and the bridgenet agent; the
+# operator; a Kubernetes API emulator — or the API server of $KUBECONFIG with SANDBOX_KUBECONFIG),
+# then Docker's bridge-network story told with kubectl, every line real output.
+# Needs root. Everything it creates is torn down at the end, also on Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$PWD
+STATE=${SANDBOX_STATE:-/tmp/bnt-sb}
+WAIT=${DEMO_WAIT:-45s}
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+run() { printf '$ %s\n' "$*"; "$@" || printf '(exit %s)\n' "$?"; }
+
+say "build (cargo build --workspace) and check the generated CRDs"
 cargo build --workspace --locked
 cargo run -q --locked -p bridgenet-crds --bin crdgen -- --check
-echo "== kubectl get crds (what bridgenet installs)"
-grep -h '^  name:' crds/yaml/*.yaml
+
+say "bring up the sandbox: 2 nodes, containerd + kubelet stand-in + bridgenet-agent on each, the operator"
+rm -rf "$STATE" && mkdir -p "$STATE"
+up_args=(--nodes 2 --state-dir "$STATE" --bin-dir "$ROOT/target/debug" --ready-file "$STATE/ready")
+if [[ -n "${SANDBOX_KUBECONFIG:-}" ]]; then up_args+=(--kubeconfig "$SANDBOX_KUBECONFIG"); else up_args+=(--emulator); fi
+(cd tests/sandbox && exec python3 -m bnsandbox.up "${up_args[@]}") > "$STATE/up.log" 2>&1 &
+UP=$!
+down() {
+    kill -TERM "$UP" 2>/dev/null || true
+    wait "$UP" 2>/dev/null || true
+    tail -n 1 "$STATE/up.log" 2>/dev/null || true
+}
+trap down EXIT
+for _ in $(seq 300); do
+    [[ -s "$STATE/ready" ]] && break
+    kill -0 "$UP" 2>/dev/null || { cat "$STATE/up.log"; exit 1; }
+    sleep 0.2
+done
+[[ -s "$STATE/ready" ]] || { echo "sandbox did not come up"; cat "$STATE/up.log"; exit 1; }
+cat "$STATE/up.log"
+export KUBECONFIG
+KUBECONFIG=$(cat "$STATE/ready")
+podexec() { (cd tests/sandbox && python3 -m bnsandbox.podexec --state-dir "$STATE" "$@"); }
+
+say "the cluster"
+run kubectl get nodes -o wide
+
+say "docker network create --subnet=172.20.0.0/16 --gateway=172.20.0.1 custom-network"
+run cat examples/custom-network.yaml
+run kubectl apply -f examples/custom-network.yaml
+run kubectl wait --for=condition=Ready bridgenetwork/custom-network --timeout="$WAIT"
+
+say "docker network ls"
+run kubectl get bridgenetworks -o wide
+run kubectl get nodebridges -o custom-columns='NAME:.metadata.name,NODE:.spec.node,BRIDGE:.spec.bridge,GATEWAY:.spec.gateway,READY:.status.conditions[?(@.type=="Ready")].status'
+
+say "docker run --network custom-network (one pod on each node)"
+for spec in web:node1 db:node2; do
+    name=${spec%%:*} node=${spec##*:}
+    kubectl apply -f - <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: $name
+  annotations: {bridgenet.io/networks: custom-network}
+spec:
+  nodeName: $node   # the sandbox has no scheduler
+  containers: [{name: $name, image: "busybox:1.36", command: [sleep, "3600"]}]
+EOF
+done
+run kubectl wait --for=condition=Ready pod/web pod/db --timeout="$WAIT"
+run kubectl get pods -o wide
+for p in web db; do
+    printf '$ kubectl get pod %s -o jsonpath={.metadata.annotations.bridgenet\\.io/network-status}\n' "$p"
+    kubectl get pod "$p" -o jsonpath='{.metadata.annotations.bridgenet\.io/network-status}' || true
+    echo
+done
+
+say "docker exec web ip addr; ping db across nodes"
+run podexec web -- ip -4 -o addr
+DB_IP=$(kubectl get pod db -o jsonpath='{.metadata.annotations.bridgenet\.io/network-status}' 2>/dev/null \
+    | python3 -c 'import json,sys
+try:
+    e = next(e for e in json.load(sys.stdin) if e.get("name") == "custom-network")
+    print(((e.get("ips") or [e.get("ip")])[0]).split("/")[0])
+except Exception:
+    pass' || true)
+if [[ -n "$DB_IP" ]]; then run podexec web -- ping -c 2 -W 1 "$DB_IP"; else echo "(db has no custom-network address yet)"; fi
+
+say "docker network inspect custom-network"
+run kubectl describe bridgenetwork custom-network
+
+say "refused at apply: a bridge name longer than Linux allows"
+run kubectl apply -f examples/invalid/bridge-name-too-long.yaml
+
+say "refused by the operator: a network overlapping custom-network"
+kubectl apply -f - <<'EOF'
+apiVersion: bridgenet.io/v1alpha1
+kind: BridgeNetwork
+metadata: {name: overlapping}
+spec: {subnet: 172.20.128.0/17}
+EOF
+sleep 3
+run kubectl get bridgenetworks -o wide
+run kubectl get events --field-selector involvedObject.name=overlapping
+
+say "when pods did not come up: what the kubelet stand-in saw"
+run kubectl get events --field-selector reason=FailedCreatePodSandBox
+
+say "tear down"

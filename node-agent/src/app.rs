@@ -77,6 +77,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         let ctx = ctx.clone();
         tasks.spawn(async move { run_dataplane(ctx).await });
     }
+    {
+        // Pod attachment: CNI socket, IPAM, hot-plug, endpoint status.
+        let ctx = ctx.clone();
+        tasks.spawn(async move { crate::cni::agent::run(ctx).await });
+    }
     // Further parts of the agent add one `tasks.spawn(...)` each here.
 
     tokio::select! {

@@ -727,15 +727,30 @@ impl<D: Directory> Engine<D> {
         self.sweep_stray_veths().await.map_err(attach_error)
     }
 
-    /// Frees every allocation whose sandbox is not in `live` (the runtime's sandboxes, from
-    /// CRI). Returns how many were freed.
-    pub async fn reconcile(&self, live: &HashSet<String>) -> Result<usize, CniError> {
+    /// The allocations of one sandbox.
+    pub async fn allocations_of(&self, container_id: &str) -> Vec<Allocation> {
+        self.ipam.lock().await.of_container(container_id)
+    }
+
+    /// Frees every allocation older than `min_age` whose sandbox is not in `live` (the
+    /// runtime's sandboxes, from CRI). Returns how many were freed.
+    ///
+    /// `min_age` covers sandboxes being created: a runtime may list a sandbox only once its
+    /// CNI ADD has returned, so a young allocation can belong to an ADD in flight.
+    pub async fn reconcile(
+        &self,
+        live: &HashSet<String>,
+        min_age: std::time::Duration,
+    ) -> Result<usize, CniError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let stale: Vec<Allocation> = self
             .ipam
             .lock()
             .await
             .all()
-            .filter(|a| !live.contains(&a.container_id))
+            .filter(|a| !live.contains(&a.container_id) && a.since + min_age.as_secs() <= now)
             .cloned()
             .collect();
         if !stale.is_empty() {

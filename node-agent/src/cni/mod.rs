@@ -1,8 +1,12 @@
 //! Pod attachment through CNI: the protocol types shared with the `bridgenet` plugin binary,
 //! the pod annotation, the agent's socket server and the logic behind each CNI command.
 
+pub mod agent;
 pub mod annotation;
+pub mod cri;
 pub mod engine;
+pub mod hotplug;
 pub mod install;
+pub mod kube;
 pub mod server;
 pub mod types;

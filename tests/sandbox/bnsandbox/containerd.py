@@ -38,14 +38,19 @@ def _mounts_under(path: pathlib.Path) -> list[str]:
     return out
 
 
+def socket_dir(state_dir: pathlib.Path) -> pathlib.Path:
+    """Where a node's sockets live: a short path derived from its state dir."""
+    digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
+    return pathlib.Path("/run") / f"bnt-sb-{digest}"
+
+
 class Containerd:
     def __init__(self, node: Node, state_dir: pathlib.Path) -> None:
         self.node = node
         self.dir = state_dir / "containerd"
         # Unix socket paths are limited to ~104 bytes, and state dirs (pytest's tmp) are long:
         # sockets go to a short directory named after the state dir.
-        digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
-        self.sock_dir = pathlib.Path("/run") / f"bnt-sb-{digest}"
+        self.sock_dir = socket_dir(state_dir)
         self.socket = self.sock_dir / "containerd.sock"
         self.cni_bin = state_dir / "cni" / "bin"
         self.cni_conf = state_dir / "cni" / "net.d"

@@ -64,6 +64,8 @@ class Kubelet:
                     await self.sync()
                 except (KubeError, cri.CriError, OSError) as err:
                     log.warning("sync failed: %s", err)
+                except Exception:  # noqa: BLE001 - a stand-in bug must not stop the node
+                    log.exception("sync failed unexpectedly")
                 try:
                     await asyncio.wait_for(self.dirty.wait(), timeout=self.resync)
                 except asyncio.TimeoutError:
@@ -106,11 +108,17 @@ class Kubelet:
                 await self._finish_deletion(pod)
                 continue
             wanted.add(uid)
-            if uid not in by_uid:
-                if time.monotonic() - self.failed_at.get(uid, -1e9) >= RETRY_AFTER:
-                    await self.start(pod)
-            else:
-                await self.report(pod, by_uid[uid][0])
+            ready = [sb for sb in by_uid.get(uid, []) if sb.state == cri.SANDBOX_READY]
+            stale = [sb for sb in by_uid.get(uid, []) if sb.state != cri.SANDBOX_READY]
+            if ready:
+                await self.teardown(stale)
+                await self.report(pod, ready[0])
+                continue
+            # No ready sandbox: none yet, or one whose setup failed half-way (the runtime keeps
+            # it NOTREADY). Like the kubelet, remove what is there and try again.
+            if time.monotonic() - self.failed_at.get(uid, -1e9) >= RETRY_AFTER:
+                await self.teardown(stale)
+                await self.start(pod)
         for uid, sbs in by_uid.items():
             if uid not in wanted:
                 log.info("pod %s is gone: removing its sandbox", uid)
@@ -187,10 +195,15 @@ class Kubelet:
             self.reported[uid] = key
 
     async def teardown(self, sandboxes: list[cri.Sandbox]) -> None:
+        """Stops and removes sandboxes; one that cannot be stopped (its CNI DEL fails) is left
+        for the next sync to retry, without holding up the others."""
         for sb in sandboxes:
             log.info("removing sandbox %s of %s/%s", sb.id[:12], sb.meta.namespace, sb.meta.name)
-            await self.call(self.runtime.stop_pod_sandbox, sb.id)
-            await self.call(self.runtime.remove_pod_sandbox, sb.id)
+            try:
+                await self.call(self.runtime.stop_pod_sandbox, sb.id)
+                await self.call(self.runtime.remove_pod_sandbox, sb.id)
+            except cri.CriError as err:
+                log.warning("sandbox %s: %s", sb.id[:12], err)
 
     async def _finish_deletion(self, pod: dict) -> None:
         """What a kubelet does for a Pod in graceful deletion once its containers are gone."""
@@ -214,9 +227,23 @@ class Kubelet:
             raise
 
     async def _event(self, pod: dict, reason: str, message: str) -> None:
+        """One Event per (pod, reason), its count and last timestamp bumped on repeats, like
+        the kubelet's event aggregation."""
         meta = pod["metadata"]
+        name = f"{meta['name']}.{uuid.uuid5(uuid.NAMESPACE_URL, meta['uid'] + reason).hex[:16]}"
+        path = f"/api/v1/namespaces/{meta['namespace']}/events"
+        try:
+            existing = await self.kube.request("GET", f"{path}/{name}")
+            await self.kube.request("PATCH", f"{path}/{name}", {
+                "count": int(existing.get("count") or 1) + 1, "lastTimestamp": _now(), "message": message},
+                content_type="application/merge-patch+json")
+            return
+        except KubeError as err:
+            if err.status != 404:
+                log.warning("event for %s/%s: %s", meta["namespace"], meta["name"], err)
+                return
         ev = {"apiVersion": "v1", "kind": "Event",
-              "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
+              "metadata": {"name": name, "namespace": meta["namespace"]},
               "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"],
                                  "namespace": meta["namespace"], "uid": meta["uid"]},
               "reason": reason, "message": message, "type": "Warning", "count": 1,
@@ -224,7 +251,7 @@ class Kubelet:
               "source": {"component": "kubelet", "host": self.node},
               "reportingComponent": "kubelet", "reportingInstance": self.node}
         try:
-            await self.kube.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", ev)
+            await self.kube.request("POST", path, ev)
         except KubeError as err:
             log.warning("event for %s/%s: %s", meta["namespace"], meta["name"], err)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -143,6 +144,9 @@ class ResourceType:
                         cells.append(None)
                     elif c.get("type") == "date":
                         cells.append(human_age(values[0]))
+                    elif len(values) == 1 and isinstance(values[0], (list, dict)):
+                        # Like the API server's JSONPath printer: structured values as JSON.
+                        cells.append(json.dumps(values[0], separators=(",", ":")))
                     elif len(values) == 1:
                         cells.append(values[0])
                     else:

@@ -122,6 +122,10 @@ class Sandbox:
         for node, ctr in zip(self.topo.nodes, self.runtimes):
             ndir = self.state / node.name
             ctr.install_plugin(plugin)
+            # Chained after the primary network, as the agent's DaemonSet installs it on a real
+            # node (the entry is the agent's own `plugin_entry`, so its installer finds it right).
+            ctr.primary_network(f"10.250.{node.index + 1}.0/24",
+                                chained=[{"type": "bridgenet", "socket": str(ctr.sock_dir / "cni.sock")}])
             proc = node.popen([str(agent), "--node-name", node.name, "--state-dir", str(ndir / "agent"),
                                "--socket", str(ctr.sock_dir / "cni.sock"), "--cni-bin-dir", str(ctr.cni_bin),
                                "--cni-conf-dir", str(ctr.cni_conf), "--cri-endpoint", ctr.endpoint,

@@ -71,6 +71,10 @@ def test_pods_bound_to_the_node_run_report_and_go(emulator, tmp_path):
                 timeout=30, what="a FailedCreatePodSandBox event")
             desc = emulator.kubectl("describe", "-n", ns, "pod", "broken").stdout
             assert "no-such-plugin" in desc
+            # Retries bump one Event's count instead of adding Events.
+            wait_for(lambda: [e.get("count") for e in json.loads(emulator.kubectl(
+                "get", "events", "-n", ns, "--field-selector", "involvedObject.name=broken", "-o", "json").stdout
+            )["items"]] in ([2], [3], [4]), timeout=30, what="the event count to grow")
             runtime.close()
         finally:
             if kubelet is not None:

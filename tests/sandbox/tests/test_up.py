@@ -68,6 +68,11 @@ def test_up_with_the_emulator_then_down(tmp_path):
         ping = subprocess.run(["ip", "netns", "exec", PREFIX + "node2", "busybox", "ping", "-c", "1", "-W", "1", ip],
                               capture_output=True)
         assert ping.returncode == 0
+        # podexec runs in the Pod's own network namespace: it sees the Pod's address on eth0.
+        inside = subprocess.run([sys.executable, "-m", "bnsandbox.podexec", "--state-dir", str(tmp_path / "state"),
+                                 "p", "--", "ip", "-4", "-o", "addr", "show", "eth0"],
+                                cwd=SANDBOX, capture_output=True, text=True)
+        assert inside.returncode == 0 and f"inet {ip}/24" in inside.stdout, inside
     finally:
         code, out = shut_down(proc)
     assert code == 0, out

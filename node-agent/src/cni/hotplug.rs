@@ -1,0 +1,248 @@
+//! Hot attach/detach (`docker network connect/disconnect`): when the `bridgenet.io/networks`
+//! annotation of a running pod on this node changes, attach the networks it gained and detach
+//! the ones it lost, in the pod's sandbox as the runtime reports it over CRI.
+//!
+//! Only READY sandboxes are touched: the runtime marks a sandbox ready after its CNI ADD has
+//! returned, so hot-plug never races the plugin for a starting pod.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::cni::annotation::{self, NetworkRequest};
+use crate::cni::cri::{Cri, Sandbox};
+use crate::cni::engine::{Directory, Engine, Notice, PodRef, Target};
+use crate::ipam::Allocation;
+
+/// What to change in one sandbox.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Networks to attach, with the interface names they get.
+    pub attach: Vec<NetworkRequest>,
+    /// Networks to detach.
+    pub detach: Vec<String>,
+}
+
+/// Compares what the annotation asks for with what the sandbox has. Attached networks keep
+/// their interface; a new one whose positional name (`netN`) is taken by an existing interface
+/// gets the next free `netN`.
+pub fn plan(desired: &[NetworkRequest], attached: &[Allocation]) -> Plan {
+    let have: BTreeMap<&str, &str> = attached
+        .iter()
+        .map(|a| (a.network.as_str(), a.ifname.as_str()))
+        .collect();
+    let want: BTreeSet<&str> = desired.iter().map(|r| r.name.as_str()).collect();
+    let mut used: BTreeSet<String> = have.values().map(|s| (*s).to_owned()).collect();
+    let mut attach = Vec::new();
+    for request in desired
+        .iter()
+        .filter(|r| !have.contains_key(r.name.as_str()))
+    {
+        let mut request = request.clone();
+        if used.contains(&request.interface) {
+            let free = (1..)
+                .map(|i| format!("net{i}"))
+                .find(|n| !used.contains(n))
+                .unwrap_or_default();
+            request.interface = free;
+        }
+        used.insert(request.interface.clone());
+        attach.push(request);
+    }
+    let detach = have
+        .keys()
+        .filter(|n| !want.contains(**n))
+        .map(|n| (*n).to_owned())
+        .collect();
+    Plan { attach, detach }
+}
+
+/// Brings one pod's sandbox in line with its annotation.
+pub async fn sync_pod<D: Directory>(
+    engine: &Engine<D>,
+    cri: &Cri,
+    pod: &Pod,
+    sandbox: &Sandbox,
+    reported: &mut BTreeSet<(PodRef, String)>,
+) {
+    let pod_ref = PodRef {
+        namespace: sandbox.namespace.clone(),
+        name: sandbox.name.clone(),
+    };
+    if pod.metadata.deletion_timestamp.is_some()
+        || pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false)
+    {
+        return;
+    }
+    let value = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(bridgenet_crds::ANNOTATION_NETWORKS))
+        .cloned()
+        .unwrap_or_default();
+    let desired = match annotation::parse(&value) {
+        Ok(d) => d,
+        Err(e) => {
+            // One Event per bad value, not one per resync.
+            if reported.insert((pod_ref.clone(), value.clone())) {
+                engine.directory().notify(Notice::Rejected {
+                    pod: pod_ref,
+                    reason: "InvalidNetworkAnnotation",
+                    message: format!("annotation {}: {e}", bridgenet_crds::ANNOTATION_NETWORKS),
+                });
+            }
+            return;
+        }
+    };
+    let attached = engine.allocations_of(&sandbox.id).await;
+    let plan = plan(&desired, &attached);
+    for network in &plan.detach {
+        match engine.detach_interface(&sandbox.id, network).await {
+            Ok(()) => {
+                tracing::info!(pod = %pod_ref, network, "hot-detached");
+                engine.directory().notify(Notice::Changed {
+                    pod: pod_ref.clone(),
+                });
+            }
+            Err(e) => tracing::warn!(pod = %pod_ref, network, error = %e.msg, "hot-detach failed"),
+        }
+    }
+    if plan.attach.is_empty() {
+        return;
+    }
+    let netns = match cri.netns_of(&sandbox.id).await {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            tracing::warn!(pod = %pod_ref, "the runtime reports no network namespace for the sandbox");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(pod = %pod_ref, error = %e, "asking the runtime for the sandbox's netns");
+            return;
+        }
+    };
+    let info = match engine.directory().pod(&pod_ref).await {
+        Ok(Some(info)) => info,
+        _ => return,
+    };
+    let target = Target {
+        container_id: sandbox.id.clone(),
+        netns,
+        pod: Some(pod_ref.clone()),
+        cni_name: String::new(),
+    };
+    // Each network on its own: one refused network must not hold back the others.
+    for request in plan.attach {
+        let key = (pod_ref.clone(), format!("{value}\u{0}{}", request.name));
+        if reported.contains(&key) {
+            continue;
+        }
+        match engine
+            .attach(&target, std::slice::from_ref(&request), &info)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(pod = %pod_ref, network = %request.name, interface = %request.interface, "hot-attached")
+            }
+            Err(e) => {
+                tracing::warn!(pod = %pod_ref, network = %request.name, error = %e.msg, "hot-attach failed");
+                // A refused request (Event already sent) waits for the annotation to change;
+                // transient failures are retried at the next resync.
+                if e.code == crate::cni::types::code::POD_REQUEST_REJECTED {
+                    reported.insert(key);
+                }
+            }
+        }
+    }
+}
+
+/// Runs hot-plug: on every change of a pod on this node, and for all of them every `resync`.
+pub async fn run<D: Directory>(
+    engine: Arc<Engine<D>>,
+    cri: Cri,
+    pods: impl Fn() -> Vec<Arc<Pod>>,
+    mut changed: impl Stream<Item = Option<PodRef>> + Unpin,
+    resync: std::time::Duration,
+) {
+    let mut tick = tokio::time::interval(resync);
+    let mut reported = BTreeSet::new();
+    loop {
+        let mut wanted: Option<BTreeSet<PodRef>> = Some(BTreeSet::new());
+        tokio::select! {
+            ev = changed.next() => match ev {
+                None => return,
+                Some(Some(p)) => { if let Some(w) = wanted.as_mut() { w.insert(p); } }
+                Some(None) => continue,
+            },
+            _ = tick.tick() => wanted = None,
+        }
+        let sandboxes = match cri.ready_sandboxes().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "listing sandboxes for hot-plug");
+                continue;
+            }
+        };
+        for pod in pods() {
+            let pod_ref = PodRef {
+                namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+                name: pod.metadata.name.clone().unwrap_or_default(),
+            };
+            if wanted.as_ref().is_some_and(|w| !w.contains(&pod_ref)) {
+                continue;
+            }
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            let Some(sandbox) = sandboxes.iter().find(|s| s.uid == uid) else {
+                continue;
+            };
+            sync_pod(&engine, &cri, &pod, sandbox, &mut reported).await;
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn alloc(network: &str, ifname: &str) -> Allocation {
+        Allocation {
+            network: network.into(),
+            ip: "172.20.0.5".parse().unwrap(),
+            prefix: 24,
+            container_id: "sb".into(),
+            ifname: ifname.into(),
+            pod: "default/web".into(),
+            cni_name: String::new(),
+            host_veth: "bnv".into(),
+            mac: String::new(),
+            since: 0,
+        }
+    }
+
+    #[test]
+    fn plans_additions_and_removals_keeping_interfaces() {
+        // "a,b" attached as net1/net2; the annotation becomes "b,c": detach a, attach c. c's
+        // positional name net2 is b's and net1 is a's until it is gone: c gets net3.
+        let attached = vec![alloc("a", "net1"), alloc("b", "net2")];
+        let desired = annotation::parse("b,c").unwrap();
+        let p = plan(&desired, &attached);
+        assert_eq!(p.detach, vec!["a".to_owned()]);
+        assert_eq!(p.attach.len(), 1);
+        assert_eq!(p.attach[0].name, "c");
+        assert_eq!(p.attach[0].interface, "net3");
+        assert_eq!(
+            plan(&annotation::parse("a,b").unwrap(), &attached),
+            Plan::default()
+        );
+        let p = plan(&[], &attached);
+        assert_eq!(p.detach.len(), 2);
+    }
+}
