@@ -12,11 +12,11 @@ use bridgenet_crds::v1alpha1::{
     BridgeNetwork, BridgeNetworkStatus, NodeBridge, node_bridge_labels,
 };
 use bridgenet_crds::{FINALIZER_AGENT, FINALIZER_OPERATOR, LABEL_NETWORK, LABEL_NODE};
-use futures::{StreamExt, future};
+use futures::{FutureExt, StreamExt, future};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -26,7 +26,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::error::{Error, Result, is_conflict, is_not_found};
+use crate::error::{Error, Result, is_not_found};
 use crate::metrics::{Health, Metrics, NetworkLabel};
 use crate::plan::{self, Member, PlanInput, Settings};
 use crate::status::PlannedEvent;
@@ -138,21 +138,40 @@ pub fn error_policy(net: Arc<BridgeNetwork>, err: &Error, ctx: Arc<Context>) -> 
     }
 }
 
+/// Whether a cache has finished its first full list. Polled rather than awaited: the store's
+/// readiness is a oneshot channel that wakes only the last task waiting on it, so concurrent
+/// reconciles awaiting it would strand each other.
+fn is_synced<K>(store: &Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|r| r.is_ok())
+}
+
 async fn wait_synced(ctx: &Context) -> Result<()> {
-    let timeout = ctx.sync_timeout;
-    let synced = |ready: bool, what| {
-        if ready {
-            Ok(())
+    let deadline = Instant::now() + ctx.sync_timeout;
+    loop {
+        let pending = if !is_synced(&ctx.networks) {
+            Some("BridgeNetworks")
+        } else if !is_synced(&ctx.nodes) {
+            Some("Nodes")
+        } else if !is_synced(&ctx.node_bridges) {
+            Some("NodeBridges")
         } else {
-            Err(Error::CachesNotSynced { what })
+            None
+        };
+        match pending {
+            None => return Ok(()),
+            Some(what) if Instant::now() >= deadline => {
+                return Err(Error::CachesNotSynced { what });
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
-    };
-    let r = tokio::time::timeout(timeout, ctx.networks.wait_until_ready()).await;
-    synced(matches!(r, Ok(Ok(()))), "BridgeNetworks")?;
-    let r = tokio::time::timeout(timeout, ctx.nodes.wait_until_ready()).await;
-    synced(matches!(r, Ok(Ok(()))), "Nodes")?;
-    let r = tokio::time::timeout(timeout, ctx.node_bridges.wait_until_ready()).await;
-    synced(matches!(r, Ok(Ok(()))), "NodeBridges")
+    }
 }
 
 async fn reconcile_inner(net: Arc<BridgeNetwork>, ctx: &Arc<Context>) -> Result<Action> {
@@ -308,9 +327,10 @@ async fn patch_status(
     Ok(())
 }
 
-/// Creates or server-side-applies one NodeBridge. A missing object is created with POST (the
-/// test emulator cannot create through apply); an object of that name carrying another
-/// network's or node's labels is never overwritten.
+/// Server-side-applies one NodeBridge, creating it if missing. Always apply, never POST:
+/// fields written by a create belong to an `Update` entry of our manager, which a later apply
+/// does not own, so a peer dropped from the applied list would stay in the object. An object
+/// of that name carrying another network's or node's labels is never overwritten.
 async fn write_node_bridge(
     ctx: &Context,
     net: &BridgeNetwork,
@@ -341,21 +361,6 @@ async fn write_node_bridge(
         }
     }
     let api: Api<NodeBridge> = Api::all(ctx.client.clone());
-    if member.existing.is_none() {
-        let pp = PostParams {
-            field_manager: Some(MANAGER.to_owned()),
-            ..Default::default()
-        };
-        match api.create(&pp, &nb).await {
-            Ok(_) => {
-                tracing::info!(network = %network, node = %member.node, nodebridge = %member.name, "created NodeBridge");
-                return Ok(());
-            }
-            // Created since our cache was filled: apply over it below.
-            Err(e) if is_conflict(&e) => {}
-            Err(e) => return Err(Error::kube("create", "NodeBridge", &member.name, e)),
-        }
-    }
     api.patch(
         &member.name,
         &PatchParams::apply(MANAGER).force(),
@@ -363,7 +368,8 @@ async fn write_node_bridge(
     )
     .await
     .map_err(|e| Error::kube("apply", "NodeBridge", &member.name, e))?;
-    tracing::info!(network = %network, node = %member.node, nodebridge = %member.name, "updated NodeBridge");
+    tracing::info!(network = %network, node = %member.node, nodebridge = %member.name,
+        created = member.existing.is_none(), "applied NodeBridge");
     Ok(())
 }
 
@@ -540,9 +546,9 @@ pub async fn run(
     let ready = {
         let (a, b, c) = (net_store.clone(), node_store, nb_store);
         async move {
-            let _ = a.wait_until_ready().await;
-            let _ = b.wait_until_ready().await;
-            let _ = c.wait_until_ready().await;
+            while !(is_synced(&a) && is_synced(&b) && is_synced(&c)) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             tracing::info!("caches synced");
             health.set_ready(true);
         }

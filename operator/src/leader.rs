@@ -156,6 +156,7 @@ impl LeaderElector {
                 })?;
                 match self.api.create(&PostParams::default(), &lease).await {
                     Ok(l) => {
+                        tracing::info!(lease = %self.name, identity = %self.identity, "created leader lease");
                         self.resource_version = l.metadata.resource_version;
                         Ok(true)
                     }

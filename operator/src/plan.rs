@@ -379,8 +379,14 @@ impl Children {
             && *inter_pod_traffic == t.inter_pod_traffic
             && *namespace_selector == t.namespace_selector;
         head && {
+            // Peers are a list map keyed on node: a server-side apply merge may keep another
+            // order than ours (the emulator does), which is the same content.
+            let mut have: Vec<&Peer> = peers.iter().collect();
+            if !have.is_sorted_by(|a, b| a.node <= b.node) {
+                have.sort_by(|a, b| a.node.cmp(&b.node));
+            }
             let mut planned = self.peers_of(i);
-            let mut have = peers.iter();
+            let mut have = have.into_iter();
             loop {
                 match (planned.next(), have.next()) {
                     (None, None) => break true,

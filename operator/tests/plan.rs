@@ -83,6 +83,15 @@ impl World {
         })
     }
 
+    fn plan_with_node(&self, name: &str, extra: Node) -> NetworkPlan {
+        let mut w = World::new(
+            self.nets.iter().map(|n| (**n).clone()).collect(),
+            self.nodes.clone(),
+        );
+        w.nodes.push(Arc::new(extra));
+        w.plan(name)
+    }
+
     /// Executes a plan the way the controller does (status, NodeBridge writes, deletions),
     /// with agents that report Ready at once.
     fn apply(&mut self, name: &str, plan: &NetworkPlan) {
@@ -194,6 +203,16 @@ fn every_selected_node_gets_a_node_bridge_with_blocks_and_peers() {
     assert_eq!(a.peers[0].blocks, ["172.20.0.64/26"]);
     assert!(c.matches(0, &a));
     assert!(!c.matches(1, &a));
+    let b = c.spec_for(1);
+    let mut three = w.plan_with_node("blue", node("c", "192.168.0.30", &[]));
+    let c3 = three.children.take().unwrap();
+    let mut spec = c3.spec_for(0);
+    assert!(c3.matches(0, &spec));
+    spec.peers.reverse();
+    assert!(c3.matches(0, &spec), "peer order is not content");
+    spec.peers[0].address = "192.168.9.9".into();
+    assert!(!c3.matches(0, &spec));
+    assert_ne!(a, b);
     assert_eq!(c.members[0].name, "blue.node-a");
     // Status: blocks recorded, nothing ready yet, no event for a plain acceptance.
     assert_eq!(p.status.blocks.len(), 2);
