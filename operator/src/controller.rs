@@ -529,6 +529,7 @@ pub async fn run(
         watcher::Config::default().labels("app.kubernetes.io/managed-by=bridgenet-operator"),
     )
     .default_backoff()
+    .modify(plan::strip_peers)
     .reflect(nb_writer)
     .touched_objects();
 

@@ -8,6 +8,7 @@
 //! [`Children::matches`] compares an existing spec without building the planned one.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -265,6 +266,40 @@ fn is_deleting(nb: &NodeBridge) -> bool {
     nb.metadata.deletion_timestamp.is_some()
 }
 
+/// Annotation the operator's own NodeBridge cache puts on objects whose peer list it dropped
+/// (never written to the API): the digest of that list, so that [`Children::matches`] can still
+/// compare it. At 1,000 nodes a NodeBridge's peers are ~70 KiB, so caching every NodeBridge of
+/// 100 networks in full would take gigabytes.
+pub const PEERS_DIGEST_ANNOTATION: &str = "bridgenet.io/cached-peers-digest";
+
+fn hash_peer(h: &mut DefaultHasher, node: &str, address: &str, blocks: &[String]) {
+    node.hash(h);
+    address.hash(h);
+    blocks.hash(h);
+}
+
+/// Digest of a peer list as a list map keyed on node (order does not count).
+pub fn peers_digest(peers: &[Peer]) -> String {
+    let mut sorted: Vec<&Peer> = peers.iter().collect();
+    sorted.sort_by(|a, b| a.node.cmp(&b.node));
+    let mut h = DefaultHasher::new();
+    sorted.len().hash(&mut h);
+    for p in sorted {
+        hash_peer(&mut h, &p.node, &p.address, &p.blocks);
+    }
+    format!("{:016x}", h.finish())
+}
+
+/// Replaces a cached NodeBridge's peer list by its digest (see [`PEERS_DIGEST_ANNOTATION`]).
+pub fn strip_peers(nb: &mut NodeBridge) {
+    let digest = peers_digest(&nb.spec.peers);
+    nb.spec.peers = Vec::new();
+    nb.metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(PEERS_DIGEST_ANNOTATION.to_owned(), digest);
+}
+
 /// Everything the planner reads about one network.
 pub struct PlanInput<'a> {
     /// The network.
@@ -311,6 +346,7 @@ pub struct Children {
     /// Terminating NodeBridges of nodes that no longer exist: no agent will remove its
     /// finalizer, so the operator does.
     pub release_agent_finalizer: Vec<Arc<NodeBridge>>,
+    writes: Vec<bool>,
 }
 
 impl Children {
@@ -340,8 +376,33 @@ impl Children {
         spec
     }
 
+    /// Digest of member `i`'s planned peers, equal to [`peers_digest`] of `spec_for(i).peers`.
+    pub fn planned_peers_digest(&self, i: usize) -> String {
+        let mut h = DefaultHasher::new();
+        self.peers_of(i).count().hash(&mut h);
+        for (p, address) in self.peers_of(i) {
+            hash_peer(&mut h, &p.node, address, &p.blocks);
+        }
+        format!("{:016x}", h.finish())
+    }
+
+    /// Whether the existing NodeBridge of member `i` says what it should: compares its spec,
+    /// or, for a cached object whose peers were stripped, their digest.
+    pub fn matches_object(&self, i: usize, nb: &NodeBridge) -> bool {
+        match nb.annotations().get(PEERS_DIGEST_ANNOTATION) {
+            Some(digest) if nb.spec.peers.is_empty() => {
+                self.matches_head(i, &nb.spec) && *digest == self.planned_peers_digest(i)
+            }
+            _ => self.matches(i, &nb.spec),
+        }
+    }
+
     /// Whether `spec` already says what member `i`'s spec should, without building it.
     pub fn matches(&self, i: usize, spec: &NodeBridgeSpec) -> bool {
+        self.matches_head(i, spec) && self.matches_peers(i, &spec.peers)
+    }
+
+    fn matches_head(&self, i: usize, spec: &NodeBridgeSpec) -> bool {
         let m = &self.members[i];
         let t = &self.template;
         // Destructured so that a new field fails to compile here until it is compared.
@@ -361,9 +422,9 @@ impl Children {
             masquerade,
             inter_pod_traffic,
             namespace_selector,
-            peers,
+            peers: _,
         } = spec;
-        let head = *network == t.network
+        *network == t.network
             && *node == m.node
             && *bridge == t.bridge
             && *subnet == t.subnet
@@ -377,32 +438,38 @@ impl Children {
             && *internal == t.internal
             && *masquerade == t.masquerade
             && *inter_pod_traffic == t.inter_pod_traffic
-            && *namespace_selector == t.namespace_selector;
-        head && {
-            // Peers are a list map keyed on node: a server-side apply merge may keep another
-            // order than ours (the emulator does), which is the same content.
-            let mut have: Vec<&Peer> = peers.iter().collect();
-            if !have.is_sorted_by(|a, b| a.node <= b.node) {
-                have.sort_by(|a, b| a.node.cmp(&b.node));
-            }
-            let mut planned = self.peers_of(i);
-            let mut have = have.into_iter();
-            loop {
-                match (planned.next(), have.next()) {
-                    (None, None) => break true,
-                    (Some((p, address)), Some(h)) => {
-                        if h.node != p.node || h.address != address || h.blocks != p.blocks {
-                            break false;
-                        }
+            && *namespace_selector == t.namespace_selector
+    }
+
+    fn matches_peers(&self, i: usize, peers: &[Peer]) -> bool {
+        // Peers are a list map keyed on node: a server-side apply merge may keep another
+        // order than ours (the emulator does), which is the same content.
+        let mut have: Vec<&Peer> = peers.iter().collect();
+        if !have.is_sorted_by(|a, b| a.node <= b.node) {
+            have.sort_by(|a, b| a.node.cmp(&b.node));
+        }
+        let mut planned = self.peers_of(i);
+        let mut have = have.into_iter();
+        loop {
+            match (planned.next(), have.next()) {
+                (None, None) => break true,
+                (Some((p, address)), Some(h)) => {
+                    if h.node != p.node || h.address != address || h.blocks != p.blocks {
+                        break false;
                     }
-                    _ => break false,
                 }
+                _ => break false,
             }
         }
     }
 
     /// Whether member `i`'s NodeBridge must be written: missing, or saying something else.
+    /// Computed once when the plan is made (the comparison is quadratic in the node count).
     pub fn needs_write(&self, i: usize) -> bool {
+        self.writes.get(i).copied().unwrap_or(true)
+    }
+
+    fn compute_needs_write(&self, i: usize) -> bool {
         let m = &self.members[i];
         if m.waiting {
             return false;
@@ -411,7 +478,7 @@ impl Children {
             None => true,
             Some(nb) => {
                 labels_of(nb) != (Some(self.template.network.as_str()), Some(m.node.as_str()))
-                    || !self.matches(i, &nb.spec)
+                    || !self.matches_object(i, nb)
             }
         }
     }
@@ -712,12 +779,16 @@ fn plan_accepted(
     deletes.dedup();
     release_agent_finalizer.sort_by_key(|nb| nb.name_any());
 
-    let children = Children {
+    let mut children = Children {
         template,
         members,
         deletes,
         release_agent_finalizer,
+        writes: Vec::new(),
     };
+    children.writes = (0..children.members.len())
+        .map(|i| children.compute_needs_write(i))
+        .collect();
 
     // Status.
     let total = children.members.len();

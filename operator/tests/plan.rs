@@ -770,3 +770,43 @@ fn node_bridge_names_are_readable_and_collision_free() {
     let z = node_bridge_name(&long, &long);
     assert!(z.len() <= 253 && z.starts_with("bnh-"));
 }
+
+#[test]
+fn cached_node_bridges_without_peers_compare_by_digest() {
+    let mut w = World::new(
+        vec![net(
+            "blue",
+            serde_json::json!({"subnet": "172.20.0.0/16"}),
+            1,
+        )],
+        nodes(&["a", "b", "c"]),
+    );
+    let p = w.plan("blue");
+    let c = p.children.as_ref().unwrap();
+    for i in 0..3 {
+        assert_eq!(
+            c.planned_peers_digest(i),
+            plan::peers_digest(&c.spec_for(i).peers)
+        );
+        let mut reversed = c.spec_for(i).peers;
+        reversed.reverse();
+        assert_eq!(c.planned_peers_digest(i), plan::peers_digest(&reversed));
+    }
+    w.apply("blue", &p);
+    // What the operator's cache holds: the same objects with peers replaced by their digest.
+    let full = w.nbs.clone();
+    for nb in &mut w.nbs {
+        plan::strip_peers(Arc::make_mut(nb));
+        assert!(nb.spec.peers.is_empty());
+    }
+    let p2 = w.plan("blue");
+    let c2 = p2.children.as_ref().unwrap();
+    assert!((0..3).all(|i| !c2.needs_write(i)), "stripped cache matches");
+    // A node's address changes: every other node's peers differ, the digest says so.
+    w.nodes[2] = Arc::new(node("c", "192.168.7.7", &[("role", "worker")]));
+    let p3 = w.plan("blue");
+    let c3 = p3.children.as_ref().unwrap();
+    let writes: Vec<bool> = (0..3).map(|i| c3.needs_write(i)).collect();
+    assert_eq!(writes, [true, true, false]);
+    drop(full);
+}
