@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job on an embedded default: a two-node sandbox cluster on this machine (network
-# namespaces as nodes, each with containerd, a kubelet stand-in and the bridgenet agent; the
-# operator; a Kubernetes API emulator — or the API server of $KUBECONFIG with SANDBOX_KUBECONFIG),
-# then Docker's bridge-network story told with kubectl, every line real output.
+# namespaces as nodes, each with containerd, a kubelet stand-in and the bridgenet agent; a tiny
+# scheduler; the operator; a Kubernetes API emulator — or the API server of a kubeconfig given as
+# SANDBOX_KUBECONFIG), then Docker's bridge-network story told with kubectl, every line real output.
 # Needs root. Everything it creates is torn down at the end, also on Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,20 +52,11 @@ say "docker network ls"
 run kubectl get bridgenetworks -o wide
 run kubectl get nodebridges -o custom-columns='NAME:.metadata.name,NODE:.spec.node,BRIDGE:.spec.bridge,GATEWAY:.spec.gateway,READY:.status.conditions[?(@.type=="Ready")].status'
 
-say "docker run --network custom-network (one pod on each node)"
-for spec in web:node1 db:node2; do
-    name=${spec%%:*} node=${spec##*:}
-    kubectl apply -f - <<EOF
-apiVersion: v1
-kind: Pod
-metadata:
-  name: $name
-  annotations: {bridgenet.io/networks: custom-network}
-spec:
-  nodeName: $node   # the sandbox has no scheduler
-  containers: [{name: $name, image: "busybox:1.36", command: [sleep, "3600"]}]
-EOF
-done
+say "docker network create --internal internal-network"
+run kubectl apply -f examples/internal-network.yaml
+
+say "docker run --network custom-network web; docker run --network custom-network --ip 172.20.0.50 db (+ internal-network)"
+run kubectl apply -f examples/pod-attached.yaml
 run kubectl wait --for=condition=Ready pod/web pod/db --timeout="$WAIT"
 run kubectl get pods -o wide
 for p in web db; do
@@ -102,7 +93,7 @@ sleep 3
 run kubectl get bridgenetworks -o wide
 run kubectl get events --field-selector involvedObject.name=overlapping
 
-say "when pods did not come up: what the kubelet stand-in saw"
+say "sandbox failures the kubelet stand-in reported (and retried)"
 run kubectl get events --field-selector reason=FailedCreatePodSandBox
 
 say "tear down"

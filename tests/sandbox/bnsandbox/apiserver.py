@@ -85,7 +85,8 @@ class ApiServer:
         rtype = gv_types[rest[0]]
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else None
-        if sub is not None and not (sub == "status" and rtype.status_subresource):
+        if sub is not None and not ((sub == "status" and rtype.status_subresource)
+                                    or (sub == "binding" and rtype.kind == "Pod")):
             raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
         return Target(rtype, version, namespace, name, sub)
 
@@ -499,6 +500,10 @@ class ApiServer:
         method = request.method
         if t.rtype.namespaced and t.name is not None and t.namespace is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        if t.subresource == "binding":
+            if method != "POST":
+                raise errors.method_not_allowed()
+            return await self.bind(request, t)
         if method == "GET":
             if t.name is None:
                 if request.query.get("watch") in ("true", "1"):
@@ -847,6 +852,27 @@ class ApiServer:
         if "All" not in request.query.getall("dryRun", []):
             self.store.applied[akey] = fields
         return self._respond(request, t, stored)
+
+    async def bind(self, request: web.Request, t: Target) -> web.Response:
+        """`pods/binding`: what a scheduler does; sets `spec.nodeName` once."""
+        body = await self._body(request)
+        node = ((body or {}).get("target") or {}).get("name")
+        if not node:
+            raise errors.invalid("Binding", "", t.name or "", ["target.name: Required value"])
+        pod = self.store.get(t.key)
+        if pod is None:
+            raise errors.not_found("pods", t.name or "")
+        current = (pod.get("spec") or {}).get("nodeName")
+        if current:
+            raise errors.conflict("pods/binding", t.name or "", f"pod {t.name} is already assigned to node \"{current}\"")
+        new = copy.deepcopy(pod)
+        new["spec"]["nodeName"] = node
+        conds = [c for c in (new.get("status") or {}).get("conditions") or [] if c.get("type") != "PodScheduled"]
+        new.setdefault("status", {})["conditions"] = conds + [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": registry.timestamp()}]
+        self.store.put(t.key, new)
+        return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                                  "code": 201}, status=201)
 
     async def _delete_options(self, request: web.Request) -> dict:
         body = await self._body(request) if request.can_read_body else {}

@@ -66,6 +66,8 @@ class Sandbox:
             netns.run(*self.kubectl, "wait", "--for=condition=Established", "crd", "--all", "--timeout=30s")
             if runtime:
                 self._start_runtimes()
+                self._spawn("scheduler", [sys.executable, "-m", "bnsandbox.scheduler", "--kubeconfig",
+                                          str(self.kubeconfig)], "scheduler.log", cwd=SANDBOX)
             if bin_dir is not None:
                 self._start_bridgenet(bin_dir)
         except BaseException:

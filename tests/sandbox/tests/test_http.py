@@ -473,6 +473,20 @@ def test_nodes_keep_status_on_create_and_pods_do_not(api):
     api.delete(f"/api/v1/nodes/{name}")
 
 
+def test_pod_binding_sets_the_node_once(api, ns):
+    api.post(f"/api/v1/namespaces/{ns}/pods", pod("p"))
+    binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"},
+               "target": {"apiVersion": "v1", "kind": "Node", "name": "w1"}}
+    r = api.post(f"/api/v1/namespaces/{ns}/pods/p/binding", binding)
+    assert r.status == 201, r.body
+    got = api.get(f"/api/v1/namespaces/{ns}/pods/p").body
+    assert got["spec"]["nodeName"] == "w1"
+    assert {"type": "PodScheduled", "status": "True"}.items() <= got["status"]["conditions"][0].items()
+    again = api.post(f"/api/v1/namespaces/{ns}/pods/p/binding", dict(binding, target={"name": "w2"}))
+    assert again.status == 409 and again.body["reason"] == "Conflict"
+    assert api.get(f"/api/v1/namespaces/{ns}/pods/p/binding").status == 405
+
+
 def test_dry_run_stores_nothing(api, crds):
     name = unique("dry")
     r = api.post(f"{BN}?dryRun=All", bn(name))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from bnsandbox import jsonpath, patch, schema, selectors
+from bnsandbox import jsonpath, patch, scheduler, schema, selectors
 
 
 def obj(labels=None, **fields):
@@ -148,3 +148,17 @@ def test_schema_list_keys():
     assert lookup(("status", "conditions")) == ["type"]
     assert lookup(("metadata", "finalizers")) == ["__set__"]
     assert lookup(("spec", "subnet")) is None
+
+
+def _node(name, ready=True, **labels):
+    return {"metadata": {"name": name, "labels": labels},
+            "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def test_scheduler_picks_the_least_loaded_ready_matching_node():
+    nodes = [_node("a", zone="x"), _node("b", zone="y"), _node("c", ready=False, zone="x")]
+    plain = {"spec": {}}
+    assert scheduler.pick(plain, nodes, {"a": 2, "b": 1}) == "b"
+    assert scheduler.pick(plain, nodes, {}) == "a"
+    assert scheduler.pick({"spec": {"nodeSelector": {"zone": "x"}}}, nodes, {"a": 9}) == "a"
+    assert scheduler.pick({"spec": {"nodeSelector": {"zone": "z"}}}, nodes, {}) is None

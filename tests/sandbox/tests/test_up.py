@@ -56,14 +56,16 @@ def test_up_with_the_emulator_then_down(tmp_path):
             PREFIX + "internet", PREFIX + "node1", PREFIX + "node2", PREFIX + "underlay"]
         # The API server answers on the host's underlay address, where node agents reach it.
         assert "server: http://10.251.0.1:" in open(kc).read()
-        # A Pod bound to node2 runs there through the kubelet stand-in and containerd.
+        # A Pod for node2 is scheduled there and runs through the kubelet stand-in and containerd.
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default"},
-               "spec": {"nodeName": "node2", "containers": [{"name": "c", "image": "busybox:1.36",
-                                                            "command": ["sleep", "3600"]}]}}
+               "spec": {"nodeSelector": {"kubernetes.io/hostname": "node2"},
+                        "containers": [{"name": "c", "image": "busybox:1.36", "command": ["sleep", "3600"]}]}}
         subprocess.run(["kubectl", "--kubeconfig", kc, "apply", "-f", "-"], input=json.dumps(pod), text=True,
                        check=True, capture_output=True)
         kubectl(kc, "wait", "--for=condition=Ready", "pod/p", "--timeout=60s")
-        ip = json.loads(kubectl(kc, "get", "pod", "p", "-o", "json"))["status"]["podIP"]
+        got = json.loads(kubectl(kc, "get", "pod", "p", "-o", "json"))
+        assert got["spec"]["nodeName"] == "node2"
+        ip = got["status"]["podIP"]
         assert ip.startswith("10.250.2.")
         ping = subprocess.run(["ip", "netns", "exec", PREFIX + "node2", "busybox", "ping", "-c", "1", "-W", "1", ip],
                               capture_output=True)
