@@ -134,6 +134,16 @@ pub async fn run(
         }
     }
     dataplane.seed(known);
+    // Ready once every NodeBridge listed now has been programmed: each starts pending and its
+    // first reconcile reports the outcome (a node without NodeBridges is ready at once).
+    for nb in existing
+        .items
+        .iter()
+        .filter(|nb| nb.meta().deletion_timestamp.is_none())
+    {
+        readiness.set(&nb.name_any(), Some("not programmed yet".to_owned()));
+    }
+    readiness.set_synced();
     dataplane.collect_orphans(&names).await;
 
     let reporter = Reporter {
@@ -151,17 +161,10 @@ pub async fn run(
     });
     let trigger = dataplane::link_deletions();
     let wc = watcher::Config::default().labels(&selector(&node.node_name));
-    let mut first = true;
     Controller::new(api, wc)
         .reconcile_all_on(trigger)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {
-            if first {
-                // The first result arrives after the initial list has been queued; from here
-                // on, /readyz reflects the per-NodeBridge outcomes.
-                readiness.set_synced();
-                first = false;
-            }
             if let Err(e) = result {
                 tracing::debug!(error = %e, "reconcile did not complete");
             }

@@ -159,6 +159,11 @@ impl Node {
             .args(["--state-dir", self.dir.join("state").to_str().unwrap()])
             .args(["--cni-bin-dir", self.dir.join("bin").to_str().unwrap()])
             .args(["--cni-conf-dir", self.dir.join("net.d").to_str().unwrap()])
+            // Never the host's container runtime: the node under test has none.
+            .args([
+                "--cri-endpoint",
+                &format!("unix://{}", self.dir.join("no-cri.sock").display()),
+            ])
             .env("KUBECONFIG", self.kubeconfig())
             .env("RUST_LOG", "info,bridgenet_agent=debug")
             .stdin(Stdio::null())
