@@ -270,7 +270,7 @@ fn pods_reach_their_network_on_every_node_and_nothing_else() {
     let peers = [("n1", "192.0.2.1"), ("n2", "192.0.2.2")];
 
     let specs = |node: &str| {
-        let a = spec(
+        let mut a = spec(
             "net-a",
             "bnt-a",
             "172.20.0.0/24",
@@ -279,6 +279,10 @@ fn pods_reach_their_network_on_every_node_and_nothing_else() {
             node,
             &peers,
         );
+        a.ipv6 = Some(bridgenet_crds::v1alpha1::NodeBridgeIpv6 {
+            subnet: "fd00:20::/64".into(),
+            gateway: "fd00:20::1".into(),
+        });
         let b = spec(
             "net-b",
             "bnt-b",
@@ -403,6 +407,55 @@ fn pods_reach_their_network_on_every_node_and_nothing_else() {
     assert!(!ping_once(&d2, "172.23.0.11"), "icc off, across nodes");
     let _ = d1b;
     let _ = a1b;
+
+    // Dual stack: the IPv6 anycast gateway answers on both nodes, pods reach each other.
+    for (pod, addr) in [(&a1, "fd00:20::11/64"), (&a2, "fd00:20::12/64")] {
+        run(&["ip", "-n", pod, "addr", "add", addr, "dev", "eth0", "nodad"]);
+        run(&[
+            "ip",
+            "-n",
+            pod,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd00:20::1",
+        ]);
+    }
+    assert!(ping(&a1, "fd00:20::1"), "IPv6 gateway, first node");
+    assert!(ping(&a2, "fd00:20::1"), "IPv6 gateway, second node");
+    assert!(ping(&a1, "fd00:20::12"), "IPv6 across nodes");
+    let neigh = run(&["ip", "-n", &a2, "-6", "neigh", "show", "fd00:20::1"]);
+    assert!(neigh.contains(&gw_mac), "{neigh}");
+    // The fence: a pod's ARP/ND for the gateway never reaches another node's bridge, so the
+    // first node's gateway has never heard of the second node's pod (Linux would otherwise
+    // create a neighbour entry for the sender of every request for its own address).
+    let n1_neigh = run(&["ip", "-n", &n1, "neigh", "show", "dev", "bnt-a"]);
+    assert!(
+        !n1_neigh.contains("172.20.0.12") && !n1_neigh.contains("fd00:20::12"),
+        "{n1_neigh}"
+    );
+    // Control: without the bridge table the request does cross, and node 1 learns the pod.
+    for node in [&n1, &n2] {
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            node,
+            "nft",
+            "delete",
+            "table",
+            "bridge",
+            "bridgenet",
+        ]);
+    }
+    run(&["ip", "-n", &a2, "neigh", "flush", "dev", "eth0"]);
+    assert!(ping(&a2, "172.20.0.1"));
+    let n1_neigh = run(&["ip", "-n", &n1, "neigh", "show", "dev", "bnt-a"]);
+    assert!(n1_neigh.contains("172.20.0.12"), "control: {n1_neigh}");
+    realize(&n1, ctx("n1", "192.0.2.1"), specs("n1"));
+    realize(&n2, ctx("n2", "192.0.2.2"), specs("n2"));
 
     // Realizing again changes nothing on either node.
     let (ops, fw) = realize(&n1, ctx("n1", "192.0.2.1"), specs("n1"));
