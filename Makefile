@@ -30,3 +30,8 @@ unit:
 ## The sandbox's Kubernetes API emulator and node plumbing, driven by real kubectl and raw HTTP.
 sandbox-test:
 	cd tests/sandbox && python3 -m pytest -q
+
+## The Docker story end to end on a two-node sandbox with the real operator, agents and plugin.
+sandbox-e2e: setup
+	$(CARGO) build --workspace --locked
+	cd tests/sandbox && python3 -m pytest -q e2e
