@@ -28,7 +28,20 @@ pub const CONDITION_READY: &str = "Ready";
 #[derive(Clone)]
 pub struct StatusWriter {
     api: Api<NodeBridge>,
-    book: Arc<Mutex<BTreeMap<String, NodeBridgeStatus>>>,
+    book: Arc<Mutex<Book>>,
+    /// Held from computing a status to having applied it, so that two writers' applies reach
+    /// the API server in the order their statuses were computed (a later full status always
+    /// contains the earlier writer's part).
+    write: Arc<tokio::sync::Mutex<()>>,
+}
+
+#[derive(Default)]
+struct Book {
+    /// The full status each writer's latest change adds up to.
+    desired: BTreeMap<String, NodeBridgeStatus>,
+    /// What the API server was last given (or had on first sight): a failed write is retried
+    /// by the next update even when that update itself changes nothing.
+    applied: BTreeMap<String, NodeBridgeStatus>,
 }
 
 impl StatusWriter {
@@ -37,49 +50,57 @@ impl StatusWriter {
         StatusWriter {
             api,
             book: Arc::default(),
+            write: Arc::default(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, NodeBridgeStatus>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
         // Each critical section is a single map operation: a poisoned lock holds no torn state.
         self.book.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Seeds the book with the status an object already has, unless it is known.
     pub fn seed(&self, name: &str, current: Option<&NodeBridgeStatus>) {
-        self.lock()
-            .entry(name.to_owned())
-            .or_insert_with(|| current.cloned().unwrap_or_default());
+        let mut book = self.lock();
+        if !book.desired.contains_key(name) {
+            let current = current.cloned().unwrap_or_default();
+            book.desired.insert(name.to_owned(), current.clone());
+            book.applied.insert(name.to_owned(), current);
+        }
     }
 
     /// The status the book holds for `name`.
     pub fn get(&self, name: &str) -> Option<NodeBridgeStatus> {
-        self.lock().get(name).cloned()
+        self.lock().desired.get(name).cloned()
     }
 
     /// Forgets a NodeBridge (deleted).
     pub fn forget(&self, name: &str) {
-        self.lock().remove(name);
+        let mut book = self.lock();
+        book.desired.remove(name);
+        book.applied.remove(name);
     }
 
-    /// Changes `name`'s status with `change` and applies the full result, unless it is
-    /// unchanged. Returns whether a write was sent.
+    /// Changes `name`'s status with `change` and applies the full result, unless the API
+    /// server already has exactly that. Returns whether a write was sent.
     pub async fn update(
         &self,
         name: &str,
         change: impl FnOnce(&mut NodeBridgeStatus),
     ) -> Result<bool, kube::Error> {
-        let (before, after) = {
+        let _write = self.write.lock().await;
+        let status = {
             let mut book = self.lock();
-            let entry = book.entry(name.to_owned()).or_default();
-            let before = entry.clone();
+            let entry = book.desired.entry(name.to_owned()).or_default();
             change(entry);
-            (before, entry.clone())
+            let status = entry.clone();
+            if book.applied.get(name) == Some(&status) {
+                return Ok(false);
+            }
+            status
         };
-        if before == after {
-            return Ok(false);
-        }
-        self.apply(name, &after).await?;
+        self.apply(name, &status).await?;
+        self.lock().applied.insert(name.to_owned(), status);
         Ok(true)
     }
 
@@ -146,5 +167,118 @@ mod tests {
         set_condition(&mut c, "Ready", true, "Programmed", "", Some(2));
         assert_ne!(c[0].last_transition_time, t0);
         assert_eq!(c[0].status, "True");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod writer_tests {
+    use super::*;
+    use bridgenet_crds::v1alpha1::Endpoint;
+    use http::{Request, Response};
+    use kube::client::Body;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    fn writer() -> (StatusWriter, Handle) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        (StatusWriter::new(Api::all(client)), handle)
+    }
+
+    /// Answers one request with `code`; returns the request's path+query and JSON body.
+    async fn answer(handle: &mut Handle, code: u16) -> (String, serde_json::Value) {
+        let (req, send) = handle.next_request().await.expect("a request");
+        let uri = req.uri().to_string();
+        assert_eq!(req.method(), http::Method::PATCH);
+        let body = req.into_body().collect_bytes().await.unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let reply = if code == 200 {
+            serde_json::json!({"apiVersion": "bridgenet.io/v1alpha1", "kind": "NodeBridge",
+                "metadata": {"name": "net-a.n1"},
+                "spec": {"network": "net-a", "node": "n1", "bridge": "br", "subnet": "10.0.0.0/24",
+                         "gateway": "10.0.0.1", "gatewayMac": "02:00:00:00:00:01", "mtu": 1450, "vni": 1},
+                "status": json["status"]})
+        } else {
+            serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": "unavailable", "reason": "ServiceUnavailable", "code": code})
+        };
+        send.send_response(
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                .unwrap(),
+        );
+        (uri, json)
+    }
+
+    #[tokio::test]
+    async fn writers_merge_into_one_full_status_and_failed_writes_are_retried() {
+        let (w, mut handle) = writer();
+        let server = tokio::spawn(async move {
+            let (uri, body) = answer(&mut handle, 200).await;
+            assert!(
+                uri.starts_with("/apis/bridgenet.io/v1alpha1/nodebridges/net-a.n1/status?"),
+                "{uri}"
+            );
+            assert!(
+                uri.contains("fieldManager=bridgenet-agent") && uri.contains("force=true"),
+                "{uri}"
+            );
+            assert_eq!(body["status"]["conditions"][0]["reason"], "Programmed");
+            // The endpoint writer's apply carries the data plane's condition too.
+            let (_, body) = answer(&mut handle, 200).await;
+            assert_eq!(body["status"]["endpointCount"], 1);
+            assert_eq!(body["status"]["conditions"][0]["reason"], "Programmed");
+            // A failed write...
+            let (_, body) = answer(&mut handle, 503).await;
+            assert_eq!(body["status"]["endpointCount"], 0);
+            // ...is sent again by the next update even though it changes nothing.
+            let (_, body) = answer(&mut handle, 200).await;
+            assert_eq!(body["status"]["endpointCount"], 0);
+            handle
+        });
+        w.seed("net-a.n1", None);
+        let ready = |s: &mut NodeBridgeStatus| {
+            set_condition(
+                &mut s.conditions,
+                CONDITION_READY,
+                true,
+                "Programmed",
+                "ok",
+                Some(1),
+            );
+            s.observed_generation = Some(1);
+        };
+        assert!(w.update("net-a.n1", ready).await.unwrap());
+        assert!(
+            !w.update("net-a.n1", ready).await.unwrap(),
+            "unchanged: no write"
+        );
+        let endpoint = Endpoint {
+            namespace: "default".into(),
+            pod: "web".into(),
+            interface: "net1".into(),
+            ipv4: Some("10.0.0.5/24".into()),
+            ipv6: None,
+            mac: "02:00:00:00:00:05".into(),
+            container_id: None,
+            since: None,
+        };
+        assert!(
+            w.update("net-a.n1", |s| {
+                s.endpoints = vec![endpoint];
+                s.endpoint_count = 1;
+            })
+            .await
+            .unwrap()
+        );
+        let clear = |s: &mut NodeBridgeStatus| {
+            s.endpoints.clear();
+            s.endpoint_count = 0;
+        };
+        assert!(w.update("net-a.n1", clear).await.is_err());
+        assert!(w.update("net-a.n1", clear).await.unwrap(), "retried");
+        let _handle = server.await.unwrap();
     }
 }
