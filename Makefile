@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test setup lint unit crds-check sandbox-test
+.PHONY: dataplane-test bench-dataplane demo test setup lint unit crds-check sandbox-test
 
 ## Install what building and testing need on a fresh Debian machine (idempotent).
 setup:
@@ -35,3 +35,14 @@ sandbox-test:
 sandbox-e2e: setup
 	$(CARGO) build --workspace --locked
 	cd tests/sandbox && python3 -m pytest -q e2e
+
+## The node agent's data plane alone: plan/apply unit tests and the root tests in network
+## namespaces (both also run in `unit`, as part of `cargo test --workspace`).
+dataplane-test:
+	$(CARGO) test --locked -p bridgenet-agent --lib dataplane
+	$(CARGO) test --locked -p bridgenet-agent --lib nodebridge
+	$(CARGO) test --locked -p bridgenet-agent --test dataplane --test dataplane_agent
+
+## Data plane timings and the agent's RSS with 50 networks (root; figures in README).
+bench-dataplane:
+	$(CARGO) bench -p bridgenet-agent --bench dataplane --bench dataplane_rss
