@@ -54,16 +54,44 @@ pub struct Cli {
     pub block_size: u8,
 
     /// Comma-separated pod and service CIDRs of the cluster; networks overlapping them are
-    /// refused (SubnetOverlap).
-    #[arg(long, env = "BRIDGENET_CLUSTER_CIDRS", value_delimiter = ',')]
-    pub cluster_cidrs: Vec<IpNet>,
+    /// refused (SubnetOverlap). May be repeated; an empty value means none.
+    #[arg(long, env = "BRIDGENET_CLUSTER_CIDRS", value_parser = parse_cidr_list,
+          action = clap::ArgAction::Append)]
+    pub cluster_cidrs: Vec<CidrList>,
 
     /// Log JSON lines instead of human-readable text.
     #[arg(long, env = "BRIDGENET_LOG_JSON")]
     pub log_json: bool,
 }
 
+/// One `--cluster-cidrs` value: a comma list of CIDRs, empty items ignored (a Helm value left
+/// empty renders as an empty environment variable).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CidrList(pub Vec<IpNet>);
+
+fn parse_cidr_list(value: &str) -> Result<CidrList, String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.parse::<IpNet>().map_err(|e| {
+                format!("{item:?} is not a CIDR ({e}); write e.g. 10.244.0.0/16,10.96.0.0/12")
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(CidrList)
+}
+
 impl Cli {
+    /// Every `--cluster-cidrs` CIDR.
+    pub fn cluster_cidrs(&self) -> Vec<IpNet> {
+        self.cluster_cidrs
+            .iter()
+            .flat_map(|l| l.0.iter().copied())
+            .collect()
+    }
+
     /// The Lease holder identity: `--identity`, else the hostname, else a fixed fallback.
     pub fn identity(&self) -> String {
         self.identity.clone().unwrap_or_else(|| {
@@ -92,7 +120,7 @@ mod tests {
         assert_eq!(cli.lease_name, "bridgenet-operator");
         assert_eq!(cli.default_mtu, 1450);
         assert_eq!(cli.block_size, 26);
-        assert!(cli.cluster_cidrs.is_empty());
+        assert!(cli.cluster_cidrs().is_empty());
     }
 
     #[test]
@@ -103,8 +131,19 @@ mod tests {
             "10.244.0.0/16,10.96.0.0/12",
         ])
         .unwrap();
-        assert_eq!(cli.cluster_cidrs.len(), 2);
+        assert_eq!(cli.cluster_cidrs().len(), 2);
         assert!(Cli::try_parse_from(["x", "--cluster-cidrs", "nope"]).is_err());
+        let empty = Cli::try_parse_from(["x", "--cluster-cidrs", ""]).unwrap();
+        assert!(empty.cluster_cidrs().is_empty());
+        let repeated = Cli::try_parse_from([
+            "x",
+            "--cluster-cidrs",
+            "10.0.0.0/8,",
+            "--cluster-cidrs",
+            "fd00::/8",
+        ])
+        .unwrap();
+        assert_eq!(repeated.cluster_cidrs().len(), 2);
         assert!(Cli::try_parse_from(["x", "--block-size", "40"]).is_err());
     }
 }

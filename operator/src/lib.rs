@@ -79,7 +79,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             v4: cli.block_size,
             ..BlockDefaults::default()
         },
-        cluster_cidrs: cli.cluster_cidrs.clone(),
+        cluster_cidrs: cli.cluster_cidrs(),
     };
     let metrics = Arc::new(metrics::Metrics::new());
     let health = Arc::new(metrics::Health::default());
