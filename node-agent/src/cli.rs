@@ -65,6 +65,11 @@ pub struct Cli {
     #[arg(long, env = "BRIDGENET_NODE_IP")]
     pub node_ip: Option<std::net::IpAddr>,
 
+    /// The `nft` binary the firewall drives (nftables JSON through `nft -j -f -`); the agent
+    /// image must ship it.
+    #[arg(long, env = "BRIDGENET_NFT", default_value = "nft")]
+    pub nft: std::path::PathBuf,
+
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "BRIDGENET_LOG_JSON")]
     pub log_json: bool,
