@@ -99,6 +99,18 @@ impl Api {
                     json!([])
                 };
                 (200, n)
+            } else if path.starts_with(NBS) && body.get("spec").is_none() {
+                // A metadata-only merge patch: a real server answers with the whole object.
+                let name = path.rsplit('/').next().unwrap_or_default();
+                (
+                    200,
+                    json!({
+                        "apiVersion": "bridgenet.io/v1alpha1", "kind": "NodeBridge",
+                        "metadata": {"name": name},
+                        "spec": {"network": "blue", "node": "b", "bridge": "br", "subnet": "172.20.0.0/16",
+                                 "gateway": "172.20.0.1", "gatewayMac": "02:00:00:00:00:01", "mtu": 1450, "vni": 5000}
+                    }),
+                )
             } else if method == "DELETE" {
                 (
                     200,
@@ -479,4 +491,36 @@ async fn finalizer_goes_once_every_node_bridge_is_gone() {
     assert_eq!(ops[0]["value"], FINALIZER_OPERATOR);
     assert_eq!(ops[1]["op"], "remove");
     assert_eq!(result, Ok(Action::await_change()));
+}
+
+#[tokio::test]
+async fn agent_finalizer_of_a_vanished_node_is_released() {
+    let (net, mut nbs) = converged_blue().await;
+    // Node b was deleted; its NodeBridge is terminating and no agent is left to let it go.
+    nbs[1].metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+    nbs[1].metadata.finalizers = Some(vec![
+        bridgenet_crds::FINALIZER_AGENT.to_owned(),
+        "other/keep".to_owned(),
+    ]);
+    nbs[1].metadata.resource_version = Some("42".to_owned());
+    let mut sc = Scenario::new(net, vec![node("a", "192.168.0.1", &[])]);
+    sc.node_bridges = nbs;
+    let (seen, result, _) = sc.reconcile().await;
+    assert_eq!(
+        routes(&seen),
+        [
+            format!("PATCH {NETS}/blue/status"),
+            format!("PATCH {NBS}/blue.a"),
+            format!("PATCH {NBS}/blue.b")
+        ]
+    );
+    // A merge patch that keeps everyone else's finalizers, guarded by the version read.
+    let release = &seen[2];
+    assert!(!release.query.contains("fieldManager"), "{}", release.query);
+    assert_eq!(
+        release.body["metadata"]["finalizers"],
+        json!(["other/keep"])
+    );
+    assert_eq!(release.body["metadata"]["resourceVersion"], "42");
+    assert!(result.is_ok());
 }
