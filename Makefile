@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: dataplane-test bench-dataplane demo test setup lint unit crds-check sandbox-test
+.PHONY: dataplane-test bench-dataplane demo test setup lint unit crds-check sandbox-test images chart-test kind-e2e
 
 ## Install what building and testing need on a fresh Debian machine (idempotent).
 setup:
@@ -15,7 +15,7 @@ demo: setup
 	bash scripts/demo.sh
 
 ## Everything CI checks: formatting, lints, generated CRDs, unit and root tests.
-test: setup lint crds-check unit sandbox-test
+test: setup lint crds-check unit sandbox-test chart-test
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -35,6 +35,20 @@ sandbox-test:
 sandbox-e2e: setup
 	$(CARGO) build --workspace --locked
 	cd tests/sandbox && python3 -m pytest -q e2e
+
+## Container images bridgenet/operator:<version> and bridgenet/agent:<version>, built offline
+## with podman from the host's release binaries (see images/build.sh).
+images:
+	bash images/build.sh
+
+## The Helm chart: render/lint/schema-validate with Helm's SDK, RBAC vs api-calls.yaml vs the
+## sources, and the images built above run once (--version/--help, install-cni).
+chart-test: images
+	BRIDGENET_REQUIRE_IMAGES=1 python3 -m pytest -q -p no:cacheprovider tests/chart
+
+## The kind end-to-end suite (needs kind + a docker engine; skips with the reason elsewhere).
+kind-e2e: setup
+	bash tests/e2e/kind/run.sh
 
 ## The node agent's data plane alone: plan/apply unit tests and the root tests in network
 ## namespaces (both also run in `unit`, as part of `cargo test --workspace`).

@@ -120,7 +120,9 @@ for component in operator agent; do
     if [[ -n "$SAVE_DIR" ]]; then
         mkdir -p "$SAVE_DIR"
         rm -f "$SAVE_DIR/bridgenet-$component-$VERSION.tar"
-        tool save $([[ "$TOOL" == podman ]] && echo --quiet) --format docker-archive -o "$SAVE_DIR/bridgenet-$component-$VERSION.tar" "$image" >/dev/null
+        save_opts=()
+        [[ "$TOOL" == podman ]] && save_opts=(--quiet --format docker-archive)
+        tool save "${save_opts[@]}" -o "$SAVE_DIR/bridgenet-$component-$VERSION.tar" "$image" >/dev/null
         echo "build.sh: saved $SAVE_DIR/bridgenet-$component-$VERSION.tar"
     fi
 done

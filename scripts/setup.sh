@@ -41,3 +41,33 @@ if ((${#sandbox_missing[@]})); then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${sandbox_missing[@]}" >/dev/null
 fi
+
+# Chart tests and images (tests/chart, images/build.sh): podman builds the FROM-scratch images
+# offline, busybox-static goes into the agent image, Helm's SDK + offline Kubernetes schemas
+# render and validate the chart (versions pinned in tests/chart/requirements.txt).
+CHART_APT=(podman runc busybox-static)
+chart_missing=()
+for pkg in "${CHART_APT[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || chart_missing+=("$pkg")
+done
+if ((${#chart_missing[@]})); then
+    echo "setup: installing ${chart_missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${chart_missing[@]}" >/dev/null
+fi
+CHART_REQS="$(dirname "$0")/../tests/chart/requirements.txt"
+if ! python3 - "$CHART_REQS" <<'PY' 2>/dev/null
+import sys
+from importlib.metadata import version
+for line in open(sys.argv[1]):
+    line = line.split("#")[0].strip()
+    if line:
+        name, want = line.split("==")
+        if version(name) != want:
+            sys.exit(1)
+PY
+then
+    echo "setup: pip installing tests/chart/requirements.txt"
+    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -r "$CHART_REQS"
+fi

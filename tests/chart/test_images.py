@@ -119,5 +119,6 @@ def test_install_cni_init_container_installs_a_plugin_that_runs_on_the_host(tmp_
 
 def test_agent_image_has_the_tools_the_chart_uses():
     out = run(IMAGES["agent"], "-c", "ls -L /usr/libexec/bridgenet/bridgenet /usr/bin/bridgenet /bin/busybox && ping -c 1 -W 1 127.0.0.1 >/dev/null && echo ok",
-              entrypoint="/bin/sh")
+              # podman's default capability set lacks NET_RAW; containerd's (the kind pods') has it.
+              entrypoint="/bin/sh", extra=["--cap-add", "NET_RAW"])
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr + out.stdout
