@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 from . import containerd, images, netns
 
@@ -52,6 +53,8 @@ class Sandbox:
         self.external = kubeconfig
         self.log = log
         self.procs: list[tuple[str, subprocess.Popen]] = []
+        # How each process was started, so that it can be restarted the same way.
+        self.recipes: dict[str, Any] = {}
         self.runtimes: list[containerd.Containerd] = []
         self.topo: netns.Topology | None = None
         self.kubeconfig = pathlib.Path(kubeconfig) if kubeconfig else self.state / "kubeconfig"
@@ -82,6 +85,7 @@ class Sandbox:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, cwd=cwd)
         self.procs.append((name, proc))
+        self.recipes[name] = lambda: self._spawn(name, args, log_name, env, cwd)
         return proc
 
     def _start_emulator(self) -> None:
@@ -128,12 +132,46 @@ class Sandbox:
             # node (the entry is the agent's own `plugin_entry`, so its installer finds it right).
             ctr.primary_network(f"10.250.{node.index + 1}.0/24",
                                 chained=[{"type": "bridgenet", "socket": str(ctr.sock_dir / "cni.sock")}])
-            proc = node.popen([str(agent), "--node-name", node.name, "--state-dir", str(ndir / "agent"),
-                               "--socket", str(ctr.sock_dir / "cni.sock"), "--cni-bin-dir", str(ctr.cni_bin),
-                               "--cni-conf-dir", str(ctr.cni_conf), "--cri-endpoint", ctr.endpoint,
-                               "--health-addr", f"{node.ip}:9091"], log_path=str(ndir / "agent.log"),
-                              env={**env, "NODE_NAME": node.name})
-            self.procs.append((f"agent/{node.name}", proc))
+            args = [str(agent), "--node-name", node.name, "--state-dir", str(ndir / "agent"),
+                    "--socket", str(ctr.sock_dir / "cni.sock"), "--cni-bin-dir", str(ctr.cni_bin),
+                    "--cni-conf-dir", str(ctr.cni_conf), "--cri-endpoint", ctr.endpoint,
+                    "--health-addr", f"{node.ip}:9091"]
+
+            def start_agent(node=node, args=args, ndir=ndir):
+                proc = node.popen(args, log_path=str(ndir / "agent.log"), env={**env, "NODE_NAME": node.name})
+                self.procs.append((f"agent/{node.name}", proc))
+                return proc
+
+            start_agent()
+            self.recipes[f"agent/{node.name}"] = start_agent
+
+    # -- what the end-to-end suite does to a running sandbox --------------------------------------
+
+    def restart(self, name: str, hard: bool = False) -> subprocess.Popen:
+        """Stops a process (`operator`, `agent/node1`, `kubelet/node2`, ...) — SIGKILL when
+        hard, like a crash — and starts it again the same way."""
+        for entry in [e for e in self.procs if e[0] == name]:
+            proc = entry[1]
+            if proc.poll() is None:
+                proc.kill() if hard else proc.terminate()
+                proc.wait(15)
+            self.procs.remove(entry)
+        return self.recipes[name]()
+
+    def remove_node(self, name: str) -> None:
+        """A node goes away: its processes and runtime stop, its namespace is deleted, and its
+        Node object is removed, as when a node is drained and deleted."""
+        assert self.topo is not None
+        for entry in [e for e in self.procs if e[0].endswith(f"/{name}")]:
+            if entry[1].poll() is None:
+                entry[1].terminate()
+                entry[1].wait(15)
+            self.procs.remove(entry)
+        for ctr in [c for c in self.runtimes if c.node.name == name]:
+            ctr.stop()
+            self.runtimes.remove(ctr)
+        self.topo.remove_node(name)
+        netns.run(*self.kubectl, "delete", "node", name, "--wait=false")
 
     # -- teardown -------------------------------------------------------------------------------
 

@@ -129,3 +129,25 @@ def test_network_deletion_waits_for_its_pods_then_cleans_up(cluster):
                what="the network to be deleted")
     eventually(lambda: not cluster.get("nodebridges", "-l", f"bridgenet.io/network={net}")["items"],
                what="its NodeBridges to be gone")
+
+
+def test_namespace_selector_refuses_other_tenants(cluster):
+    net = unique("tenant")
+    allowed, other = unique("team-a"), unique("team-b")
+    cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": allowed, "labels": {"team": "a"}}})
+    cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": other, "labels": {"team": "b"}}})
+    cluster.network(net, "172.21.0.0/24", namespaceSelector={"matchLabels": {"team": "a"}})
+    ok, refused = unique("ok"), unique("refused")
+    cluster.pod(ok, net, node="node1", namespace=allowed)
+    cluster.pod(refused, net, node="node1", namespace=other)
+    cluster.wait_ready(ok, namespace=allowed)
+    assert cluster.ip(ok, net, namespace=allowed).startswith("172.21.0.")
+
+    def warned():
+        events = json.loads(cluster.kubectl("get", "events", "-n", other, "--field-selector",
+                                            f"involvedObject.name={refused}", "-o", "json").stdout)["items"]
+        return [e for e in events if e.get("type") == "Warning"]
+
+    events = eventually(warned, what="a Warning event on the refused pod")
+    assert any(net in (e.get("message") or "") for e in events), events
+    assert net not in cluster.attachments(refused, namespace=other)
