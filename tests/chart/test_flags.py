@@ -12,9 +12,6 @@ import pytest
 from conftest import REPO, render
 from test_render import VALUE_SETS
 
-# Read by the agent although not a clap flag of its own; see the chart README ("host paths").
-# Each entry here is a request to the agent, written into the chart's documentation.
-AGENT_EXTRA_ENV = {"BRIDGENET_PROC_SYS_NET"}
 
 
 def clap_args(path):
@@ -34,7 +31,7 @@ def clap_args(path):
 
 COMPONENTS = {
     "operator": ("Deployment", REPO / "operator" / "src" / "cli.rs", set()),
-    "agent": ("DaemonSet", REPO / "node-agent" / "src" / "cli.rs", AGENT_EXTRA_ENV),
+    "agent": ("DaemonSet", REPO / "node-agent" / "src" / "cli.rs", set()),
 }
 
 

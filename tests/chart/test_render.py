@@ -226,7 +226,6 @@ def test_agent_daemonset_has_what_the_node_needs_and_no_more(default_render):
         "netns": "/var/run/netns",
         "state": "/var/lib/bridgenet",
         "socket-dir": "/run/bridgenet",
-        "proc-sys-net": "/proc/sys/net",
     }
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     assert set(mounts) == set(volumes)
