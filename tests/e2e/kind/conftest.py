@@ -114,6 +114,10 @@ def cluster(tmp_path_factory):
         subprocess.run(["bash", str(REPO / "images/build.sh"), "--save", str(archives)], check=True, env=env, timeout=1800)
         for archive in sorted(archives.glob("*.tar")):
             sh("kind", "load", "image-archive", str(archive), "--name", CLUSTER, timeout=600)
+        # The chart's documented prerequisite for IPv6 networks (examples/dual-stack-network.yaml):
+        # the agent is not privileged, so /proc/sys is read-only to it.
+        for node in sh("kind", "get", "nodes", "--name", CLUSTER).stdout.split():
+            sh("docker", "exec", node, "sysctl", "-w", "net.ipv6.conf.all.forwarding=1")
         helm_install(kubeconfig, {
             "operator": {"clusterCidrs": ["10.244.0.0/16", "10.96.0.0/16"], "image": {"pullPolicy": "Never"}},
             "agent": {"image": {"pullPolicy": "Never"}},

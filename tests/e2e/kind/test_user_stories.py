@@ -18,7 +18,7 @@ from conftest import NAMESPACE, REPO, TEST_NS, sh
 
 VERSION = re.search(r'(?m)^version\s*=\s*"([^"]+)"', (REPO / "Cargo.toml").read_text().split("[workspace.package]", 1)[1]).group(1)
 POD_IMAGE = f"docker.io/bridgenet/agent:{VERSION}"  # carries a static busybox (sleep, ping, ip)
-EXAMPLE_NETWORKS = ["custom-network", "second-network", "internal-network", "team-a"]
+EXAMPLE_NETWORKS = ["custom-network", "second-network", "internal-network", "dual-stack-network", "team-a"]
 
 
 def condition(obj, ctype):
