@@ -780,7 +780,7 @@ class ApiServer:
         elif ctype == "application/strategic-merge-patch+json":
             if t.rtype.custom:
                 raise errors.unsupported_media_type(
-                    f"the body of the request was in an unknown format - accepted media types include: "
+                    "the body of the request was in an unknown format - accepted media types include: "
                     "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml")
             new = patch.strategic_merge_patch(current, body, t.rtype.list_keys(t.version))
         else:

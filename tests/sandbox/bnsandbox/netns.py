@@ -74,6 +74,27 @@ def host_link_name(prefix: str) -> str:
     return prefix.rstrip("-")[:15]
 
 
+class PrefixLock:
+    """Serializes whole runs that use the same namespace prefix (two `make sandbox-e2e` at once
+    would otherwise clean up each other's namespaces as stale)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.path = f"/run/{prefix.rstrip('-')}.lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> "PrefixLock":
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 def cleanup_stale(prefix: str) -> list[str]:
     """Deletes every namespace with the prefix: leftovers of a run that was killed."""
     if not prefix.startswith("bnt-"):

@@ -2,6 +2,7 @@
 plugin: what a user does with kubectl, and what they would check with ping."""
 
 import json
+import subprocess
 import time
 
 from conftest import eventually, unique
@@ -119,6 +120,9 @@ def test_network_deletion_waits_for_its_pods_then_cleans_up(cluster):
     cluster.pod(p, net, node="node1")
     cluster.wait_ready(p)
     cluster.ip(p, net)
+    bridge = eventually(lambda: cluster.get("bridgenetwork", net).get("status", {}).get("bridge"), what="bridge")
+    node_ns = cluster.sb.topo.node("node1").netns
+    assert subprocess.run(["ip", "-n", node_ns, "link", "show", bridge], capture_output=True).returncode == 0
     cluster.kubectl("delete", "bridgenetwork", net, "--wait=false")
     # Held by the operator's finalizer while a pod is attached (checked over a few seconds).
     time.sleep(3)
@@ -129,6 +133,8 @@ def test_network_deletion_waits_for_its_pods_then_cleans_up(cluster):
                what="the network to be deleted")
     eventually(lambda: not cluster.get("nodebridges", "-l", f"bridgenet.io/network={net}")["items"],
                what="its NodeBridges to be gone")
+    eventually(lambda: subprocess.run(["ip", "-n", node_ns, "link", "show", bridge], capture_output=True).returncode != 0,
+               what="the bridge to be removed from the node")
 
 
 def test_namespace_selector_refuses_other_tenants(cluster):

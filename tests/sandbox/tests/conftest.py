@@ -140,6 +140,18 @@ class Emulator:
         self.log.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_root_run_at_a_time() -> Iterator[None]:
+    """Root tests share the `bnt-sb-test-` namespace prefix; a second run waits for the first."""
+    if os.geteuid() != 0:
+        yield
+        return
+    from bnsandbox import netns
+
+    with netns.PrefixLock("bnt-sb-test-"):
+        yield
+
+
 @pytest.fixture(scope="session")
 def emulator(tmp_path_factory) -> Iterator[Emulator]:
     # Short bookmark interval so bookmark tests do not wait long.

@@ -4,7 +4,6 @@ import json
 import subprocess
 import time
 
-import pytest
 
 from conftest import CRDS, EXAMPLES, requires_kubectl, unique, wait_for
 
