@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::netlink::{LinkChange, LinkKind, Netlink, NetlinkError};
-use super::plan::{Observed, Op, PlanError, plan, plan_teardown, wanted_sysctls};
+use super::plan::{Observed, Op, PlanError, plan, plan_stale, plan_teardown, wanted_sysctls};
 use super::{Desired, Teardown};
 
 /// Why an apply failed.
@@ -103,7 +103,22 @@ impl<N: Netlink> Applier<N> {
     /// had to change).
     pub async fn apply(&mut self, desired: &Desired) -> Result<Vec<Op>, ApplyError> {
         let observed = self.observe(desired).await?;
-        let ops = plan(desired, &observed)?;
+        let mut ops = plan(desired, &observed)?;
+        if !ops.is_empty() {
+            // Only when something changes anyway: a no-change resync stays at a handful of
+            // targeted reads, without dumping every link of the node.
+            let links = self
+                .nl
+                .links()
+                .await
+                .map_err(|source| ApplyError::Netlink {
+                    network: desired.network.clone(),
+                    source,
+                })?;
+            let (before, after) = plan_stale(desired, &links);
+            ops.splice(0..0, before);
+            ops.extend(after);
+        }
         let mut indexes = BTreeMap::new();
         for name in [&desired.bridge, &desired.vxlan] {
             for link in [&observed.bridge, &observed.vxlan].into_iter().flatten() {

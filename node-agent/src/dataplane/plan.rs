@@ -423,6 +423,31 @@ pub fn plan_teardown(teardown: &Teardown, links: &[Link], bridge_addresses: &[Ip
     ops
 }
 
+/// Links carrying `desired`'s marker under another name than its bridge and overlay port
+/// (left behind when the VNI or bridge name of a network changed): returns the deletions to
+/// run before the plan (overlay ports, so the old VNI never carries traffic next to the new
+/// one) and after it (bridges, once nothing is moved off them).
+pub fn plan_stale(desired: &Desired, links: &[Link]) -> (Vec<Op>, Vec<Op>) {
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    for link in links {
+        if link.alias.as_deref() != Some(desired.alias.as_str())
+            || link.name == desired.bridge
+            || link.name == desired.vxlan
+        {
+            continue;
+        }
+        let op = Op::DeleteLink {
+            link: link.name.clone(),
+        };
+        if link.kind == LinkKind::Bridge {
+            after.push(op);
+        } else {
+            before.push(op);
+        }
+    }
+    (before, after)
+}
+
 /// Networks that have links on the node (by marker alias) but are not in `known`: leftovers of
 /// NodeBridges deleted while the agent was down without their finalizer running.
 pub fn orphaned_networks<'a>(links: &'a [Link], known: &BTreeSet<String>) -> BTreeSet<&'a str> {
@@ -651,6 +676,16 @@ mod tests {
             !ops.iter()
                 .any(|o| matches!(o, Op::CreateLink(l) if l.name == "br-custom"))
         );
+        // The old overlay port goes first, so the old VNI never carries traffic again.
+        assert_eq!(
+            ops[0],
+            Op::DeleteLink {
+                link: "bnvx-42".into()
+            }
+        );
+        let names = a.netlink().link_names();
+        assert!(!names.contains(&"bnvx-42".to_owned()), "{names:?}");
+        assert!(a.apply(&d).await.unwrap().is_empty());
     }
 
     #[tokio::test]
