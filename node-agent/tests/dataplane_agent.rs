@@ -61,6 +61,17 @@ fn agent_realizes_repairs_refuses_survives_kill_and_tears_down() {
         other.metadata.labels = Some(bridgenet_crds::v1alpha1::node_bridge_labels("net-a", "n2"));
         api.create(&PostParams::default(), &other).await.unwrap();
     });
+    // Leftovers of a network whose NodeBridge vanished while no agent ran, and a bridge of
+    // someone else's: the first is collected at start, the second never touched.
+    for args in [
+        &["link", "add", "bnt-ag-o", "type", "bridge"][..],
+        &["link", "set", "bnt-ag-o", "alias", "bridgenet:gone"],
+        &["link", "add", "bnt-ag-f", "type", "bridge"],
+    ] {
+        let mut full = vec!["ip", "-n", node.ns.as_str()];
+        full.extend_from_slice(args);
+        run(&full);
+    }
     // A foreign interface with a network's bridge name.
     run(&[
         "ip",
@@ -96,6 +107,8 @@ fn agent_realizes_repairs_refuses_survives_kill_and_tears_down() {
         "another node's NodeBridge is not realized here: {links}"
     );
     assert!(get(&node, "net-a.n2").unwrap().finalizers().is_empty());
+    assert!(!links.contains("bnt-ag-o"), "orphan collected: {links}");
+    assert!(links.contains("bnt-ag-f"), "foreign bridge kept: {links}");
     assert!(
         run(&["ip", "netns", "exec", &node.ns, "nft", "list", "tables"]).contains("inet bridgenet")
     );
