@@ -275,7 +275,10 @@ impl Desired {
                 field: "peers[].address",
                 value: peer.address.clone(),
             })?;
-            if ip != node.underlay {
+            // A VXLAN device has one local address family; a peer reachable only in the
+            // other family cannot be a flood destination (the kernel refuses the entry), and
+            // refusing the whole network for it would cut off the peers that do fit.
+            if ip != node.underlay && ip.is_ipv4() == node.underlay.is_ipv4() {
                 peers.insert(ip);
             }
         }
@@ -397,6 +400,14 @@ pub(crate) mod tests {
         assert_eq!(d.alias, "bridgenet:custom");
         let peers: Vec<String> = d.peers.iter().map(|p| p.to_string()).collect();
         assert_eq!(peers, ["192.0.2.2"], "self is not a peer");
+        let mut s6 = s.clone();
+        s6.peers.push(Peer {
+            node: "node-v6".into(),
+            address: "2001:db8::3".into(),
+            blocks: vec![],
+        });
+        let d6 = Desired::from_spec(&s6, &node()).unwrap();
+        assert_eq!(d6.peers.len(), 1, "a peer of the other family is skipped");
         assert_eq!(vxlan_name(0x00ff_ffff).len(), 13);
     }
 
