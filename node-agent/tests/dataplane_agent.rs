@@ -193,6 +193,11 @@ fn agent_realizes_repairs_refuses_survives_kill_and_tears_down() {
                 .contains("172.20.0.1/24")
             && run(&["ip", "-n", &node.ns, "link", "show", "bnvx-300"]).contains("master bnt-ag-a")
     });
+    // A bridge set down by hand comes back up.
+    run(&["ip", "-n", &node.ns, "link", "set", "bnt-ag-a", "down"]);
+    node.eventually("the bridge to be up again", || {
+        run(&["ip", "-n", &node.ns, "link", "show", "bnt-ag-a"]).contains(",UP")
+    });
     // Rules deleted by hand come back too.
     run(&[
         "ip",

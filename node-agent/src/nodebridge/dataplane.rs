@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::RouteNetlinkMessage;
-use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
 
 use crate::dataplane::apply::{Applier, ApplyError, TeardownError};
 use crate::dataplane::firewall::{Firewall, FirewallError, FirewallOutcome};
@@ -199,9 +199,9 @@ impl Dataplane {
     }
 }
 
-/// A stream that yields whenever a link carrying bridgenet's marker is deleted (someone ran
-/// `ip link del` on a bridge or overlay port), so drift is repaired at once rather than at the
-/// next periodic resync. Empty (periodic resync only) when the monitor cannot be opened.
+/// A stream that yields whenever a link carrying bridgenet's marker is deleted or set down
+/// (someone ran `ip link del` or `ip link set down` on a bridge or overlay port), so drift is
+/// repaired at once rather than at the next periodic resync. Empty (periodic resync only) when the monitor cannot be opened.
 pub fn link_deletions() -> impl Stream<Item = ()> + Send + 'static {
     let (tx, rx) = futures::channel::mpsc::unbounded::<()>();
     match rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link]) {
@@ -209,15 +209,20 @@ pub fn link_deletions() -> impl Stream<Item = ()> + Send + 'static {
             tokio::spawn(connection);
             tokio::spawn(async move {
                 while let Some((msg, _)) = futures::StreamExt::next(&mut messages).await {
-                    if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) =
-                        msg.payload
-                    {
-                        let ours = link.attributes.iter().any(|a| {
-                            matches!(a, LinkAttribute::IfAlias(alias) if alias.starts_with(ALIAS_PREFIX))
-                        });
-                        if ours && tx.unbounded_send(()).is_err() {
-                            break;
-                        }
+                    let (link, deleted) = match msg.payload {
+                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => (l, true),
+                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => (l, false),
+                        _ => continue,
+                    };
+                    let ours = link.attributes.iter().any(|a| {
+                        matches!(a, LinkAttribute::IfAlias(alias) if alias.starts_with(ALIAS_PREFIX))
+                    });
+                    // Deleted, or set down by hand. (Our own changes never leave a marked
+                    // link down for long, and a pass over unchanged state writes nothing, so
+                    // this cannot feed itself.)
+                    let down = !link.header.flags.contains(LinkFlags::Up);
+                    if ours && (deleted || down) && tx.unbounded_send(()).is_err() {
+                        break;
                     }
                 }
             });
