@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: dataplane-test bench-dataplane demo test setup lint unit crds-check sandbox-test images chart-test kind-e2e
+.PHONY: cni-test bench-cni dataplane-test bench-dataplane demo test setup lint unit crds-check sandbox-test images chart-test kind-e2e
 
 ## Install what building and testing need on a fresh Debian machine (idempotent).
 setup:
@@ -60,3 +60,13 @@ dataplane-test:
 ## Data plane timings and the agent's RSS with 50 networks (root; figures in README).
 bench-dataplane:
 	$(CARGO) bench -p bridgenet-agent --bench dataplane --bench dataplane_rss
+
+## Pod attachment alone: CNI types/IPAM/install unit tests, the plugin exec tests, the crash tests
+## (agent killed at every step) and containerd's CRI path with hot-plug (all also run in `unit`).
+cni-test:
+	$(CARGO) test --locked -p bridgenet-agent --lib cni ipam
+	$(CARGO) test --locked -p bridgenet-agent --test cni_plugin --test cni_crash --test cni_containerd
+
+## CNI latency next to the reference bridge+host-local chain, agent and plugin RSS (root).
+bench-cni:
+	bash scripts/bench-cni.sh

@@ -16,6 +16,21 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Pod attachment (node-agent CNI/IPAM): protoc builds the CRI gRPC stubs (k8s-cri); iptables is
+# what the reference bridge plugin's ipMasq needs in scripts/bench-cni.sh. containerd, runc, the
+# reference plugins and busybox-static (the CNI tests' runtime and ping) come with the sandbox's.
+CNI_APT=(protobuf-compiler iptables util-linux)
+cni_missing=()
+for pkg in "${CNI_APT[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || cni_missing+=("$pkg")
+done
+if ((${#cni_missing[@]})); then
+    echo "setup: installing ${cni_missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${cni_missing[@]}" >/dev/null
+fi
+
 if command -v rustup >/dev/null; then
     rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
