@@ -13,6 +13,10 @@ WAIT=${DEMO_WAIT:-45s}
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@" || printf '(exit %s)\n' "$?"; }
 
+# One demo at a time on a machine: a second one waits here rather than wiping this one's state.
+exec 9>/run/bnt-sb-demo-script.lock
+flock 9
+
 say "build (cargo build --workspace) and check the generated CRDs"
 cargo build --workspace --locked
 cargo run -q --locked -p bridgenet-crds --bin crdgen -- --check
@@ -75,6 +79,51 @@ try:
 except Exception:
     pass' || true)
 if [[ -n "$DB_IP" ]]; then run podexec web -- ping -c 2 -W 1 "$DB_IP"; else echo "(db has no custom-network address yet)"; fi
+
+say "docker network connect internal-network web (hot attach: the pod keeps running)"
+run kubectl annotate pod web bridgenet.io/networks=custom-network,internal-network --overwrite
+for _ in $(seq 60); do
+    kubectl get pod web -o jsonpath='{.metadata.annotations.bridgenet\.io/network-status}' | grep -q internal-network && break
+    sleep 0.5
+done
+run kubectl get pod web -o jsonpath='{.metadata.annotations.bridgenet\.io/network-status}'
+echo
+run podexec web -- ip -4 -o addr
+
+say "docker network disconnect internal-network web"
+run kubectl annotate pod web bridgenet.io/networks=custom-network --overwrite
+for _ in $(seq 60); do
+    kubectl get pod web -o jsonpath='{.metadata.annotations.bridgenet\.io/network-status}' | grep -q internal-network || break
+    sleep 0.5
+done
+run podexec web -- ip -4 -o addr
+
+say "isolation: a pod on another network cannot reach web"
+run kubectl apply -f examples/second-network.yaml
+kubectl apply -f - <<'EOF'
+apiVersion: v1
+kind: Pod
+metadata:
+  name: stranger
+  annotations: {bridgenet.io/networks: second-network}
+spec:
+  containers: [{name: stranger, image: "busybox:1.36", command: [sleep, "3600"]}]
+EOF
+run kubectl wait --for=condition=Ready pod/stranger --timeout="$WAIT"
+WEB_IP=$(kubectl get pod web -o jsonpath='{.metadata.annotations.bridgenet\.io/network-status}' 2>/dev/null \
+    | python3 -c 'import json,sys
+try:
+    e = next(e for e in json.load(sys.stdin) if e.get("name") == "custom-network")
+    print(((e.get("ips") or [e.get("ip")])[0]).split("/")[0])
+except Exception:
+    pass' || true)
+if [[ -n "$WEB_IP" ]]; then
+    # Send it through stranger's own bridgenet gateway, so that it is the node that must drop it.
+    GW=$(kubectl get pod stranger -o jsonpath='{.metadata.annotations.bridgenet\.io/network-status}' \
+        | python3 -c 'import json,sys; e=json.load(sys.stdin)[0]; print(e["gateway"][0], e["interface"])' || true)
+    [[ -n "$GW" ]] && run podexec stranger -- ip route add 172.20.0.0/16 via ${GW% *} dev ${GW#* }
+    run podexec stranger -- ping -c 2 -W 1 "$WEB_IP"
+fi
 
 say "docker network inspect custom-network"
 run kubectl describe bridgenetwork custom-network

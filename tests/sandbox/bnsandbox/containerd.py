@@ -126,6 +126,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "plugins": [
                 {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False,
                  "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_cidr}]],
+                          "routes": [{"dst": "0.0.0.0/0"}],
                           "dataDir": str(self.cni_conf.parent / "ipam")}},
                 *(chained or []),
             ],

@@ -58,6 +58,9 @@ class Sandbox:
         self.runtimes: list[containerd.Containerd] = []
         self.topo: netns.Topology | None = None
         self.kubeconfig = pathlib.Path(kubeconfig) if kubeconfig else self.state / "kubeconfig"
+        # A second sandbox with the same prefix waits here instead of tearing this one down as
+        # "stale" (and fighting over 10.251.0.1).
+        self.lock = netns.PrefixLock(prefix).__enter__()
         try:
             names = [f"node{i + 1}" for i in range(nodes)]
             self.topo = netns.Topology(names, prefix=prefix, internet=True, host_link=not kubeconfig)
@@ -206,6 +209,7 @@ class Sandbox:
                     proc.kill()
                     proc.wait()
         self.procs = []
+        self.lock.__exit__(None, None, None)
 
     def __enter__(self) -> "Sandbox":
         return self

@@ -17,7 +17,7 @@ SANDBOX = pathlib.Path(__file__).resolve().parents[1]
 REPO = SANDBOX.parents[1]
 sys.path.insert(0, str(SANDBOX))
 
-from bnsandbox import netns, up  # noqa: E402
+from bnsandbox import up  # noqa: E402
 
 BIN_DIR = pathlib.Path(os.environ.get("BRIDGENET_BIN_DIR", REPO / "target" / "debug"))
 PREFIX = "bnt-sb-e2e-"
@@ -109,10 +109,9 @@ def cluster(tmp_path_factory):
     reason = _missing()
     if reason:
         pytest.skip(reason)
-    with netns.PrefixLock(PREFIX):
-        sandbox = up.Sandbox(2, tmp_path_factory.mktemp("sandbox"), prefix=PREFIX, bin_dir=BIN_DIR,
-                             log=lambda m: None)
-        try:
-            yield Cluster(sandbox)
-        finally:
-            sandbox.close()
+    # Sandbox holds the prefix's lock: a concurrent run waits for this one.
+    sandbox = up.Sandbox(2, tmp_path_factory.mktemp("sandbox"), prefix=PREFIX, bin_dir=BIN_DIR, log=lambda m: None)
+    try:
+        yield Cluster(sandbox)
+    finally:
+        sandbox.close()

@@ -39,6 +39,13 @@ def test_networks_are_isolated_both_ways(cluster):
     cluster.wait_ready(r1, r2, b1)
     ip_r2, ip_b1, ip_r1 = cluster.ip(r2, red), cluster.ip(b1, blue), cluster.ip(r1, red)
     assert cluster.ping(r1, ip_r2), "same network still works"
+    # Each pod routes the other network through its own network's gateway, so the packets really
+    # leave through its bridgenet interface and it is the node that must drop them.
+    for pod, net, other in ((r1, red, "172.31.1.0/24"), (b1, blue, "172.31.0.0/24")):
+        entry = cluster.attachments(pod)[net]
+        route = cluster.exec(pod, "ip", "route", "add", other, "via", entry["gateway"][0], "dev", entry["interface"])
+        assert route.returncode == 0, route.stderr
+    assert cluster.ping(r1, "172.31.0.1") and cluster.ping(b1, "172.31.1.1"), "own gateways answer"
     assert not cluster.ping(r1, ip_b1), "red -> blue"
     assert not cluster.ping(b1, ip_r1), "blue -> red"
     assert not cluster.ping(b1, ip_r2), "blue -> red on the other node"
