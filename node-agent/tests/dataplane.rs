@@ -684,6 +684,59 @@ fn idempotent_repairs_drift_refuses_foreign_and_tears_down_completely() {
         realize_fw(&n1, vec![a.clone()], &node),
         FirewallOutcome::Unchanged
     );
+    // One rule deleted by hand (the masquerade) is drift too.
+    let chain = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &n1,
+        "nft",
+        "-a",
+        "list",
+        "chain",
+        "inet",
+        "bridgenet",
+        "postrouting",
+    ]);
+    let handle = chain
+        .lines()
+        .find(|l| l.contains("masquerade-v4"))
+        .and_then(|l| l.rsplit("# handle ").next())
+        .map(|h| h.trim().to_owned())
+        .expect("masquerade rule with a handle");
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &n1,
+        "nft",
+        "delete",
+        "rule",
+        "inet",
+        "bridgenet",
+        "postrouting",
+        "handle",
+        &handle,
+    ]);
+    assert_eq!(
+        realize_fw(&n1, vec![a.clone()], &node),
+        FirewallOutcome::Replaced
+    );
+    assert!(
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &n1,
+            "nft",
+            "list",
+            "chain",
+            "inet",
+            "bridgenet",
+            "postrouting"
+        ])
+        .contains("masquerade-v4")
+    );
     // Coexistence: another product's table is never touched.
     run(&[
         "ip",
