@@ -537,3 +537,121 @@ async fn cri_sandboxes_gone(ctd: &Containerd) -> bool {
         .map(|s| s.is_empty())
         .unwrap_or(false)
 }
+
+/// A file put at a host-wide path for the duration of a test, the previous content restored.
+struct HostFile {
+    path: PathBuf,
+    previous: Option<Vec<u8>>,
+    created_dir: bool,
+}
+
+impl HostFile {
+    fn put(path: &Path, content: &[u8], mode: u32) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let previous = std::fs::read(path).ok();
+        let created_dir = !path.parent().unwrap().exists();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        Self {
+            path: path.to_owned(),
+            previous,
+            created_dir,
+        }
+    }
+}
+
+impl Drop for HostFile {
+    fn drop(&mut self) {
+        match &self.previous {
+            Some(old) => {
+                let _ = std::fs::write(&self.path, old);
+            }
+            None => {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+        if self.created_dir {
+            let _ = std::fs::remove_dir(self.path.parent().unwrap_or(Path::new("/nonexistent")));
+        }
+    }
+}
+
+/// `ctr run --cni`: ctr (go-cni) reads the first config in /etc/cni/net.d and plugins from
+/// /opt/cni/bin — host-wide paths with no flag to move them, so this test puts its files there
+/// (named to sort first) only while it runs. bridgenet here is the only plugin, in Multus
+/// delegate form (`"network"`), since ctr passes no pod identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctr_run_with_cni_attaches_and_detaches_a_container() {
+    if let Some(why) = missing_tools() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let node = Netns::new("ctr-node");
+    let red = TestNetwork::new("red", 63);
+    red.create_bridge(&node);
+    let dir = StaticDirectory::new(World {
+        networks: vec![red.spec()],
+        ..World::default()
+    });
+    let state = tempfile::tempdir().unwrap();
+    let agent = InProcessAgent::start(dir, state.path(), &node);
+    let _conf = HostFile::put(
+        Path::new("/etc/cni/net.d/00-bnt-cni-ctr-test.conflist"),
+        json!({"cniVersion": "1.0.0", "name": "bnt-cni-ctr", "plugins": [
+            {"type": "bridgenet", "network": "red", "socket": agent.socket}]})
+        .to_string()
+        .as_bytes(),
+        0o644,
+    );
+    let _bin = HostFile::put(
+        Path::new("/opt/cni/bin/bridgenet"),
+        &std::fs::read(env!("CARGO_BIN_EXE_bridgenet")).unwrap(),
+        0o755,
+    );
+    let ctd = Containerd::start(
+        &node,
+        "ctr",
+        &json!({"cniVersion": "1.0.0", "name": "unused", "plugins": []}),
+    );
+    let rootfs = ctd.dir.join("rootfs");
+    for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    let busybox = std::fs::canonicalize("/bin/busybox").unwrap();
+    std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+    let out = Command::new("ctr")
+        .arg("--address")
+        .arg(ctd.socket())
+        .args(["run", "--rm", "--cni", "--rootfs"])
+        .arg(&rootfs)
+        .args([
+            "bnt-cni-ctr",
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "/bin/busybox ip -4 addr show eth0 && /bin/busybox ping -c 1 -W 2 172.29.63.1",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "container run: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("inet 172.29.63."),
+        "eth0 on the red network: {stdout}"
+    );
+    assert!(
+        stdout.contains("1 packets received"),
+        "gateway answered: {stdout}"
+    );
+    // --rm: ctr ran the CNI DEL.
+    assert!(agent.engine.allocations().await.is_empty(), "address freed");
+    assert!(
+        !node.links().iter().any(|l| l.starts_with("bnv")),
+        "no veth left"
+    );
+}
