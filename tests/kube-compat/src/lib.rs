@@ -133,6 +133,20 @@ impl Emulator {
         }
     }
 
+    /// Starts an emulator that serves HTTPS with a fresh CA (carried in its kubeconfig).
+    pub fn start_tls() -> Result<Self, Error> {
+        let dir = std::env::temp_dir().join(format!(
+            "bnt-kube-compat-tls-{}-{}",
+            std::process::id(),
+            unique()
+        ));
+        let arg = dir.to_string_lossy().into_owned();
+        let emu = Self::start(&["--tls-dir", &arg]);
+        // The certificates are only needed while the server starts; the CA is in the kubeconfig.
+        let _ = std::fs::remove_dir_all(&dir);
+        emu
+    }
+
     /// A kube-rs client configured from the emulator's kubeconfig, exactly as the operator and
     /// agent build theirs from `KUBECONFIG`.
     pub async fn client(&self) -> Result<kube::Client, Error> {

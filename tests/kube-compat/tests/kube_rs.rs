@@ -263,3 +263,27 @@ async fn controller_finalizer_garbage_collection_and_events() -> Result<()> {
     handle.abort();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_the_kubeconfig_ca() -> Result<()> {
+    let emu = Emulator::start_tls()?;
+    assert!(emu.url.starts_with("https://"), "{}", emu.url);
+    let client = emu.client().await?;
+    let version = client.apiserver_version().await?;
+    assert_eq!(version.major, "1");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = BridgeNetwork::crd();
+    let pp = PatchParams::apply("bridgenet-kube-compat").force();
+    crds.patch(&crd.name_any(), &pp, &Patch::Apply(&crd))
+        .await?;
+    let api: Api<BridgeNetwork> = Api::all(client);
+    let created = api
+        .patch(
+            "tls-net",
+            &pp,
+            &Patch::Apply(network("tls-net", "172.20.0.0/16")?),
+        )
+        .await?;
+    assert_eq!(created.spec.subnet, "172.20.0.0/16");
+    Ok(())
+}

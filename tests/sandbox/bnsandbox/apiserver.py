@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import copy
 import hashlib
 import json
 import logging
+import pathlib
 import random
 import re
 import signal
+import ssl
 import string
 import uuid
 from dataclasses import dataclass
@@ -24,7 +27,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from . import errors, patch, protobuf, registry, schema, selectors
+from . import errors, patch, protobuf, registry, schema, selectors, tls
 from .errors import ApiError
 from .registry import ResourceType
 from .store import Event, Key, Store, strip
@@ -929,11 +932,14 @@ def _wants_table(request: web.Request) -> bool:
     return "as=Table" in request.headers.get("Accept", "")
 
 
-def write_kubeconfig(path: str, server: str, context: str = "bnsandbox") -> None:
+def write_kubeconfig(path: str, server: str, context: str = "bnsandbox", ca: str | None = None) -> None:
+    cluster: dict[str, Any] = {"server": server}
+    if ca:
+        cluster["certificate-authority-data"] = base64.b64encode(open(ca, "rb").read()).decode()
     cfg = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": context, "cluster": {"server": server}}],
+        "clusters": [{"name": context, "cluster": cluster}],
         "users": [{"name": context, "user": {"token": "bnsandbox"}}],
         "contexts": [{"name": context, "context": {"cluster": context, "user": context, "namespace": "default"}}],
         "current-context": context,
@@ -943,18 +949,24 @@ def write_kubeconfig(path: str, server: str, context: str = "bnsandbox") -> None
 
 
 async def serve(host: str, port: int, kubeconfig: str | None, bookmark_interval: float,
-                ready_file: str | None = None, watch_history: int = 20000) -> None:
+                ready_file: str | None = None, watch_history: int = 20000, tls_dir: str | None = None) -> None:
     server = ApiServer(bookmark_interval=bookmark_interval, watch_history=watch_history)
     # Open watches never end by themselves: give them a moment on shutdown, not a minute.
     runner = web.AppRunner(server.app(), handle_signals=False, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    ssl_context, ca = None, None
+    if tls_dir:
+        ca_path, crt, key = tls.make_certs(pathlib.Path(tls_dir), host)
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(str(crt), str(key))
+        ca = str(ca_path)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     sockets = site._server.sockets if site._server else []  # noqa: SLF001 - the bound port for --port 0
     bound = sockets[0].getsockname()[1] if sockets else port
-    url = f"http://{host}:{bound}"
+    url = f"{'https' if tls_dir else 'http'}://{host}:{bound}"
     if kubeconfig:
-        write_kubeconfig(kubeconfig, url)
+        write_kubeconfig(kubeconfig, url, ca=ca)
     log.info("serving the Kubernetes API on %s (kubeconfig %s)", url, kubeconfig)
     if ready_file:
         with open(ready_file, "w", encoding="utf-8") as f:
@@ -976,12 +988,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bookmark-interval", type=float, default=5.0, help="seconds between watch BOOKMARKs")
     p.add_argument("--watch-history", type=int, default=20000,
                    help="events a watch can resume from; older resourceVersions get 410 Gone")
+    p.add_argument("--tls-dir", help="serve HTTPS with a fresh CA and server certificate written here; the "
+                   "kubeconfig then carries the CA")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     asyncio.run(serve(args.host, args.port, args.kubeconfig, args.bookmark_interval, args.ready_file,
-                      args.watch_history))
+                      args.watch_history, args.tls_dir))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import subprocess
 import time
 
 
-from conftest import CRDS, EXAMPLES, requires_kubectl, unique, wait_for
+from conftest import CRDS, EXAMPLES, Emulator, requires_kubectl, unique, wait_for
 
 pytestmark = requires_kubectl
 
@@ -182,3 +182,24 @@ def _kubectl(emulator):
     return ["kubectl", "--kubeconfig", str(emulator.kubeconfig), "--cache-dir", str(emulator.cache)]
 
 
+
+
+def test_https_with_the_kubeconfig_ca(tmp_path):
+    import asyncio
+
+    from bnsandbox.kube import Kube
+
+    emu = Emulator(tmp_path, "--tls-dir", str(tmp_path / "tls"))
+    try:
+        assert emu.url.startswith("https://127.0.0.1:")
+        assert "certificate-authority-data" in emu.kubeconfig.read_text()
+        assert "default" in emu.kubectl("get", "namespaces", "-o", "name").stdout
+        emu.kubectl("apply", "-f", str(CRDS))
+
+        async def through_the_kubelets_client():
+            async with Kube(str(emu.kubeconfig)) as kube:
+                return await kube.request("GET", "/apis/bridgenet.io/v1alpha1/bridgenetworks")
+
+        assert asyncio.run(through_the_kubelets_client())["kind"] == "BridgeNetworkList"
+    finally:
+        emu.stop()
