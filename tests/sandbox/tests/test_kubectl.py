@@ -123,7 +123,9 @@ def test_get_watch_streams_changes(emulator, crds):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        time.sleep(1.0)
+        # The first row is the initial list: from then on, changes arrive as watch events.
+        header, first = proc.stdout.readline(), proc.stdout.readline()
+        assert "EVENT" in header and name in first, (header, first)
         emulator.client.patch(f"/apis/bridgenet.io/v1alpha1/bridgenetworks/{name}/status",
                               {"status": {"readySummary": "1/1"}})
         lines = []
