@@ -500,3 +500,58 @@ async fn agent_down_status_version_and_gc() {
     assert!(run_plugin(&Call::new("GC", "", "", "x", other)).await.ok);
     assert_eq!(s.agent.engine.allocations().await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_network_gets_both_families() {
+    let mut dual = TestNetwork::new("dual", 16);
+    dual.ipv6 = Some(("fd00:29:16::/64".into(), "fd00:29:16::1".into()));
+    dual.blocks.push("fd00:29:16::/120".into());
+    let s = setup("dual", std::slice::from_ref(&dual));
+    s.dir.set_pod("default/v6", "dual");
+    let conf = chained_config(&s.agent.socket, "1.1.0", None);
+    let add = Call::new(
+        "ADD",
+        "sandbox-dual",
+        s.pod.path().to_str().unwrap(),
+        "default/v6",
+        conf,
+    );
+    let answer = run_plugin(&add).await;
+    assert!(answer.ok, "{}", answer.raw);
+    let ips = answer.json["ips"].as_array().unwrap();
+    assert_eq!(ips.len(), 2, "{}", answer.raw);
+    assert!(
+        ips[0]["address"]
+            .as_str()
+            .unwrap()
+            .starts_with("172.29.16.")
+    );
+    let v6 = ips[1]["address"].as_str().unwrap();
+    assert!(
+        v6.starts_with("fd00:29:16::") && v6.ends_with("/64"),
+        "{v6}"
+    );
+    assert_ne!(v6, "fd00:29:16::1/64", "never the gateway");
+    assert_eq!(ips[1]["gateway"], "fd00:29:16::1");
+    let link = s.pod.link_json("net1").unwrap();
+    let v6_on_link: Vec<&str> = link["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["family"] == "inet6" && a["scope"] == "global")
+        .map(|a| a["local"].as_str().unwrap())
+        .collect();
+    assert_eq!(v6_on_link, vec![v6.split('/').next().unwrap()]);
+    assert!(
+        s.pod
+            .exec(&["busybox", "ping", "-c", "1", "-W", "2", "172.29.16.1"])
+    );
+    // No DAD wait: usable at once.
+    assert!(
+        s.pod
+            .exec(&["busybox", "ping6", "-c", "1", "-W", "2", "fd00:29:16::1"])
+    );
+    assert!(run_plugin(&add.with_command("CHECK")).await.ok);
+    assert!(run_plugin(&add.with_command("DEL")).await.ok);
+    assert!(s.agent.engine.allocations().await.is_empty());
+}

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use netlink_packet_route::link::{
     InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage, State,
 };
@@ -287,7 +288,15 @@ async fn pod_side(handle: Handle, spec: AttachSpec) -> Result<(), AttachError> {
         "1",
     );
     for (ip, prefix) in &spec.addresses {
-        match handle.address().add(index, *ip, *prefix).execute().await {
+        let mut req = handle.address().add(index, *ip, *prefix);
+        if ip.is_ipv6() {
+            // The journal already guarantees the address is unique on the network; DAD would
+            // only keep it unusable (tentative) for a second or two after the pod starts.
+            req.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        match req.execute().await {
             Ok(()) => {}
             Err(e) if errno(&e) == Some(EEXIST) => {}
             Err(e) => {
@@ -450,7 +459,7 @@ pub async fn check(
             if msg.header.family == AddressFamily::Inet || msg.header.family == AddressFamily::Inet6
             {
                 for attr in msg.attributes {
-                    if let netlink_packet_route::address::AddressAttribute::Address(a) = attr {
+                    if let AddressAttribute::Address(a) = attr {
                         have.push(a);
                     }
                 }

@@ -122,6 +122,8 @@ pub struct TestNetwork {
     pub blocks: Vec<String>,
     pub mtu: u32,
     pub namespace_selector: Option<Value>,
+    /// IPv6 (subnet, gateway) for dual stack; its block goes in `blocks`.
+    pub ipv6: Option<(String, String)>,
 }
 
 impl TestNetwork {
@@ -135,6 +137,7 @@ impl TestNetwork {
             blocks: vec![format!("172.29.{third}.0/24")],
             mtu: 1400,
             namespace_selector: None,
+            ipv6: None,
         }
     }
 
@@ -147,6 +150,9 @@ impl TestNetwork {
         });
         if let Some(sel) = &self.namespace_selector {
             v["namespaceSelector"] = sel.clone();
+        }
+        if let Some((subnet, gateway)) = &self.ipv6 {
+            v["ipv6"] = json!({"subnet": subnet, "gateway": gateway});
         }
         serde_json::from_value(v).unwrap()
     }
@@ -170,6 +176,17 @@ impl TestNetwork {
             "dev",
             &self.bridge,
         ]);
+        if let Some((subnet, gateway)) = &self.ipv6 {
+            let prefix = subnet.split('/').nth(1).unwrap();
+            node.ip(&[
+                "addr",
+                "add",
+                &format!("{gateway}/{prefix}"),
+                "dev",
+                &self.bridge,
+                "nodad",
+            ]);
+        }
     }
 }
 
