@@ -122,3 +122,28 @@ def test_agent_image_has_the_tools_the_chart_uses():
               # podman's default capability set lacks NET_RAW; containerd's (the kind pods') has it.
               entrypoint="/bin/sh", extra=["--cap-add", "NET_RAW"])
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr + out.stdout
+
+
+# What the downward API would fill in on a cluster (never contacted: --network none).
+FIELD_SAMPLES = {"metadata.namespace": "bridgenet-system", "metadata.name": "pod-0",
+                 "spec.nodeName": "node-1", "status.hostIP": "192.0.2.10"}
+
+
+@pytest.mark.parametrize("component,kind", [("operator", "Deployment"), ("agent", "DaemonSet")])
+def test_the_binary_accepts_the_charts_exact_args_and_env(component, kind):
+    """The rendered container, started as the kubelet would (args, env, user, read-only root),
+    gets past flag parsing to looking for the API server, which is absent here."""
+    spec = render().of_kind(kind)[0]["spec"]["template"]["spec"]
+    container = next(c for c in spec["containers"] if c["name"] == component)
+    extra = ["--read-only", "--cap-drop", "ALL"]
+    sc = container["securityContext"]
+    extra += [f"--cap-add={c}" for c in sc.get("capabilities", {}).get("add", [])]
+    user = sc.get("runAsUser", spec.get("securityContext", {}).get("runAsUser"))
+    extra += ["--user", f"{user}:{user}"]
+    for env in container.get("env", []):
+        value = env.get("value") or FIELD_SAMPLES[env["valueFrom"]["fieldRef"]["fieldPath"]]
+        extra += ["-e", f"{env['name']}={value}"]
+    out = run(IMAGES[component], *container["args"], extra=extra)
+    text = out.stdout + out.stderr
+    assert out.returncode == 1, f"exit {out.returncode} (2 = bad flags): {text}"
+    assert "in-cluster" in text and "unexpected argument" not in text, text
