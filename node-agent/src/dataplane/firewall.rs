@@ -479,10 +479,20 @@ impl Firewall {
     }
 
     /// Rule identities currently in the kernel; `None` per table that is absent.
+    ///
+    /// The two `nft` runs go in parallel: each costs a process start (~2.5 ms here), which is
+    /// most of a no-change check. The helper thread inherits the caller's network namespace.
     pub fn observe(&self) -> Result<ObservedTables, FirewallError> {
-        let inet = self.list("inet")?.map(|v| observed_keys(&v));
-        let bridge = self.list("bridge")?.map(|v| observed_keys(&v));
-        Ok((inet, bridge))
+        let (inet, bridge) = std::thread::scope(|scope| {
+            let bridge = scope.spawn(|| self.list("bridge"));
+            let inet = self.list("inet");
+            (inet, bridge.join())
+        });
+        let bridge = bridge.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        Ok((
+            inet?.map(|v| observed_keys(&v)),
+            bridge?.map(|v| observed_keys(&v)),
+        ))
     }
 
     /// Makes the bridgenet tables hold exactly the rules of `networks`, writing only when they
