@@ -33,6 +33,11 @@ pub enum InstallError {
         "no .conflist in {0}: bridgenet chains after the cluster's primary CNI; install the primary first (or use bridgenet as a Multus delegate)"
     )]
     NoPrimary(PathBuf),
+    /// The runtime uses a single-plugin config, which cannot chain.
+    #[error(
+        "the container runtime uses {0}, a single-plugin config: bridgenet can only chain into a .conflist; convert the primary CNI's config to a conflist, or use bridgenet as a Multus delegate"
+    )]
+    PrimaryNotAList(PathBuf),
     /// The primary conflist does not parse.
     #[error("{path} is not a valid conflist ({reason}); left untouched")]
     BadConflist {
@@ -78,20 +83,32 @@ pub fn install_binary(source: &Path, bin_dir: &Path) -> Result<PathBuf, InstallE
     Ok(dest)
 }
 
-/// The conflist the runtime uses: the first `.conflist` in lexical order (what libcni and the
-/// kubelet pick), excluding files without a `plugins` list.
+/// The conflist the runtime uses: the first of the `.conf`, `.conflist` and `.json` files in
+/// lexical order (what libcni and containerd pick). Chaining into any other file would be
+/// silently ignored, so a single-plugin config in first place is an error.
 pub fn primary_conflist(conf_dir: &Path) -> Result<PathBuf, InstallError> {
     let mut files: Vec<PathBuf> = fs::read_dir(conf_dir)
         .map_err(io("list", conf_dir))?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "conflist"))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == "conflist" || e == "conf" || e == "json")
+        })
         .collect();
     files.sort();
-    files
+    let first = files
         .into_iter()
         .next()
-        .ok_or_else(|| InstallError::NoPrimary(conf_dir.to_owned()))
+        .ok_or_else(|| InstallError::NoPrimary(conf_dir.to_owned()))?;
+    let is_list = first.extension().is_some_and(|e| e == "conflist")
+        || (first.extension().is_some_and(|e| e == "json")
+            && read_conflist(&first).is_ok_and(|v| v.get("plugins").is_some()));
+    if is_list {
+        Ok(first)
+    } else {
+        Err(InstallError::PrimaryNotAList(first))
+    }
 }
 
 /// Our entry for the chain.
@@ -208,7 +225,8 @@ mod tests {
             primary().to_string(),
         )
         .unwrap();
-        std::fs::write(dir.path().join("05-single.conf"), b"{}").unwrap();
+        std::fs::write(dir.path().join("20-single.conf"), b"{}").unwrap();
+        std::fs::write(dir.path().join("README"), b"not a config").unwrap();
         let socket = Path::new("/run/bridgenet/cni.sock");
         assert!(install_config(dir.path(), socket).unwrap());
         assert!(!install_config(dir.path(), socket).unwrap(), "idempotent");
@@ -246,6 +264,19 @@ mod tests {
             install_config(dir.path(), Path::new("/s")),
             Err(InstallError::NoPrimary(_))
         ));
+        // The runtime would use the single-plugin .conf: chaining elsewhere would do nothing.
+        std::fs::write(dir.path().join("05-single.conf"), b"{}").unwrap();
+        std::fs::write(
+            dir.path().join("10-primary.conflist"),
+            primary().to_string(),
+        )
+        .unwrap();
+        assert!(matches!(
+            install_config(dir.path(), Path::new("/s")),
+            Err(InstallError::PrimaryNotAList(_))
+        ));
+        std::fs::remove_file(dir.path().join("05-single.conf")).unwrap();
+        std::fs::remove_file(dir.path().join("10-primary.conflist")).unwrap();
         std::fs::write(dir.path().join("10-broken.conflist"), b"{not json").unwrap();
         assert!(matches!(
             install_config(dir.path(), Path::new("/s")),

@@ -34,6 +34,9 @@ pub enum Record {
 pub struct Journal {
     path: PathBuf,
     file: File,
+    /// Held for the journal's lifetime: a second agent on the same state directory (a
+    /// DaemonSet rollout overlapping the old pod) would hand out addresses twice.
+    _lock: nix::fcntl::Flock<File>,
     /// Records in the file, to decide when to compact.
     records: usize,
 }
@@ -45,6 +48,18 @@ impl Journal {
     /// Opens (creating) the journal in `dir` and returns it with every record, in order.
     pub fn open(dir: &Path) -> Result<(Self, Vec<Record>), IpamError> {
         fs::create_dir_all(dir).map_err(|e| IpamError::io("create", dir, e))?;
+        let lock_path = dir.join("lock");
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| IpamError::io("open", &lock_path, e))?;
+        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, errno)| IpamError::Locked {
+                path: lock_path.clone(),
+                source: std::io::Error::from(errno),
+            })?;
         let path = dir.join(FILE_NAME);
         let existed = path.exists();
         let mut file = OpenOptions::new()
@@ -102,6 +117,7 @@ impl Journal {
             Self {
                 path,
                 file,
+                _lock: lock,
                 records: count,
             },
             records,

@@ -33,6 +33,16 @@ pub enum IpamError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Another process holds the journal.
+    #[error(
+        "IPAM journal lock {path} is held by another process (a second agent on this node?): {source}"
+    )]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The journal is damaged before its last record.
     #[error(
         "IPAM journal {path} is damaged at byte {offset}; refusing to guess which addresses are in use"
@@ -540,6 +550,18 @@ mod tests {
         assert_eq!(ipam.all().count(), 5);
         let again = ipam.allocate(&pool(), &req("c10")).unwrap();
         assert_eq!(again[0].ip, seen[2], "the only free address");
+    }
+
+    #[test]
+    fn a_second_opener_is_refused_until_the_first_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Ipam::open(dir.path()).unwrap();
+        assert!(matches!(
+            Ipam::open(dir.path()),
+            Err(IpamError::Locked { .. })
+        ));
+        drop(first);
+        Ipam::open(dir.path()).unwrap();
     }
 
     #[test]
