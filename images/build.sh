@@ -106,6 +106,10 @@ install_dynamic "$REL/bridgenet-agent" "$CTX/agent/rootfs" /usr/bin/bridgenet-ag
 install -D -m 0755 "$CNI_BIN" "$CTX/agent/rootfs/usr/libexec/bridgenet/bridgenet"
 # Also beside the agent, where code that looks next to its own executable finds it.
 ln -s ../libexec/bridgenet/bridgenet "$CTX/agent/rootfs/usr/bin/bridgenet"
+# The firewall drives nftables through `nft -j` (libnftables' JSON API), as netavark does.
+NFT="$(command -v nft || true)"
+[[ -n "$NFT" ]] || { echo "build.sh: need nft (apt-get install nftables)" >&2; exit 1; }
+install_dynamic "$NFT" "$CTX/agent/rootfs" /usr/sbin/nft
 install -D -m 0755 "$BUSYBOX" "$CTX/agent/rootfs/bin/busybox"
 for applet in sh cp mv chmod ls cat ping sleep; do
     ln -sf busybox "$CTX/agent/rootfs/bin/$applet"

@@ -124,6 +124,15 @@ def test_agent_image_has_the_tools_the_chart_uses():
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr + out.stdout
 
 
+def test_agent_image_carries_the_nft_the_firewall_drives():
+    """The agent's firewall runs `nft -j -f -` (its --nft default is `nft` on PATH)."""
+    out = run(IMAGES["agent"], "--version", entrypoint="nft")
+    assert out.returncode == 0 and "nftables" in out.stdout, out.stderr + out.stdout
+    # JSON support is what the agent uses; an nft built without it fails this.
+    out = run(IMAGES["agent"], "-j", "--check", "-f", "-", entrypoint="nft", input='{"nftables": []}')
+    assert out.returncode == 0, out.stderr + out.stdout
+
+
 # What the downward API would fill in on a cluster (never contacted: --network none).
 FIELD_SAMPLES = {"metadata.namespace": "bridgenet-system", "metadata.name": "pod-0",
                  "spec.nodeName": "node-1", "status.hostIP": "192.0.2.10"}
