@@ -555,3 +555,51 @@ async fn dual_stack_network_gets_both_families() {
     assert!(run_plugin(&add.with_command("DEL")).await.ok);
     assert!(s.agent.engine.allocations().await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_frees_only_settled_allocations_of_sandboxes_the_runtime_lost() {
+    let red = TestNetwork::new("red", 17);
+    let s = setup("recon", &[red]);
+    let conf = chained_config(&s.agent.socket, "1.1.0", None);
+    let gone = Netns::new("recon-gone");
+    for (pod, ns) in [("default/kept", &s.pod), ("default/gone", &gone)] {
+        s.dir.set_pod(pod, "red");
+        let id = format!("sb-{}", pod.split('/').nth(1).unwrap());
+        let add = Call::new("ADD", &id, ns.path().to_str().unwrap(), pod, conf.clone());
+        assert!(run_plugin(&add).await.ok);
+    }
+    // Node reboot / force delete: the sandbox and its netns vanish, no DEL ever comes.
+    drop(gone);
+    let live: std::collections::HashSet<String> = ["sb-kept".to_owned()].into();
+    // Young allocations may belong to an ADD in flight that the runtime does not list yet.
+    let freed = s
+        .agent
+        .engine
+        .reconcile(&live, std::time::Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(freed, 0);
+    assert_eq!(s.agent.engine.allocations().await.len(), 2);
+    let freed = s
+        .agent
+        .engine
+        .reconcile(&live, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(freed, 1);
+    let left = s.agent.engine.allocations().await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].container_id, "sb-kept");
+    assert!(
+        s.pod.link_json("net1").is_some(),
+        "the live pod is untouched"
+    );
+    assert_eq!(
+        s.node
+            .links()
+            .iter()
+            .filter(|l| l.starts_with("bnv"))
+            .count(),
+        1
+    );
+}

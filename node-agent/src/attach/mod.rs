@@ -169,7 +169,7 @@ where
     Fut: Future<Output = Result<T, AttachError>>,
 {
     let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
+        .enable_all()
         .build()
         .map_err(AttachError::Socket)?;
     rt.block_on(async {
@@ -211,11 +211,27 @@ pub async fn attach(spec: AttachSpec) -> Result<(), AttachError> {
                 if let Some((path, file)) = &host_ns {
                     enter(path, file)?;
                 }
-                let spec2 = spec.clone();
-                block_on_with_handle(move |h| host_side(h, spec2, pod_ns))?;
-                // This thread now moves into the pod: the host-side work is done.
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(AttachError::Socket)?;
+                // A netlink socket stays in the namespace it was opened in: this one keeps
+                // talking to the host after the thread has moved into the pod.
+                let host = rt.block_on(async {
+                    let (conn, handle, _) =
+                        rtnetlink::new_connection().map_err(AttachError::Socket)?;
+                    tokio::spawn(conn);
+                    host_side(handle.clone(), spec.clone(), pod_ns).await?;
+                    Ok::<_, AttachError>(handle)
+                })?;
                 enter(&spec.pod_netns, &open_netns(&spec.pod_netns)?)?;
-                block_on_with_handle(move |h| pod_side(h, spec))
+                rt.block_on(async {
+                    let (conn, pod, _) =
+                        rtnetlink::new_connection().map_err(AttachError::Socket)?;
+                    tokio::spawn(conn);
+                    let index = pod_side(&pod, &spec).await?;
+                    announce(&host, &pod, index, &spec).await
+                })
             })();
             let _ = tx.send(result);
         })
@@ -270,8 +286,8 @@ async fn host_side(handle: Handle, spec: AttachSpec, pod_ns: File) -> Result<(),
     Ok(())
 }
 
-async fn pod_side(handle: Handle, spec: AttachSpec) -> Result<(), AttachError> {
-    let link = link_by_name(&handle, &spec.pod_ifname)
+async fn pod_side(handle: &Handle, spec: &AttachSpec) -> Result<u32, AttachError> {
+    let link = link_by_name(handle, &spec.pod_ifname)
         .await?
         .ok_or_else(|| {
             AttachError::Mismatch(format!("{} vanished from the pod", spec.pod_ifname))
@@ -312,7 +328,6 @@ async fn pod_side(handle: Handle, spec: AttachSpec) -> Result<(), AttachError> {
         .execute()
         .await
         .map_err(nl(format!("setting {} up", spec.pod_ifname)))?;
-    announce(&handle, index, &spec).await?;
     for gw in &spec.default_routes {
         let msg = match gw {
             IpAddr::V4(v4) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
@@ -335,36 +350,28 @@ async fn pod_side(handle: Handle, spec: AttachSpec) -> Result<(), AttachError> {
             Err(e) => return Err(nl(format!("adding default route via {gw}"))(e)),
         }
     }
-    Ok(())
+    Ok(index)
 }
 
-/// Announces the pod's addresses once the link is operational.
+/// Announces the pod's addresses once both ends of the veth are operational.
 ///
 /// The kernel's own announcement at link-up (arp_notify) races the bridge: the host port turns
-/// forwarding only when the kernel's link watcher has processed the carrier change, shortly
-/// after, so that first gratuitous ARP is often dropped. Once the pod end reports operstate UP
-/// the port forwards; re-setting the MAC then makes the kernel announce again
+/// forwarding only when the kernel's link watcher has processed the host end's carrier change,
+/// shortly after, so that first gratuitous ARP is often dropped. Once both ends report
+/// operstate UP the port forwards; re-setting the MAC then makes the kernel announce again
 /// (NETDEV_CHANGEADDR with arp_notify / ndisc_notify set), without a raw socket.
-async fn announce(handle: &Handle, index: u32, spec: &AttachSpec) -> Result<(), AttachError> {
-    // Bounded: veth carrier normally follows within a millisecond or two.
-    for _ in 0..200 {
-        let mut links = handle.link().get().match_index(index).execute();
-        let up = links
-            .try_next()
-            .await
-            .map_err(nl(format!("reading {}", spec.pod_ifname)))?
-            .is_some_and(|l| {
-                l.attributes
-                    .iter()
-                    .any(|a| matches!(a, LinkAttribute::OperState(State::Up)))
-            });
-        if up {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+async fn announce(
+    host: &Handle,
+    pod: &Handle,
+    index: u32,
+    spec: &AttachSpec,
+) -> Result<(), AttachError> {
+    let host_up = wait_oper_up(host, LinkRef::Name(&spec.host_veth)).await?;
+    let pod_up = wait_oper_up(pod, LinkRef::Index(index)).await?;
+    if !(host_up && pod_up) {
+        tracing::warn!(veth = %spec.host_veth, "veth not operational after 1s; announcing anyway");
     }
-    handle
-        .link()
+    pod.link()
         .set(
             LinkUnspec::new_with_index(index)
                 .address(spec.mac.to_vec())
@@ -373,6 +380,37 @@ async fn announce(handle: &Handle, index: u32, spec: &AttachSpec) -> Result<(), 
         .execute()
         .await
         .map_err(nl(format!("announcing {}", spec.pod_ifname)))
+}
+
+enum LinkRef<'a> {
+    Name(&'a str),
+    Index(u32),
+}
+
+/// Polls until the link's operstate is UP (bounded: about a second); returns whether it is.
+async fn wait_oper_up(handle: &Handle, link: LinkRef<'_>) -> Result<bool, AttachError> {
+    for _ in 0..500 {
+        let req = handle.link().get();
+        let req = match link {
+            LinkRef::Name(name) => req.match_name(name.to_owned()),
+            LinkRef::Index(index) => req.match_index(index),
+        };
+        let up = req
+            .execute()
+            .try_next()
+            .await
+            .map_err(nl("reading a veth's operstate"))?
+            .is_some_and(|l| {
+                l.attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::OperState(State::Up)))
+            });
+        if up {
+            return Ok(true);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    Ok(false)
 }
 
 /// Removes the pod interface by deleting its host end (the kernel deletes the pair). Gone
