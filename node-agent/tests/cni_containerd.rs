@@ -542,21 +542,27 @@ async fn cri_sandboxes_gone(ctd: &Containerd) -> bool {
 struct HostFile {
     path: PathBuf,
     previous: Option<Vec<u8>>,
-    created_dir: bool,
+    /// Directories this created, deepest first.
+    created_dirs: Vec<PathBuf>,
 }
 
 impl HostFile {
     fn put(path: &Path, content: &[u8], mode: u32) -> Self {
         use std::os::unix::fs::PermissionsExt;
         let previous = std::fs::read(path).ok();
-        let created_dir = !path.parent().unwrap().exists();
+        let created_dirs: Vec<PathBuf> = path
+            .ancestors()
+            .skip(1)
+            .take_while(|d| !d.exists())
+            .map(Path::to_owned)
+            .collect();
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, content).unwrap();
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
         Self {
             path: path.to_owned(),
             previous,
-            created_dir,
+            created_dirs,
         }
     }
 }
@@ -571,8 +577,8 @@ impl Drop for HostFile {
                 let _ = std::fs::remove_file(&self.path);
             }
         }
-        if self.created_dir {
-            let _ = std::fs::remove_dir(self.path.parent().unwrap_or(Path::new("/nonexistent")));
+        for dir in &self.created_dirs {
+            let _ = std::fs::remove_dir(dir);
         }
     }
 }
