@@ -94,9 +94,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         sig = shutdown_signal() => {
             sig?;
             tracing::info!("termination signal received, stopping");
+            // Stop the tasks first: the periodic re-chaining must not undo an unchaining.
+            tasks.shutdown().await;
+            crate::uninstall::on_shutdown(
+                &ctx.client,
+                ctx.cli.pod_namespace.as_deref(),
+                ctx.cli.pod_name.as_deref(),
+                &ctx.cli.cni_conf_dir,
+                SHUTDOWN_LOOKUP_TIMEOUT,
+            )
+            .await;
             Ok(())
         }
     }
+}
+
+/// Bound of the API lookups deciding uninstall vs. restart at SIGTERM; well inside the chart's
+/// `terminationGracePeriodSeconds`.
+const SHUTDOWN_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `bridgenet-agent uninstall-cni`: removes bridgenet from every conflist of the directory.
+pub fn uninstall_cni(cmd: &crate::cli::UninstallCni) -> anyhow::Result<()> {
+    init_tracing(false);
+    let files = crate::cni::install::uninstall_config(&cmd.cni_conf_dir)?;
+    tracing::info!(files, dir = %cmd.cni_conf_dir.display(), "removed bridgenet from the CNI configuration");
+    Ok(())
 }
 
 /// The NodeBridge controller and the node's data plane.

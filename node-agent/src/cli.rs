@@ -8,7 +8,12 @@ use clap::Parser;
 
 /// Flags of the node agent. The names are a contract with the Helm chart's DaemonSet.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "bridgenet-agent", version, about = "bridgenet node agent")]
+#[command(
+    name = "bridgenet-agent",
+    version,
+    about = "bridgenet node agent",
+    after_help = "Also: `bridgenet-agent uninstall-cni [--cni-conf-dir DIR]` removes bridgenet from the node's CNI configuration."
+)]
 pub struct Cli {
     /// This node's name (from the downward API `spec.nodeName`); only NodeBridges labelled
     /// `bridgenet.io/node=<this>` are realized.
@@ -70,9 +75,35 @@ pub struct Cli {
     #[arg(long, env = "BRIDGENET_NFT", default_value = "nft")]
     pub nft: std::path::PathBuf,
 
+    /// Name of the agent's own Pod (downward API `metadata.name`). On SIGTERM the agent reads
+    /// it to find its DaemonSet: gone or being deleted means uninstall, and only then is the
+    /// CNI chaining removed. Unset: the chaining is always kept.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// Namespace of the agent's own Pod and of its DaemonSet (downward API
+    /// `metadata.namespace`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "BRIDGENET_LOG_JSON")]
     pub log_json: bool,
+}
+
+/// `bridgenet-agent uninstall-cni`: removes bridgenet from every conflist of a directory, for
+/// a pre-delete hook or an operator by hand (the agent does it itself when its DaemonSet is
+/// deleted).
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "bridgenet-agent uninstall-cni",
+    version,
+    about = "remove the bridgenet entry from the node's CNI configuration"
+)]
+pub struct UninstallCni {
+    /// Directory of the CNI configuration.
+    #[arg(long, env = "BRIDGENET_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
 }
 
 /// Parses `10s`, `500ms`, `2m` or a plain number of seconds.
@@ -115,5 +146,12 @@ mod tests {
         assert_eq!(cli.resync_interval, Duration::from_secs(10));
         assert_eq!(cli.health_addr.port(), 9091);
         assert_eq!(cli.socket, PathBuf::from("/run/bridgenet/cni.sock"));
+    }
+
+    #[test]
+    fn uninstall_cni_flags() {
+        let u =
+            UninstallCni::try_parse_from(["uninstall-cni", "--cni-conf-dir", "/tmp/x"]).unwrap();
+        assert_eq!(u.cni_conf_dir, PathBuf::from("/tmp/x"));
     }
 }

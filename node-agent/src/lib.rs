@@ -10,3 +10,4 @@ pub mod dataplane;
 pub mod health;
 pub mod ipam;
 pub mod nodebridge;
+pub mod uninstall;
