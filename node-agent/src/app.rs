@@ -64,6 +64,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         status,
     };
 
+    // Uninstall or restart? Known from the agent's DaemonSet, watched from now on because
+    // `helm uninstall` may take our RBAC away before SIGTERM arrives.
+    let mut observer = crate::uninstall::Observer::spawn(
+        ctx.client.clone(),
+        ctx.cli.pod_namespace.clone(),
+        ctx.cli.pod_name.clone(),
+    );
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
     {
         let (addr, readiness) = (ctx.cli.health_addr, ctx.readiness.clone());
@@ -97,9 +104,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             // Stop the tasks first: the periodic re-chaining must not undo an unchaining.
             tasks.shutdown().await;
             crate::uninstall::on_shutdown(
-                &ctx.client,
-                ctx.cli.pod_namespace.as_deref(),
-                ctx.cli.pod_name.as_deref(),
+                &mut observer,
                 &ctx.cli.cni_conf_dir,
                 SHUTDOWN_LOOKUP_TIMEOUT,
             )

@@ -7,13 +7,23 @@
 //! networks, or get a clear error) but wrong after `helm uninstall`, when no agent will come
 //! back. The agent's controller DaemonSet says which: gone (404) or carrying a
 //! `deletionTimestamp` means uninstall. Anything uncertain keeps the chaining.
+//!
+//! `helm uninstall` deletes the DaemonSet and, milliseconds later, the agent's RBAC and
+//! ServiceAccount, before the garbage collector gets to the pods: at SIGTERM the agent may no
+//! longer be allowed to read anything. So the agent finds its DaemonSet at start and keeps a
+//! watch on it (an open watch is authorized once, when it starts, and goes on delivering); at
+//! SIGTERM it uses what the watch saw, confirmed by a fresh GET when the watch still says
+//! "present".
 
 use std::path::Path;
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
+use kube::runtime::{WatchStreamExt as _, watcher};
+use tokio::sync::watch;
 
 use crate::cni::install;
 
@@ -43,27 +53,55 @@ pub fn controller_daemonset(pod: &Pod) -> Option<String> {
         .map(|r| r.name.clone())
 }
 
+/// What is known of the agent's DaemonSet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DsState {
+    /// Not read yet.
+    Unknown,
+    /// Exists and is not being deleted.
+    Present,
+    /// Has a `deletionTimestamp` (foreground deletion).
+    Deleting,
+    /// Does not exist (404, or deleted while watched).
+    Gone,
+}
+
+/// The state of DaemonSet `owner` from a lookup of it (`None`: it does not exist).
+pub fn observe(owner: &str, daemonset: Option<&DaemonSet>) -> DsState {
+    match daemonset {
+        None => DsState::Gone,
+        Some(ds) if ds.metadata.name.as_deref() != Some(owner) => DsState::Unknown,
+        Some(ds) if ds.metadata.deletion_timestamp.is_some() => DsState::Deleting,
+        Some(_) => DsState::Present,
+    }
+}
+
+/// The decision from the state of the agent's controller DaemonSet `owner`.
+pub fn decide_state(owner: &str, state: DsState) -> Decision {
+    match state {
+        DsState::Gone => Decision::Unchain {
+            reason: format!("DaemonSet {owner} no longer exists"),
+        },
+        DsState::Deleting => Decision::Unchain {
+            reason: format!("DaemonSet {owner} is being deleted"),
+        },
+        DsState::Present => Decision::Keep {
+            reason: format!("DaemonSet {owner} still exists: an agent comes back"),
+        },
+        DsState::Unknown => Decision::Keep {
+            reason: format!("state of DaemonSet {owner} unknown"),
+        },
+    }
+}
+
 /// The decision from the agent's own Pod and the lookup of its controller DaemonSet
 /// (`None`: the DaemonSet does not exist). Pure: the API calls are in [`decide_from_api`].
 pub fn decide(pod: &Pod, daemonset: Option<&DaemonSet>) -> Decision {
-    let Some(owner) = controller_daemonset(pod) else {
-        return Decision::Keep {
+    match controller_daemonset(pod) {
+        None => Decision::Keep {
             reason: "the agent's pod is not controlled by a DaemonSet".into(),
-        };
-    };
-    match daemonset {
-        None => Decision::Unchain {
-            reason: format!("DaemonSet {owner} no longer exists"),
         },
-        Some(ds) if ds.metadata.name.as_deref() != Some(owner.as_str()) => Decision::Keep {
-            reason: format!("looked up a DaemonSet other than the owner {owner}"),
-        },
-        Some(ds) if ds.metadata.deletion_timestamp.is_some() => Decision::Unchain {
-            reason: format!("DaemonSet {owner} is being deleted"),
-        },
-        Some(_) => Decision::Keep {
-            reason: format!("DaemonSet {owner} still exists: an agent comes back"),
-        },
+        Some(owner) => decide_state(&owner, observe(&owner, daemonset)),
     }
 }
 
@@ -129,21 +167,133 @@ pub async fn decide_from_api(
     Ok(decide(&pod, ds.as_ref()))
 }
 
-/// On graceful shutdown: unchains the CNI configuration in `conf_dir` when the agent is being
-/// uninstalled, keeps it otherwise. Never fails: every outcome is logged.
-pub async fn on_shutdown(
-    client: &kube::Client,
-    namespace: Option<&str>,
-    pod_name: Option<&str>,
-    conf_dir: &Path,
-    timeout: Duration,
+/// What the background watch knows of the agent's DaemonSet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// `--pod-name`/`--pod-namespace` not set: nothing to watch.
+    NoIdentity,
+    /// The agent's own Pod has not been read yet.
+    Looking,
+    /// The agent's Pod has no controller DaemonSet.
+    NotDaemonSet,
+    /// The controller DaemonSet `name` and its last known state.
+    Ds {
+        /// Its name (in the agent's namespace).
+        name: String,
+        /// What the watch last saw.
+        state: DsState,
+    },
+}
+
+/// Handle on the background watch of the agent's DaemonSet, consulted at SIGTERM.
+pub struct Observer {
+    client: kube::Client,
+    namespace: Option<String>,
+    pod_name: Option<String>,
+    rx: watch::Receiver<Observed>,
+}
+
+impl Observer {
+    /// Starts reading the agent's own Pod (retrying until it succeeds) and then watching its
+    /// controller DaemonSet, in a task of its own: it must outlive the agent's other tasks,
+    /// which stop before the shutdown decision.
+    pub fn spawn(
+        client: kube::Client,
+        namespace: Option<String>,
+        pod_name: Option<String>,
+    ) -> Self {
+        let (tx, rx) = watch::channel(Observed::Looking);
+        match (namespace.clone(), pod_name.clone()) {
+            (Some(ns), Some(name)) => {
+                tokio::spawn(observe_daemonset(client.clone(), ns, name, tx));
+            }
+            _ => {
+                tx.send_replace(Observed::NoIdentity);
+            }
+        }
+        Self {
+            client,
+            namespace,
+            pod_name,
+            rx,
+        }
+    }
+
+    /// What the watch knows now.
+    pub fn current(&self) -> Observed {
+        self.rx.borrow().clone()
+    }
+}
+
+async fn observe_daemonset(
+    client: kube::Client,
+    namespace: String,
+    pod_name: String,
+    tx: watch::Sender<Observed>,
 ) {
-    let decision =
-        match tokio::time::timeout(timeout, decide_from_api(client, namespace, pod_name)).await {
-            Ok(Ok(d)) => d,
-            Ok(Err(e)) => return warn_kept(&e, conf_dir),
-            Err(_) => return warn_kept(&LookupError::Timeout(timeout), conf_dir),
+    let pods = Api::<Pod>::namespaced(client.clone(), &namespace);
+    let mut backoff = Duration::from_secs(1);
+    let pod = loop {
+        match pods.get_opt(&pod_name).await {
+            Ok(Some(pod)) => break pod,
+            Ok(None) => tracing::warn!(pod = %pod_name, %namespace, "own pod not found; retrying"),
+            Err(e) => {
+                tracing::warn!(error = %e, pod = %pod_name, %namespace, "reading own pod; retrying")
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    };
+    let Some(owner) = controller_daemonset(&pod) else {
+        tracing::info!(pod = %pod_name, "own pod has no controller DaemonSet: the CNI chaining is kept on shutdown");
+        tx.send_replace(Observed::NotDaemonSet);
+        return;
+    };
+    tx.send_replace(Observed::Ds {
+        name: owner.clone(),
+        state: DsState::Unknown,
+    });
+    let api = Api::<DaemonSet>::namespaced(client, &namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={owner}"));
+    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+    // A (re)list that ends without the object means it is gone.
+    let mut seen_in_list = false;
+    while let Some(event) = events.next().await {
+        let state = match event {
+            Ok(watcher::Event::Init) => {
+                seen_in_list = false;
+                continue;
+            }
+            Ok(watcher::Event::InitApply(ds)) => {
+                seen_in_list = true;
+                observe(&owner, Some(&ds))
+            }
+            Ok(watcher::Event::InitDone) if seen_in_list => continue,
+            Ok(watcher::Event::InitDone) => DsState::Gone,
+            Ok(watcher::Event::Apply(ds)) => observe(&owner, Some(&ds)),
+            Ok(watcher::Event::Delete(_)) => DsState::Gone,
+            Err(e) => {
+                tracing::debug!(error = %e, daemonset = %owner, "watching own DaemonSet");
+                continue;
+            }
         };
+        tracing::debug!(daemonset = %owner, ?state, "own DaemonSet");
+        tx.send_replace(Observed::Ds {
+            name: owner.clone(),
+            state,
+        });
+    }
+}
+
+/// On graceful shutdown: unchains the CNI configuration in `conf_dir` when the agent is being
+/// uninstalled, keeps it otherwise. Never fails: every outcome is logged. `timeout` bounds the
+/// API calls and the wait for the watch.
+pub async fn on_shutdown(observer: &mut Observer, conf_dir: &Path, timeout: Duration) {
+    let decision = match tokio::time::timeout(timeout, shutdown_decision(observer)).await {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => return warn_kept(&e, conf_dir),
+        Err(_) => return warn_kept(&LookupError::Timeout(timeout), conf_dir),
+    };
     match decision {
         Decision::Keep { reason } => {
             tracing::info!(%reason, "keeping the CNI chaining: an agent is expected back");
@@ -162,6 +312,53 @@ pub async fn on_shutdown(
                 "uninstall: could not remove bridgenet from the CNI configuration; pods on this node will fail to start until it is removed (bridgenet-agent uninstall-cni --cni-conf-dir DIR, or delete the {{\"type\":\"bridgenet\"}} entry by hand)"
             ),
         },
+    }
+}
+
+async fn shutdown_decision(observer: &mut Observer) -> Result<Decision, LookupError> {
+    let (name, state) = match observer.current() {
+        Observed::NoIdentity => return Err(LookupError::NoIdentity),
+        Observed::NotDaemonSet => {
+            return Ok(Decision::Keep {
+                reason: "the agent's pod is not controlled by a DaemonSet".into(),
+            });
+        }
+        // The start-up read never succeeded: one more try, now.
+        Observed::Looking => {
+            return decide_from_api(
+                &observer.client,
+                observer.namespace.as_deref(),
+                observer.pod_name.as_deref(),
+            )
+            .await;
+        }
+        Observed::Ds { name, state } => (name, state),
+    };
+    if matches!(state, DsState::Gone | DsState::Deleting) {
+        return Ok(decide_state(&name, state));
+    }
+    // The watch says present (or has not answered yet): the deletion may be in flight.
+    let namespace = observer.namespace.clone().unwrap_or_default();
+    let api = Api::<DaemonSet>::namespaced(observer.client.clone(), &namespace);
+    let error = match api.get_opt(&name).await {
+        Ok(ds) => return Ok(decide_state(&name, observe(&name, ds.as_ref()))),
+        Err(source) => LookupError::Api {
+            what: format!("daemonset {namespace}/{name}"),
+            source,
+        },
+    };
+    // Forbidden or unauthorized right after our RBAC was deleted with the release: the watch,
+    // authorized earlier, may still deliver the deletion.
+    tracing::info!(error = %error, daemonset = %name, "cannot read own DaemonSet; waiting for its watch");
+    loop {
+        if observer.rx.changed().await.is_err() {
+            return Err(error);
+        }
+        if let Observed::Ds { name, state } = observer.current()
+            && matches!(state, DsState::Gone | DsState::Deleting)
+        {
+            return Ok(decide_state(&name, state));
+        }
     }
 }
 
@@ -247,6 +444,36 @@ mod tests {
             controller_daemonset(&pod(ds_owner())).as_deref(),
             Some("bridgenet-agent")
         );
+    }
+
+    #[test]
+    fn watched_states() {
+        assert_eq!(observe("bridgenet-agent", None), DsState::Gone);
+        assert_eq!(
+            observe("bridgenet-agent", Some(&ds(false))),
+            DsState::Present
+        );
+        assert_eq!(
+            observe("bridgenet-agent", Some(&ds(true))),
+            DsState::Deleting
+        );
+        assert_eq!(observe("other", Some(&ds(true))), DsState::Unknown);
+        assert!(matches!(
+            decide_state("x", DsState::Unknown),
+            Decision::Keep { .. }
+        ));
+        assert!(matches!(
+            decide_state("x", DsState::Present),
+            Decision::Keep { .. }
+        ));
+        assert!(matches!(
+            decide_state("x", DsState::Gone),
+            Decision::Unchain { .. }
+        ));
+        assert!(matches!(
+            decide_state("x", DsState::Deleting),
+            Decision::Unchain { .. }
+        ));
     }
 
     #[test]

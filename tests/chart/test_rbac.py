@@ -43,6 +43,7 @@ KIND_RESOURCES = {
     "Node": ("", "nodes"),
     "Lease": ("coordination.k8s.io", "leases"),
     "Event": ("events.k8s.io", "events"),
+    "DaemonSet": ("apps", "daemonsets"),
 }
 # Names that stand for a generic parameter in `Api<K>` helper signatures.
 GENERIC_PARAMS = re.compile(r"^[A-Z]$|^K[A-Z]?\w*$")
@@ -167,7 +168,8 @@ def granted(rendered, sa_name):
         if scope == "namespace":
             assert binding["metadata"]["namespace"] == NAMESPACE
         for rule in role["rules"]:
-            assert "nonResourceURLs" not in rule and "resourceNames" not in rule, rule
+            # resourceNames only narrows a rule (the agent's own DaemonSet); it is allowed.
+            assert "nonResourceURLs" not in rule, rule
             for field in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[field], f"wildcard in {role['metadata']['name']}: {rule}"
             for g in rule["apiGroups"]:
@@ -279,3 +281,14 @@ def test_listed_calls_match_the_source(binary):
                 f"{binary}: grants {verb} on {call['resource']}{'/' + call['subresource'] if call.get('subresource') else ''} "
                 "but its source shows no such call; drop it from api-calls.yaml and the chart"
             )
+
+
+@pytest.mark.parametrize("release", ["bridgenet", "other"])
+def test_agent_may_watch_only_its_own_daemonset(release):
+    # The agent tells uninstall from restart by watching its DaemonSet: a resourceNames that
+    # missed the DaemonSet's rendered name would make every watch 403 and every uninstall
+    # leave the CNI chaining behind.
+    rendered = render(release=release)
+    ds = rendered.of_kind("DaemonSet")[0]["metadata"]["name"]
+    rules = [r for role in rendered.of_kind("Role") for r in role["rules"] if "daemonsets" in r["resources"]]
+    assert rules and all(r["resourceNames"] == [ds] for r in rules), rules
