@@ -264,6 +264,11 @@ class Topology:
             self._stop(node)
         cleanup_stale(self.prefix)
         atexit.unregister(self.close)
+        # Hand the signals back: a long-lived process (pytest) must not keep our handlers.
+        if threading.current_thread() is threading.main_thread():
+            for sig, previous in self._previous_handlers.items():
+                signal.signal(sig, previous)
+        self._previous_handlers = {}
 
     def __enter__(self) -> "Topology":
         return self
@@ -273,10 +278,12 @@ class Topology:
 
     def _install_handlers(self) -> None:
         atexit.register(self.close)
+        self._previous_handlers: dict = {}
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be installed from the main thread
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             previous = signal.getsignal(sig)
+            self._previous_handlers[sig] = previous
 
             def handler(signum, frame, previous=previous):
                 self.close()

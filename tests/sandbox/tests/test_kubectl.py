@@ -1,6 +1,8 @@
 """Real kubectl (v1.32) against the emulator: the commands of the README's Docker story."""
 
 import json
+import os
+import select
 import subprocess
 import time
 
@@ -120,25 +122,38 @@ def test_get_watch_streams_changes(emulator, crds):
     emulator.kubectl("apply", "-f", "-", input=network(name))
     proc = subprocess.Popen(
         [*_kubectl(emulator), "get", "bn", name, "-w", "--output-watch-events", "--request-timeout=0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     try:
-        # The first row is the initial list: from then on, changes arrive as watch events.
-        header, first = proc.stdout.readline(), proc.stdout.readline()
-        assert "EVENT" in header and name in first, (header, first)
+        out = _read_until(proc, name.encode(), 10)  # the initial row
         emulator.client.patch(f"/apis/bridgenet.io/v1alpha1/bridgenetworks/{name}/status",
                               {"status": {"readySummary": "1/1"}})
-        lines = []
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            lines.append(line)
-            if "MODIFIED" in line:
-                break
-        assert any("MODIFIED" in ln and "1/1" in ln for ln in lines), lines
+        # kubectl watches from resourceVersion 0 after its GET: a change that lands in between
+        # arrives as the watch's initial ADDED (as from a real server), later ones as MODIFIED.
+        out = _read_until(proc, b"1/1", 10, out)
+        row = next(ln for ln in out.decode().splitlines() if "1/1" in ln)
+        assert row.split()[0] in ("ADDED", "MODIFIED") and name in row, out
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def _read_until(proc, needle: bytes, timeout: float, seen: bytes = b"") -> bytes:
+    """Reads the process' stdout until `needle` appears after what was `seen`, without ever
+    blocking past the deadline."""
+    deadline = time.monotonic() + timeout
+    buf = seen
+    while needle not in buf[len(seen):]:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no {needle!r} within {timeout}s in {buf!r}")
+        ready, _, _ = select.select([proc.stdout], [], [], left)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                raise AssertionError(f"kubectl exited: {buf!r} {proc.stderr.read()!r}")
+            buf += chunk
+    return buf
 
 
 def test_delete_waits_for_finalizers(emulator, crds):
