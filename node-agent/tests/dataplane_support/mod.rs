@@ -142,6 +142,12 @@ impl Node {
     }
 
     pub fn start_agent(&mut self) {
+        self.start_agent_with_env(&[]);
+    }
+
+    /// Starts the agent with extra environment variables (e.g. the downward API's
+    /// `POD_NAME`/`POD_NAMESPACE`). The log of this run replaces the previous one.
+    pub fn start_agent_with_env(&mut self, env: &[(&str, &str)]) {
         let log = std::fs::File::create(self.dir.join("agent.log")).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns, &self.agent_bin])
@@ -166,6 +172,7 @@ impl Node {
             ])
             .env("KUBECONFIG", self.kubeconfig())
             .env("RUST_LOG", "info,bridgenet_agent=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -180,6 +187,33 @@ impl Node {
             child.kill().unwrap();
             child.wait().unwrap();
         }
+    }
+
+    /// SIGTERM to the agent (what the kubelet sends) and its exit, within 30 s.
+    pub fn terminate_agent(&mut self) -> std::process::ExitStatus {
+        let mut child = self.agent.take().expect("no agent running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("agent did not exit on SIGTERM; log:\n{}", self.agent_log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The node's scratch directory (state, socket, CNI dirs, logs).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Pid of the running agent (`ip netns exec` execs it, so the child's pid is the agent's).
