@@ -57,8 +57,9 @@ class Cluster:
                                namespace, pod, "--", *cmd], cwd=SANDBOX, capture_output=True, text=True, timeout=60)
 
     def ping(self, pod: str, ip: str, namespace: str = "default") -> bool:
-        # One packet, one second: bounded, and only to addresses inside the sandbox.
-        return self.exec(pod, "ping", "-c", "1", "-W", "1", ip, namespace=namespace).returncode == 0
+        # At most three packets within three seconds (the first may wait for ARP across the
+        # overlay); success on any reply. Bounded, and only to addresses inside the sandbox.
+        return self.exec(pod, "ping", "-c", "3", "-w", "3", "-W", "1", ip, namespace=namespace).returncode == 0
 
     def network(self, name: str, subnet: str, **spec) -> None:
         self.apply({"apiVersion": "bridgenet.io/v1alpha1", "kind": "BridgeNetwork", "metadata": {"name": name},
