@@ -97,6 +97,7 @@ pub struct Cli {
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "bridgenet-agent uninstall-cni",
+    bin_name = "bridgenet-agent uninstall-cni",
     version,
     about = "remove the bridgenet entry from the node's CNI configuration"
 )]
