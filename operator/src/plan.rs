@@ -643,18 +643,24 @@ fn plan_accepted(
             .filter_map(|b| b.parse::<IpNet>().ok())
             .filter(|b| Family::of_net(b) == Family::V4)
             .collect();
-        let fresh = match nb.metadata.generation {
+        // The report must add up to exactly the capacity of the node's current blocks. The
+        // data plane and the endpoint writer fill one status separately, so observedGeneration
+        // alone can be current while the counts are still the defaults (0 free) or describe
+        // the blocks before the last growth; either would read as "full" and add a block on
+        // every reconcile.
+        let capacity: u64 = spec_v4.iter().map(|b| v4.assignable_in_block(b)).sum();
+        let counts_current = st.allocated_addresses >= 0
+            && st.free_addresses >= 0
+            && st
+                .allocated_addresses
+                .checked_add(st.free_addresses)
+                .and_then(|total| u64::try_from(total).ok())
+                == Some(capacity);
+        let generation_current = match nb.metadata.generation {
             Some(g) => st.observed_generation == Some(g),
-            None => {
-                let all_but_last: u64 = spec_v4
-                    .iter()
-                    .take(spec_v4.len().saturating_sub(1))
-                    .map(|b| v4.assignable_in_block(b))
-                    .sum();
-                u64::try_from(st.allocated_addresses + st.free_addresses).unwrap_or(0)
-                    > all_but_last
-            }
+            None => true,
         };
+        let fresh = counts_current && generation_current;
         if fresh && !spec_v4.is_empty() && blocks::nearly_full(v4, st.free_addresses) {
             grow.insert(node.clone(), spec_v4.len());
         }

@@ -451,8 +451,13 @@ fn nearly_full_node_gets_one_more_block_once() {
     );
     let p = w.plan("blue");
     w.apply("blue", &p);
-    // a reports 4 free addresses for its current spec (generation 1 observed).
-    w.nb_mut("a").status.as_mut().unwrap().free_addresses = 4;
+    // a reports 4 free addresses for its current spec (generation 1 observed): 58 of the 62
+    // assignable addresses of 172.20.0.0/26 (all but the network address and the gateway).
+    {
+        let st = w.nb_mut("a").status.as_mut().unwrap();
+        st.allocated_addresses = 58;
+        st.free_addresses = 4;
+    }
     let p2 = w.plan("blue");
     let by = blocks_by_node(&p2.status);
     assert_eq!(by["a"], ["172.20.0.0/26", "172.20.0.128/26"]);
@@ -481,6 +486,39 @@ fn nearly_full_node_gets_one_more_block_once() {
             .as_ref()
             .unwrap()
     ));
+}
+
+#[test]
+fn counts_that_do_not_describe_the_current_blocks_never_grow_a_node() {
+    let mut w = World::new(
+        vec![net(
+            "blue",
+            serde_json::json!({"subnet": "172.20.0.0/24"}),
+            1,
+        )],
+        nodes(&["a", "b"]),
+    );
+    let p = w.plan("blue");
+    w.apply("blue", &p);
+    // The data plane reported Ready for the current generation, but the endpoint writer has
+    // not filled the counts in yet: 0 allocated, 0 free must not read as "full".
+    {
+        let st = w.nb_mut("a").status.as_mut().unwrap();
+        st.allocated_addresses = 0;
+        st.free_addresses = 0;
+    }
+    for _ in 0..3 {
+        let p = w.plan("blue");
+        assert_eq!(blocks_by_node(&p.status)["a"], ["172.20.0.0/26"]);
+        w.apply("blue", &p);
+    }
+    // Counts for a smaller block set than the spec holds (a report from before a growth).
+    {
+        let st = w.nb_mut("a").status.as_mut().unwrap();
+        st.allocated_addresses = 30;
+        st.free_addresses = 2;
+    }
+    assert_eq!(blocks_by_node(&w.plan("blue").status)["a"].len(), 1);
 }
 
 #[test]

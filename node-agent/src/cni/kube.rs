@@ -242,6 +242,22 @@ pub fn endpoints(allocs: &[Allocation], network: &str) -> Vec<Endpoint> {
     list
 }
 
+/// What the address counts of this node's NodeBridges depend on: name, blocks, exclusions.
+fn block_fingerprint(bridges: &[Arc<NodeBridge>]) -> Vec<(String, Vec<String>, Vec<String>)> {
+    let mut out: Vec<_> = bridges
+        .iter()
+        .map(|nb| {
+            (
+                nb.metadata.name.clone().unwrap_or_default(),
+                nb.spec.blocks.clone(),
+                nb.spec.exclude_addresses.clone(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// Publishes Events, keeps pods' `network-status` annotation and the NodeBridges' endpoint
 /// status current. Writes are batched once a second.
 pub async fn status_loop(
@@ -260,6 +276,11 @@ pub async fn status_loop(
     );
     let mut dirty_pods: BTreeSet<PodRef> = BTreeSet::new();
     let mut endpoints_dirty = true;
+    // The address counts describe the node's blocks, so they are rewritten whenever the set
+    // of NodeBridges or their blocks change, not only when a pod does: the operator grows a
+    // node's blocks from these counts, and a NodeBridge that appears after start (or gets a
+    // new block) would otherwise keep reporting the defaults.
+    let mut reported_blocks: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -293,11 +314,15 @@ pub async fn status_loop(
                 }
             },
             _ = tick.tick() => {
+                let dir = engine.directory();
+                let blocks = block_fingerprint(&dir.bridges());
+                if blocks != reported_blocks {
+                    endpoints_dirty = true;
+                }
                 if dirty_pods.is_empty() && !endpoints_dirty {
                     continue;
                 }
                 let allocs = engine.allocations().await;
-                let dir = engine.directory();
                 let gateways: BTreeMap<String, Vec<String>> = dir
                     .bridges()
                     .iter()
@@ -329,6 +354,7 @@ pub async fn status_loop(
                     }
                 }
                 endpoints_dirty = false;
+                reported_blocks = blocks;
                 for nb in dir.bridges() {
                     let Some(name) = nb.metadata.name.clone() else { continue };
                     let list = endpoints(&allocs, &nb.spec.network);
