@@ -164,3 +164,24 @@ def test_namespace_selector_refuses_other_tenants(cluster):
     events = eventually(warned, what="a Warning event on the refused pod")
     assert any(net in (e.get("message") or "") for e in events), events
     assert net not in cluster.attachments(refused, namespace=other)
+
+
+def test_a_network_without_pods_is_ready_with_one_block_per_node(cluster):
+    """Before any pod attaches, each node holds exactly one block: an agent's first status
+    report (no counts yet) must not read as a full node and make the operator grow it."""
+    net = unique("idle")
+    cluster.network(net, "172.29.0.0/16")
+    cluster.kubectl("wait", "--for=condition=Ready", f"bridgenetwork/{net}", "--timeout=60s")
+
+    def counts_reported():
+        items = cluster.get("nodebridges", "-l", f"bridgenet.io/network={net}")["items"]
+        return len(items) == 2 and all(nb.get("status", {}).get("freeAddresses", 0) > 0 for nb in items)
+
+    eventually(counts_reported, what="both agents report their free addresses")
+    status = cluster.get("bridgenetwork", net)["status"]
+    assert status["readySummary"] == "2/2"
+    assert sorted(b["node"] for b in status["blocks"]) == ["node1", "node2"], status["blocks"]
+    for nb in cluster.get("nodebridges", "-l", f"bridgenet.io/network={net}")["items"]:
+        assert len(nb["spec"]["blocks"]) == 1, nb["spec"]["blocks"]
+        assert nb["status"]["allocatedAddresses"] + nb["status"]["freeAddresses"] in (62, 64)
+    cluster.kubectl("delete", "bridgenetwork", net, "--wait=true", "--timeout=60s")
