@@ -15,7 +15,7 @@ demo: setup
 	bash scripts/demo.sh
 
 ## Everything CI checks: formatting, lints, generated CRDs, unit and root tests.
-test: setup lint crds-check unit sandbox-test chart-test
+test: setup lint crds-check unit sandbox-test sandbox-e2e chart-test
 
 lint:
 	$(CARGO) fmt --all -- --check
