@@ -43,6 +43,21 @@ cat "$STATE/up.log"
 export KUBECONFIG
 KUBECONFIG=$(cat "$STATE/ready")
 podexec() { (cd tests/sandbox && python3 -m bnsandbox.podexec --state-dir "$STATE" "$@"); }
+# The agent writes a pod's network-status annotation just after the attachment; wait for it
+# (bounded) instead of racing it.
+wait_attached() { # POD NETWORK
+    for _ in $(seq 60); do
+        kubectl get pod "$1" -o jsonpath='{.metadata.annotations.bridgenet\.io/network-status}' | grep -q "\"$2\"" && return 0
+        sleep 0.5
+    done
+    echo "(no $2 attachment reported for $1)"
+}
+NODE_NS_PREFIX=${SANDBOX_PREFIX:-bnt-sb-demo-}
+on_node() { # NODE CMD...
+    local node=$1; shift
+    printf '$ [%s] %s\n' "$node" "$*"
+    ip netns exec "$NODE_NS_PREFIX$node" "$@" || printf '(exit %s)\n' "$?"
+}
 
 say "the cluster"
 run kubectl get nodes -o wide
@@ -63,6 +78,8 @@ say "docker run --network custom-network web; docker run --network custom-networ
 run kubectl apply -f examples/pod-attached.yaml
 run kubectl wait --for=condition=Ready pod/web pod/db --timeout="$WAIT"
 run kubectl get pods -o wide
+wait_attached web custom-network
+wait_attached db internal-network
 for p in web db; do
     printf '$ kubectl get pod %s -o jsonpath={.metadata.annotations.bridgenet\\.io/network-status}\n' "$p"
     kubectl get pod "$p" -o jsonpath='{.metadata.annotations.bridgenet\.io/network-status}' || true
@@ -79,6 +96,10 @@ try:
 except Exception:
     pass' || true)
 if [[ -n "$DB_IP" ]]; then run podexec web -- ping -c 2 -W 1 "$DB_IP"; else echo "(db has no custom-network address yet)"; fi
+
+say "the gateway 172.20.0.1 answers on every node (the same address and MAC on each bridge)"
+run podexec web -- ping -c 1 -W 1 172.20.0.1
+run podexec db -- ping -c 1 -W 1 172.20.0.1
 
 say "docker network connect internal-network web (hot attach: the pod keeps running)"
 run kubectl annotate pod web bridgenet.io/networks=custom-network,internal-network --overwrite
@@ -127,6 +148,9 @@ fi
 
 say "docker network inspect custom-network"
 run kubectl describe bridgenetwork custom-network
+echo "# the endpoints, per node:"
+run kubectl get nodebridges -l bridgenet.io/network=custom-network \
+    -o custom-columns='NODE:.spec.node,POD:.status.endpoints[*].pod,INTERFACE:.status.endpoints[*].interface,IPV4:.status.endpoints[*].ipv4,MAC:.status.endpoints[*].mac'
 
 say "refused at apply: a bridge name longer than Linux allows"
 run kubectl apply -f examples/invalid/bridge-name-too-long.yaml
@@ -138,11 +162,27 @@ kind: BridgeNetwork
 metadata: {name: overlapping}
 spec: {subnet: 172.20.128.0/17}
 EOF
-sleep 3
+run kubectl wait --for=condition=Accepted=False bridgenetwork/overlapping --timeout="$WAIT"
 run kubectl get bridgenetworks -o wide
 run kubectl get events --field-selector involvedObject.name=overlapping
 
 say "sandbox failures the kubelet stand-in reported (and retried)"
 run kubectl get events --field-selector reason=FailedCreatePodSandBox
+
+say "docker network rm custom-network while pods use it: held until they detach"
+run kubectl delete bridgenetwork custom-network --wait=false
+run kubectl wait --for=jsonpath='{.status.conditions[?(@.type=="Ready")].reason}'=DeletionBlocked bridgenetwork/custom-network --timeout="$WAIT"
+run kubectl get bridgenetwork custom-network -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}'
+echo
+
+say "delete the pods, then every network: nothing of bridgenet is left on the nodes"
+run kubectl delete pod web db stranger --wait=true --timeout=60s
+run kubectl delete bridgenetworks --all --wait=true --timeout=60s
+run kubectl get bridgenetworks,nodebridges
+for node in node1 node2; do
+    on_node "$node" ip -br link show type bridge
+    on_node "$node" ip -br link show type vxlan
+    on_node "$node" sh -c 'nft list tables | grep bridgenet || echo "no bridgenet nftables tables"'
+done
 
 say "tear down"
