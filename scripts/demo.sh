@@ -131,6 +131,7 @@ spec:
   containers: [{name: stranger, image: "busybox:1.36", command: [sleep, "3600"]}]
 EOF
 run kubectl wait --for=condition=Ready pod/stranger --timeout="$WAIT"
+wait_attached stranger second-network
 WEB_IP=$(kubectl get pod web -o jsonpath='{.metadata.annotations.bridgenet\.io/network-status}' 2>/dev/null \
     | python3 -c 'import json,sys
 try:
