@@ -52,6 +52,16 @@ wait_attached() { # POD NETWORK
     done
     echo "(no $2 attachment reported for $1)"
 }
+# The address POD got on NETWORK, from the agent's network-status annotation (empty if none).
+network_ip() { # POD NETWORK
+    kubectl get pod "$1" -o jsonpath='{.metadata.annotations.bridgenet\.io/network-status}' 2>/dev/null \
+        | python3 -c 'import json,sys
+try:
+    e = next(e for e in json.load(sys.stdin) if e.get("name") == sys.argv[1])
+    print(((e.get("ips") or [e.get("ip")])[0]).split("/")[0])
+except Exception:
+    pass' "$2" || true
+}
 NODE_NS_PREFIX=${SANDBOX_PREFIX:-bnt-sb-demo-}
 on_node() { # NODE CMD...
     local node=$1; shift
@@ -88,13 +98,7 @@ done
 
 say "docker exec web ip addr; ping db across nodes"
 run podexec web -- ip -4 -o addr
-DB_IP=$(kubectl get pod db -o jsonpath='{.metadata.annotations.bridgenet\.io/network-status}' 2>/dev/null \
-    | python3 -c 'import json,sys
-try:
-    e = next(e for e in json.load(sys.stdin) if e.get("name") == "custom-network")
-    print(((e.get("ips") or [e.get("ip")])[0]).split("/")[0])
-except Exception:
-    pass' || true)
+DB_IP=$(network_ip db custom-network)
 if [[ -n "$DB_IP" ]]; then run podexec web -- ping -c 2 -W 1 "$DB_IP"; else echo "(db has no custom-network address yet)"; fi
 
 say "the gateway 172.20.0.1 answers on every node (the same address and MAC on each bridge)"
@@ -132,13 +136,7 @@ spec:
 EOF
 run kubectl wait --for=condition=Ready pod/stranger --timeout="$WAIT"
 wait_attached stranger second-network
-WEB_IP=$(kubectl get pod web -o jsonpath='{.metadata.annotations.bridgenet\.io/network-status}' 2>/dev/null \
-    | python3 -c 'import json,sys
-try:
-    e = next(e for e in json.load(sys.stdin) if e.get("name") == "custom-network")
-    print(((e.get("ips") or [e.get("ip")])[0]).split("/")[0])
-except Exception:
-    pass' || true)
+WEB_IP=$(network_ip web custom-network)
 if [[ -n "$WEB_IP" ]]; then
     # Send it through stranger's own bridgenet gateway, so that it is the node that must drop it.
     GW=$(kubectl get pod stranger -o jsonpath='{.metadata.annotations.bridgenet\.io/network-status}' \
