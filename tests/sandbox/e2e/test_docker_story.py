@@ -170,7 +170,9 @@ def test_a_network_without_pods_is_ready_with_one_block_per_node(cluster):
     """Before any pod attaches, each node holds exactly one block: an agent's first status
     report (no counts yet) must not read as a full node and make the operator grow it."""
     net = unique("idle")
-    cluster.network(net, "172.29.0.0/16")
+    # A subnet no other test of the session uses: networks of earlier tests stay, and an
+    # overlap would (rightly) be refused.
+    cluster.network(net, "172.22.0.0/16")
     cluster.kubectl("wait", "--for=condition=Ready", f"bridgenetwork/{net}", "--timeout=60s")
 
     def counts_reported():
