@@ -3,8 +3,21 @@
 # every step checks before it installs, so `make test` on a prepared machine starts at once.
 set -euo pipefail
 
-APT_PACKAGES=(iproute2 nftables)
-
+# Debian packages, by who needs them; gathered into one `apt-get install` so a fresh machine
+# pays for one `apt-get update`.
+APT_PACKAGES=(
+    # node agent data plane and its root tests
+    iproute2 nftables
+    # pod attachment (node-agent CNI/IPAM): protoc builds the CRI gRPC stubs (k8s-cri); iptables
+    # is what the reference bridge plugin's ipMasq needs in scripts/bench-cni.sh
+    protobuf-compiler iptables util-linux
+    # tests/sandbox nodes: a private containerd per node namespace, runc, the reference CNI
+    # plugins (loopback in every node's bin_dir) and a static busybox for the offline images
+    containerd runc containernetworking-plugins busybox-static
+    # chart tests and images (tests/chart, images/build.sh): podman builds the FROM-scratch
+    # images offline; busybox-static goes into the agent image
+    podman
+)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
@@ -14,21 +27,6 @@ if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-
-# Pod attachment (node-agent CNI/IPAM): protoc builds the CRI gRPC stubs (k8s-cri); iptables is
-# what the reference bridge plugin's ipMasq needs in scripts/bench-cni.sh. containerd, runc, the
-# reference plugins and busybox-static (the CNI tests' runtime and ping) come with the sandbox's.
-CNI_APT=(protobuf-compiler iptables util-linux)
-cni_missing=()
-for pkg in "${CNI_APT[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || cni_missing+=("$pkg")
-done
-if ((${#cni_missing[@]})); then
-    echo "setup: installing ${cni_missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${cni_missing[@]}" >/dev/null
 fi
 
 if command -v rustup >/dev/null; then
@@ -43,34 +41,9 @@ if ! python3 -c 'import aiohttp, pytest, jsonschema, yaml, jsonpatch, grpc' 2>/d
     python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "${SANDBOX_PIP[@]}"
 fi
 command -v kubectl >/dev/null || echo "setup: kubectl not found: the sandbox's kubectl tests will be skipped" >&2
-# tests/sandbox nodes: a private containerd per node namespace, runc, the reference CNI plugins
-# (loopback in every node's bin_dir) and a static busybox for the offline images.
-SANDBOX_APT=(containerd runc containernetworking-plugins busybox-static)
-sandbox_missing=()
-for pkg in "${SANDBOX_APT[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || sandbox_missing+=("$pkg")
-done
-if ((${#sandbox_missing[@]})); then
-    echo "setup: installing ${sandbox_missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${sandbox_missing[@]}" >/dev/null
-fi
 
-# Chart tests and images (tests/chart, images/build.sh): podman builds the FROM-scratch images
-# offline, busybox-static goes into the agent image, Helm's SDK + offline Kubernetes schemas
-# render and validate the chart (versions pinned in tests/chart/requirements.txt).
-CHART_APT=(podman runc busybox-static)
-chart_missing=()
-for pkg in "${CHART_APT[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || chart_missing+=("$pkg")
-done
-if ((${#chart_missing[@]})); then
-    echo "setup: installing ${chart_missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${chart_missing[@]}" >/dev/null
-fi
+# Chart tests: Helm's SDK + offline Kubernetes schemas render and validate the chart (versions
+# pinned in tests/chart/requirements.txt).
 CHART_REQS="$(dirname "$0")/../tests/chart/requirements.txt"
 if ! python3 - "$CHART_REQS" <<'PY' 2>/dev/null
 import sys
