@@ -1,5 +1,5 @@
 """A small asynchronous Kubernetes client from a kubeconfig (server, token, CA, client
-certificates, insecure-skip-tls-verify): what the kubelet stand-in needs, against the emulator
+certificates, insecure-skip-tls-verify, tls-server-name): what the kubelet stand-in needs, against the emulator
 or a real API server."""
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ class Kube:
         self._tmp = tempfile.TemporaryDirectory(prefix="bnsandbox-kube-")
         tmp = pathlib.Path(self._tmp.name)
         self.ssl: ssl.SSLContext | bool = False
+        # The name the certificate is checked against when `server` is a relay (the sandbox's
+        # forwarder), as kubectl and kube-rs do.
+        self.tls_server_name: str | None = cluster.get("tls-server-name")
         if self.server.startswith("https"):
             ctx_ssl = ssl.create_default_context(cafile=_material(cluster, "certificate-authority", tmp))
             if cluster.get("insecure-skip-tls-verify"):
@@ -72,6 +75,7 @@ class Kube:
         assert self.session is not None
         data = json.dumps(body) if body is not None else None
         async with self.session.request(method, self.server + path, data=data, params=params, ssl=self.ssl,
+                                        server_hostname=self.tls_server_name,
                                         headers={"Content-Type": content_type},
                                         timeout=aiohttp.ClientTimeout(total=30)) as resp:
             text = await resp.text()
@@ -83,7 +87,8 @@ class Kube:
     async def watch(self, path: str, params: dict) -> AsyncIterator[dict]:
         assert self.session is not None
         params = {**params, "watch": "true"}
-        async with self.session.get(self.server + path, params=params, ssl=self.ssl) as resp:
+        async with self.session.get(self.server + path, params=params, ssl=self.ssl,
+                                    server_hostname=self.tls_server_name) as resp:
             if resp.status >= 400:
                 raise KubeError(resp.status, await resp.text(), f"watch {path}")
             async for line in resp.content:

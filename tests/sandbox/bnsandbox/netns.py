@@ -95,6 +95,15 @@ class PrefixLock:
             self.fd = None
 
 
+class HostLinkLock(PrefixLock):
+    """HOST_IP is one address on the host whatever the prefix: two host links at once would
+    both claim it and route each other's replies astray. Held while a topology has one."""
+
+    def __init__(self) -> None:
+        self.path = "/run/bnt-sb-host-link.lock"
+        self.fd: int | None = None
+
+
 def cleanup_stale(prefix: str) -> list[str]:
     """Deletes every namespace with the prefix: leftovers of a run that was killed."""
     if not prefix.startswith("bnt-"):
@@ -162,6 +171,7 @@ class Topology:
         self.internet: Node | None = None
         self._closed = False
         self._lock = threading.Lock()
+        self._host_link_lock = HostLinkLock().__enter__() if host_link else None
         cleanup_stale(prefix)
         self._install_handlers()
         try:
@@ -263,6 +273,8 @@ class Topology:
         for node in [*self.nodes, *([self.internet] if self.internet else [])]:
             self._stop(node)
         cleanup_stale(self.prefix)
+        if self._host_link_lock is not None:
+            self._host_link_lock.__exit__(None, None, None)
         atexit.unregister(self.close)
         # Hand the signals back: a long-lived process (pytest) must not keep our handlers.
         if threading.current_thread() is threading.main_thread():

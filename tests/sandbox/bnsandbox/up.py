@@ -21,10 +21,16 @@ import sys
 import time
 from typing import Any
 
-from . import containerd, images, netns
+import yaml
+
+from . import containerd, forward, images, netns
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 SANDBOX = REPO / "tests" / "sandbox"
+
+
+# Stopped after everything else: what the others talk to.
+_LAST = ("apiserver", "forwarder")
 
 
 def _free_port(host: str = "127.0.0.1") -> int:
@@ -58,13 +64,18 @@ class Sandbox:
         self.runtimes: list[containerd.Containerd] = []
         self.topo: netns.Topology | None = None
         self.kubeconfig = pathlib.Path(kubeconfig) if kubeconfig else self.state / "kubeconfig"
+        # What processes inside the node namespaces use: the same file with the emulator (it
+        # listens on the host link), a copy pointing at the forwarder with an existing server.
+        self.node_kubeconfig = self.kubeconfig
         # A second sandbox with the same prefix waits here instead of tearing this one down as
         # "stale" (and fighting over 10.251.0.1).
         self.lock = netns.PrefixLock(prefix).__enter__()
         try:
             names = [f"node{i + 1}" for i in range(nodes)]
-            self.topo = netns.Topology(names, prefix=prefix, internet=True, host_link=not kubeconfig)
-            if not kubeconfig:
+            self.topo = netns.Topology(names, prefix=prefix, internet=True, host_link=True)
+            if kubeconfig:
+                self._start_forwarder(kubeconfig)
+            else:
                 self._start_emulator()
             self.kubectl = [shutil.which("kubectl") or "kubectl", "--kubeconfig", str(self.kubeconfig)]
             self.topo.register(self.kubectl)
@@ -100,6 +111,38 @@ class Sandbox:
                                          str(ready)], "apiserver.log", cwd=SANDBOX)
         _wait_file(ready, proc, f"the API emulator (see {self.state / 'apiserver.log'})")
 
+    def _start_forwarder(self, kubeconfig: str) -> None:
+        """An existing API server is usually not routed into the node namespaces (it may even be
+        on the host's loopback): relay it from the host's underlay address instead."""
+        # Flattened and minified: one context, files embedded, several KUBECONFIG files merged.
+        res = subprocess.run([shutil.which("kubectl") or "kubectl", "config", "view", "--raw", "--flatten",
+                              "--minify"], capture_output=True, text=True, env={**os.environ, "KUBECONFIG": kubeconfig})
+        if res.returncode != 0:
+            raise RuntimeError(f"cannot read the kubeconfig {kubeconfig}: {res.stderr.strip()}")
+        flat = yaml.safe_load(res.stdout)
+        if os.pathsep in kubeconfig:
+            # `kubectl --kubeconfig` takes one file: the host side uses the merged view.
+            self.kubeconfig = self.state / "kubeconfig"
+            self._write_private(self.kubeconfig, res.stdout)
+        _, target = forward.node_kubeconfig(flat, netns.HOST_IP, 0)
+        ready = self.state / "forwarder.port"
+        ready.unlink(missing_ok=True)
+        proc = self._spawn("forwarder", [sys.executable, "-m", "bnsandbox.forward", "--listen", f"{netns.HOST_IP}:0",
+                                         "--to", f"{target[0]}:{target[1]}", "--ready-file", str(ready)],
+                           "forwarder.log", cwd=SANDBOX)
+        port = int(_wait_file(ready, proc, f"the API forwarder (see {self.state / 'forwarder.log'})"))
+        derived, _ = forward.node_kubeconfig(flat, netns.HOST_IP, port)
+        self.node_kubeconfig = self.state / "node-kubeconfig"
+        self._write_private(self.node_kubeconfig, yaml.safe_dump(derived, sort_keys=False))
+
+    @staticmethod
+    def _write_private(path: pathlib.Path, text: str) -> None:
+        # Credentials: readable by the owner only.
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+
     def _start_runtimes(self) -> None:
         assert self.topo is not None
         archive = images.build_archive(self.state / "images.tar")
@@ -119,6 +162,7 @@ class Sandbox:
         assert self.topo is not None
         agent, plugin, operator = (bin_dir / n for n in ("bridgenet-agent", "bridgenet", "bridgenet-operator"))
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        node_env = {**os.environ, "KUBECONFIG": str(self.node_kubeconfig)}
         if operator.exists():
             self._spawn("operator", [str(operator), "--metrics-addr", f"127.0.0.1:{_free_port()}",
                                      "--lease-namespace", "default", "--identity", "sandbox-operator",
@@ -141,7 +185,7 @@ class Sandbox:
                     "--health-addr", f"{node.ip}:9091"]
 
             def start_agent(node=node, args=args, ndir=ndir):
-                proc = node.popen(args, log_path=str(ndir / "agent.log"), env={**env, "NODE_NAME": node.name})
+                proc = node.popen(args, log_path=str(ndir / "agent.log"), env={**node_env, "NODE_NAME": node.name})
                 self.procs.append((f"agent/{node.name}", proc))
                 return proc
 
@@ -180,13 +224,13 @@ class Sandbox:
 
     def close(self) -> None:
         # Kubelets and agents first (they talk to containerd and the API), then the runtimes,
-        # then the namespaces, and the API server last.
+        # then the namespaces, and the API server (or the forwarder to it) last.
         for name, proc in reversed(self.procs):
-            if name == "apiserver" or proc.poll() is not None:
+            if name in _LAST or proc.poll() is not None:
                 continue
             proc.terminate()
         for name, proc in self.procs:
-            if name != "apiserver":
+            if name not in _LAST:
                 try:
                     proc.wait(10)
                 except subprocess.TimeoutExpired:
@@ -201,7 +245,7 @@ class Sandbox:
             self.topo.close()
             self.topo = None
         for name, proc in self.procs:
-            if name == "apiserver" and proc.poll() is None:
+            if name in _LAST and proc.poll() is None:
                 proc.terminate()
                 try:
                     proc.wait(10)
@@ -248,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         nodes = ", ".join(f"{n.name}={n.ip}" for n in sandbox.topo.nodes)
         print(f"sandbox up: {args.nodes} nodes ({nodes}), API server {'given' if external else 'emulated'}; "
               f"export KUBECONFIG={sandbox.kubeconfig}", flush=True)
+        if external:
+            print(f"nodes reach it through the forwarder on {netns.HOST_IP}: {sandbox.node_kubeconfig}", flush=True)
         if args.ready_file:
             pathlib.Path(args.ready_file).write_text(str(sandbox.kubeconfig) + "\n")
         while not stop["now"]:

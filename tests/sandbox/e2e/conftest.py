@@ -1,4 +1,9 @@
-"""End-to-end fixtures: one two-node sandbox with the real operator and agents per session."""
+"""End-to-end fixtures: one two-node sandbox with the real operator and agents per session.
+
+The sandbox runs the API emulator unless `SANDBOX_KUBECONFIG` names an existing API server's
+kubeconfig (as for `make demo`); its Nodes are unregistered there at the end. Plain `KUBECONFIG`
+is deliberately not enough: the suite registers Nodes and creates objects, which must not happen
+to whatever cluster a shell happens to point at."""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ sys.path.insert(0, str(SANDBOX))
 from bnsandbox import up  # noqa: E402
 
 BIN_DIR = pathlib.Path(os.environ.get("BRIDGENET_BIN_DIR", REPO / "target" / "debug"))
+EXTERNAL = os.environ.get("SANDBOX_KUBECONFIG") or None
 PREFIX = "bnt-sb-e2e-"
 
 
@@ -111,7 +117,7 @@ def cluster(tmp_path_factory):
     if reason:
         pytest.skip(reason)
     # Sandbox holds the prefix's lock: a concurrent run waits for this one.
-    sandbox = up.Sandbox(2, tmp_path_factory.mktemp("sandbox"), prefix=PREFIX, bin_dir=BIN_DIR, log=lambda m: None)
+    sandbox = up.Sandbox(2, tmp_path_factory.mktemp("sandbox"), prefix=PREFIX, kubeconfig=EXTERNAL, bin_dir=BIN_DIR, log=lambda m: None)
     try:
         yield Cluster(sandbox)
     finally:

@@ -162,3 +162,77 @@ def test_scheduler_picks_the_least_loaded_ready_matching_node():
     assert scheduler.pick(plain, nodes, {}) == "a"
     assert scheduler.pick({"spec": {"nodeSelector": {"zone": "x"}}}, nodes, {"a": 9}) == "a"
     assert scheduler.pick({"spec": {"nodeSelector": {"zone": "z"}}}, nodes, {}) is None
+
+
+# -- the node kubeconfig for an existing API server (bnsandbox.forward) ---------------------------
+
+
+def _kubeconfig(server: str, **cluster) -> dict:
+    return {"apiVersion": "v1", "kind": "Config", "current-context": "c",
+            "contexts": [{"name": "c", "context": {"cluster": "real", "user": "u"}}],
+            "clusters": [{"name": "real", "cluster": {"server": server, **cluster}},
+                         {"name": "other", "cluster": {"server": "https://elsewhere:6443"}}],
+            "users": [{"name": "u", "user": {"token": "secret"}}]}
+
+
+def test_node_kubeconfig_points_at_the_forwarder_and_keeps_the_tls_name_and_credentials():
+    from bnsandbox.forward import node_kubeconfig
+
+    flat = _kubeconfig("https://api.example.com:6443/prefix", **{"certificate-authority-data": "Q0E="})
+    derived, target = node_kubeconfig(flat, "10.251.0.1", 40000)
+    assert target == ("api.example.com", 6443)
+    cluster = derived["clusters"][0]["cluster"]
+    assert cluster == {"server": "https://10.251.0.1:40000/prefix", "certificate-authority-data": "Q0E=",
+                       "tls-server-name": "api.example.com"}
+    assert derived["clusters"][1] == flat["clusters"][1]  # not the current context's: untouched
+    assert derived["users"] == flat["users"] and derived["contexts"] == flat["contexts"]
+    assert flat["clusters"][0]["cluster"]["server"] == "https://api.example.com:6443/prefix"  # input unchanged
+
+
+def test_node_kubeconfig_defaults_ports_and_keeps_an_explicit_server_name():
+    from bnsandbox.forward import node_kubeconfig
+
+    derived, target = node_kubeconfig(_kubeconfig("https://[::1]", **{"tls-server-name": "kubernetes"}), "10.251.0.1", 1)
+    assert target == ("::1", 443)
+    assert derived["clusters"][0]["cluster"]["tls-server-name"] == "kubernetes"
+    derived, target = node_kubeconfig(_kubeconfig("http://localhost"), "10.251.0.1", 2)
+    assert target == ("localhost", 80)
+    assert derived["clusters"][0]["cluster"] == {"server": "http://10.251.0.1:2"}  # no TLS, no server name
+    with pytest.raises(ValueError):
+        node_kubeconfig(_kubeconfig("unix:///run/api.sock"), "10.251.0.1", 3)
+
+
+def test_forwarder_relays_both_ways_passes_half_close_and_is_bounded():
+    import asyncio
+
+    from bnsandbox.forward import Forwarder
+
+    async def scenario():
+        async def upstream(reader, writer):
+            data = await reader.read()  # until the client's half-close arrives
+            writer.write(data.upper())
+            await writer.drain()
+            writer.close()
+
+        up = await asyncio.start_server(upstream, "127.0.0.1", 0)
+        fwd = Forwarder(("127.0.0.1", up.sockets[0].getsockname()[1]), max_connections=1)
+        relay = await asyncio.start_server(fwd.handle, "127.0.0.1", 0)
+        port = relay.sockets[0].getsockname()[1]
+        async with up, relay:
+            r1, w1 = await asyncio.open_connection("127.0.0.1", port)
+            await asyncio.sleep(0.1)  # the first connection holds the only slot
+            r2, w2 = await asyncio.open_connection("127.0.0.1", port)
+            assert await asyncio.wait_for(r2.read(), 5) == b""  # refused: closed at once
+            w2.close()
+            w1.write(b"hello " * 20000)
+            w1.write_eof()
+            assert await asyncio.wait_for(r1.read(), 5) == b"HELLO " * 20000
+            w1.close()
+            await asyncio.sleep(0.1)  # the slot is given back
+            r3, w3 = await asyncio.open_connection("127.0.0.1", port)
+            w3.write(b"again")
+            w3.write_eof()
+            assert await asyncio.wait_for(r3.read(), 5) == b"AGAIN"
+            w3.close()
+
+    asyncio.run(scenario())

@@ -3,12 +3,14 @@ with the emulator by default and with an existing API server given by kubeconfig
 
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+import yaml
 
 from bnsandbox import netns
 from conftest import SANDBOX, Emulator, requires_kubectl
@@ -93,5 +95,90 @@ def test_up_against_an_existing_api_server_unregisters_its_nodes(tmp_path):
             code, out = shut_down(proc)
         assert code == 0, out
         assert kubectl(kc, "get", "nodes", "-o", "name").strip() == ""
+    finally:
+        existing.stop()
+
+
+AGENT = pathlib.Path(os.environ.get("BRIDGENET_BIN_DIR", SANDBOX.parents[1] / "target" / "debug")) / "bridgenet-agent"
+
+
+def in_node(node, *args, timeout=30):
+    return subprocess.run(["ip", "netns", "exec", PREFIX + node, *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_an_existing_https_server_on_the_hosts_loopback_is_relayed_into_the_nodes(tmp_path):
+    # The "existing" server: the emulator started on its own (not by the sandbox), HTTPS on the
+    # host's 127.0.0.1 — which inside a node namespace is the node's own loopback.
+    (tmp_path / "existing").mkdir()
+    existing = Emulator(tmp_path / "existing", "--tls-dir", str(tmp_path / "existing" / "tls"))
+    try:
+        assert existing.url.startswith("https://127.0.0.1:")
+        proc, kc = bring_up(tmp_path, "--kubeconfig", str(existing.kubeconfig), "--no-runtime")
+        agent = None
+        try:
+            assert kc == str(existing.kubeconfig)  # the host side keeps the original
+            node_kc = tmp_path / "state" / "node-kubeconfig"
+            assert node_kc.stat().st_mode & 0o077 == 0
+            cfg = yaml.safe_load(node_kc.read_text())
+            cluster = cfg["clusters"][0]["cluster"]
+            assert cluster["server"].startswith("https://10.251.0.1:"), cluster
+            assert cluster["tls-server-name"] == "127.0.0.1"
+            assert cluster["certificate-authority-data"]  # the CA is kept: verification stays on
+
+            # Directly, the server is out of the nodes' reach ...
+            direct = in_node("node1", "kubectl", "--kubeconfig", kc, "get", "nodes", "--request-timeout=5s")
+            assert direct.returncode != 0
+            # ... through the forwarder, kubectl (Go TLS, CA-verified against the original name) gets it.
+            got = in_node("node1", "kubectl", "--kubeconfig", str(node_kc), "get", "nodes", "-o", "name")
+            assert got.returncode == 0, got.stderr
+            assert got.stdout.split() == ["node/node1", "node/node2"]
+            # Verification is real: without tls-server-name the certificate (issued for 127.0.0.1)
+            # does not match 10.251.0.1 and is refused.
+            del cluster["tls-server-name"]
+            bad_kc = tmp_path / "no-server-name"
+            bad_kc.write_text(yaml.safe_dump(cfg))
+            bad = in_node("node2", "kubectl", "--kubeconfig", str(bad_kc), "get", "nodes", "--request-timeout=5s")
+            assert bad.returncode != 0 and "certificate" in bad.stderr, bad.stderr
+            # The sandbox's own client (the kubelet stand-in's) honours tls-server-name as well.
+            script = ("import asyncio, sys\nfrom bnsandbox.kube import Kube\n"
+                      "async def main():\n    async with Kube(sys.argv[1]) as k:\n"
+                      "        print(' '.join(n['metadata']['name'] for n in (await k.request('GET', '/api/v1/nodes'))['items']))\n"
+                      "asyncio.run(main())\n")
+            py = subprocess.run(["ip", "netns", "exec", PREFIX + "node2", sys.executable, "-c", script, str(node_kc)],
+                                cwd=SANDBOX, capture_output=True, text=True, timeout=30)
+            assert py.returncode == 0 and py.stdout.split() == ["node1", "node2"], py.stderr
+
+            if AGENT.exists():
+                # The real agent (kube-rs, rustls) inside node1: ready means it listed its
+                # NodeBridges from the server through the forwarder, TLS verified.
+                state = tmp_path / "agent"
+                log = open(tmp_path / "agent.log", "wb")  # noqa: SIM115 - closed with the process
+                agent = subprocess.Popen(
+                    ["nsenter", f"--net=/var/run/netns/{PREFIX}node1", str(AGENT), "--node-name", "node1",
+                     "--state-dir", str(state / "lib"), "--socket", str(state / "cni.sock"),
+                     "--cni-bin-dir", str(state / "bin"), "--cni-conf-dir", str(state / "net.d"),
+                     "--cri-endpoint", f"unix://{state / 'no-cri.sock'}", "--health-addr", "10.251.0.11:9091"],
+                    env={**os.environ, "KUBECONFIG": str(node_kc)}, stdout=log, stderr=subprocess.STDOUT)
+                deadline = time.monotonic() + 30
+                while True:
+                    ready = in_node("node1", sys.executable, "-c", "import urllib.request; "
+                                    "urllib.request.urlopen('http://10.251.0.11:9091/readyz', timeout=2)")
+                    if ready.returncode == 0:
+                        break
+                    assert agent.poll() is None, (tmp_path / "agent.log").read_text()
+                    assert time.monotonic() < deadline, (tmp_path / "agent.log").read_text()
+                    time.sleep(0.5)
+        finally:
+            if agent is not None:
+                agent.terminate()
+                agent.wait(15)
+            code, out = shut_down(proc)
+        assert code == 0, out
+        assert "nodes reach it through the forwarder" in out
+        assert kubectl(kc, "get", "nodes", "-o", "name").strip() == ""
+        # The forwarder went with the sandbox: nothing listens on the host link's address any more.
+        listening = subprocess.run(["ss", "-Htln", "src", netns.HOST_IP], capture_output=True, text=True).stdout
+        assert listening.strip() == ""
     finally:
         existing.stop()
