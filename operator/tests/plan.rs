@@ -439,8 +439,8 @@ fn exhausted_range_is_reported_and_never_double_assigned() {
     assert_eq!(p2.status.blocks, p.status.blocks);
 }
 
-#[test]
-fn nearly_full_node_gets_one_more_block_once() {
+/// Network `blue` (172.20.0.0/24, /26 blocks) planned and applied on nodes `a` and `b`.
+fn blue_planned_on_a_and_b() -> World {
     let mut w = World::new(
         vec![net(
             "blue",
@@ -451,13 +451,22 @@ fn nearly_full_node_gets_one_more_block_once() {
     );
     let p = w.plan("blue");
     w.apply("blue", &p);
+    w
+}
+
+/// What `node`'s agent reports as its address counts in its NodeBridge status.
+fn report_counts(w: &mut World, node: &str, allocated: i64, free: i64) {
+    let st = w.nb_mut(node).status.as_mut().unwrap();
+    st.allocated_addresses = allocated;
+    st.free_addresses = free;
+}
+
+#[test]
+fn nearly_full_node_gets_one_more_block_once() {
+    let mut w = blue_planned_on_a_and_b();
     // a reports 4 free addresses for its current spec (generation 1 observed): 58 of the 62
     // assignable addresses of 172.20.0.0/26 (all but the network address and the gateway).
-    {
-        let st = w.nb_mut("a").status.as_mut().unwrap();
-        st.allocated_addresses = 58;
-        st.free_addresses = 4;
-    }
+    report_counts(&mut w, "a", 58, 4);
     let p2 = w.plan("blue");
     let by = blocks_by_node(&p2.status);
     assert_eq!(by["a"], ["172.20.0.0/26", "172.20.0.128/26"]);
@@ -490,34 +499,17 @@ fn nearly_full_node_gets_one_more_block_once() {
 
 #[test]
 fn counts_that_do_not_describe_the_current_blocks_never_grow_a_node() {
-    let mut w = World::new(
-        vec![net(
-            "blue",
-            serde_json::json!({"subnet": "172.20.0.0/24"}),
-            1,
-        )],
-        nodes(&["a", "b"]),
-    );
-    let p = w.plan("blue");
-    w.apply("blue", &p);
+    let mut w = blue_planned_on_a_and_b();
     // The data plane reported Ready for the current generation, but the endpoint writer has
     // not filled the counts in yet: 0 allocated, 0 free must not read as "full".
-    {
-        let st = w.nb_mut("a").status.as_mut().unwrap();
-        st.allocated_addresses = 0;
-        st.free_addresses = 0;
-    }
+    report_counts(&mut w, "a", 0, 0);
     for _ in 0..3 {
         let p = w.plan("blue");
         assert_eq!(blocks_by_node(&p.status)["a"], ["172.20.0.0/26"]);
         w.apply("blue", &p);
     }
     // Counts for a smaller block set than the spec holds (a report from before a growth).
-    {
-        let st = w.nb_mut("a").status.as_mut().unwrap();
-        st.allocated_addresses = 30;
-        st.free_addresses = 2;
-    }
+    report_counts(&mut w, "a", 30, 2);
     assert_eq!(blocks_by_node(&w.plan("blue").status)["a"].len(), 1);
 }
 
