@@ -508,6 +508,15 @@ async fn dual_stack_network_gets_both_families() {
     dual.blocks.push("fd00:29:16::/120".into());
     let s = setup("dual", std::slice::from_ref(&dual));
     s.dir.set_pod("default/v6", "dual");
+    // Let the node learn neighbours from unsolicited NAs, to see the pod announce its IPv6
+    // address (2: only for sources inside the bridge's own subnets). The kernel does that only
+    // on a router, which the agent makes of every node with an IPv6 network.
+    assert!(s.node.exec(&[
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.forwarding=1",
+        &format!("net.ipv6.conf.{}.accept_untracked_na=2", dual.bridge)
+    ]));
     let conf = chained_config(&s.agent.socket, "1.1.0", None);
     let add = Call::new(
         "ADD",
@@ -542,6 +551,26 @@ async fn dual_stack_network_gets_both_families() {
         .map(|a| a["local"].as_str().unwrap())
         .collect();
     assert_eq!(v6_on_link, vec![v6.split('/').next().unwrap()]);
+    // The pod announced its IPv6 address (unsolicited NA) before any IPv6 traffic: the ping6
+    // below would otherwise be what teaches the node the neighbour.
+    let v6_ip = v6.split('/').next().unwrap();
+    let mac = answer.json["interfaces"][0]["mac"].as_str().unwrap();
+    let mut announced = false;
+    for _ in 0..50 {
+        let neigh = s.node.ip(&["-6", "neigh", "show", "dev", &dual.bridge]);
+        if neigh
+            .lines()
+            .any(|l| l.starts_with(&format!("{v6_ip} ")) && l.contains(mac))
+        {
+            announced = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        announced,
+        "unsolicited NA from {v6_ip} ({mac}) reached the node"
+    );
     assert!(
         s.pod
             .exec(&["busybox", "ping", "-c", "1", "-W", "2", "172.29.16.1"])
