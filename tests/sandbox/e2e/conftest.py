@@ -1,12 +1,16 @@
 """End-to-end fixtures: one two-node sandbox with the real operator and agents per session.
 
 The sandbox runs the API emulator unless `SANDBOX_KUBECONFIG` names an existing API server's
-kubeconfig (as for `make demo`); its Nodes are unregistered there at the end. Plain `KUBECONFIG`
-is deliberately not enough: the suite registers Nodes and creates objects, which must not happen
-to whatever cluster a shell happens to point at."""
+kubeconfig (as for `make demo`). Either way, every object the tests create carries this run's
+`RUN_LABEL`, and at the end of the session the suite deletes them by that label — Pods, then
+BridgeNetworks, then Namespaces — while the operator and agents still run, and fails naming
+whatever is left; then the sandbox's Nodes are unregistered. Plain `KUBECONFIG` is deliberately
+not enough: the suite registers Nodes and creates objects, which must not happen to whatever
+cluster a shell happens to point at."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pathlib
@@ -17,6 +21,7 @@ import time
 import uuid
 
 import pytest
+import yaml
 
 SANDBOX = pathlib.Path(__file__).resolve().parents[1]
 REPO = SANDBOX.parents[1]
@@ -27,6 +32,14 @@ from bnsandbox import up  # noqa: E402
 BIN_DIR = pathlib.Path(os.environ.get("BRIDGENET_BIN_DIR", REPO / "target" / "debug"))
 EXTERNAL = os.environ.get("SANDBOX_KUBECONFIG") or None
 PREFIX = "bnt-sb-e2e-"
+# On every object the suite creates, valued with the run's id: what the end of the session
+# deletes, found by selector, so objects a test already deleted or created some other way through
+# `Cluster.apply` are covered alike.
+RUN_LABEL = "e2e.bnsandbox.io/run"
+# The normal deletion path must finish within this; a slower one is a bug, not a tight bound.
+CLEANUP_SECONDS = 30.0
+# After it, what is left gets the last resort (force) for this long, and the suite still fails.
+FORCE_SECONDS = 15.0
 
 
 def _missing() -> str | None:
@@ -45,6 +58,8 @@ class Cluster:
     def __init__(self, sandbox: up.Sandbox) -> None:
         self.sb = sandbox
         self.state = sandbox.state
+        self.run = uuid.uuid4().hex[:12]
+        self.selector = f"{RUN_LABEL}={self.run}"
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
         res = subprocess.run([*self.sb.kubectl, *args], capture_output=True, text=True, input=input, timeout=120)
@@ -53,7 +68,11 @@ class Cluster:
         return res
 
     def apply(self, obj: dict | str) -> None:
-        self.kubectl("apply", "-f", "-", input=obj if isinstance(obj, str) else json.dumps(obj))
+        """`kubectl apply` of one object or a YAML stream, each labelled with this run."""
+        docs = [copy.deepcopy(d) for d in (yaml.safe_load_all(obj) if isinstance(obj, str) else [obj]) if d]
+        for doc in docs:
+            doc.setdefault("metadata", {}).setdefault("labels", {})[RUN_LABEL] = self.run
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs, sort_keys=False))
 
     def get(self, *args: str) -> dict:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
@@ -97,6 +116,86 @@ class Cluster:
         return eventually(found, what=f"{pod}'s address on {network}")
 
 
+    # -- the end of the session ----------------------------------------------------------------
+
+    def labelled(self, resource: str) -> list[dict]:
+        """This run's objects of `resource` that are still there, in any namespace."""
+        scope = ["-A"] if resource == "pods" else []
+        return self.get(resource, *scope, "-l", self.selector)["items"]
+
+    def leftovers(self, networks: set[str]) -> list[str]:
+        """What of this run is still there: its Pods, BridgeNetworks (with why they are held),
+        the NodeBridges of `networks` and its Namespaces."""
+        left = []
+        for pod in self.labelled("pods"):
+            m = pod["metadata"]
+            left.append(f"Pod {m['namespace']}/{m['name']} (node {pod['spec'].get('nodeName')}, "
+                        f"{'terminating' if m.get('deletionTimestamp') else 'not deleted'})")
+        for net in self.labelled("bridgenetworks"):
+            conds = {c["type"]: c for c in net.get("status", {}).get("conditions", [])}
+            # Its first clause names the pods holding it; the rest is advice for users.
+            why = (conds.get("Ready", {}).get("message") or "no Ready message").split("; ")[0]
+            left.append(f"BridgeNetwork {net['metadata']['name']} ({why})")
+        for nb in self.get("nodebridges")["items"]:
+            m = nb["metadata"]
+            if (m.get("labels") or {}).get("bridgenet.io/network") in networks:
+                left.append(f"NodeBridge {m['name']} (finalizers {m.get('finalizers') or []})")
+        left += [f"Namespace {ns['metadata']['name']}" for ns in self.labelled("namespaces")]
+        return left
+
+    def _wait_gone(self, resource: str, deadline: float) -> bool:
+        while self.labelled(resource):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.25)
+        return True
+
+    def delete_created(self) -> list[str]:
+        """Deletes what this run created, in the order in which deletion can finish, while the
+        operator and agents still run: Pods first (their kubelets detach them, and the agents
+        report their endpoints gone), then BridgeNetworks (the operator's finalizer holds each
+        while endpoints are attached, deletes its NodeBridges, and goes once the agents have torn
+        the bridges down and removed theirs), then Namespaces. Returns what went wrong: what was
+        left after `CLEANUP_SECONDS`, then what even force could not remove."""
+        networks = {n["metadata"]["name"] for n in self.labelled("bridgenetworks")}
+        deadline = time.monotonic() + CLEANUP_SECONDS
+        live = {n.name for n in self.sb.topo.nodes} if self.sb.topo else set()
+        done = True
+        for resource in ("pods", "bridgenetworks", "namespaces"):
+            scope = ["-A"] if resource == "pods" else []
+            self.kubectl("delete", resource, *scope, "-l", self.selector, "--wait=false")
+            if resource == "pods":
+                # No kubelet finishes a Pod on a node that is gone; a real control plane's pod
+                # garbage collector force-deletes those, the emulator has none.
+                for pod in self.labelled("pods"):
+                    if pod["spec"].get("nodeName") and pod["spec"]["nodeName"] not in live:
+                        self.kubectl("delete", "pod", pod["metadata"]["name"], "-n", pod["metadata"]["namespace"],
+                                     "--force", "--grace-period=0", "--wait=false", check=False)
+            if not self._wait_gone(resource, deadline):
+                done = False
+                break
+        left = self.leftovers(networks)
+        if done and not left:
+            return []
+        problems = [f"left after {CLEANUP_SECONDS:.0f} s: " + "; ".join(left)]
+        # Last resort, so that a failed run does not leave its objects on someone's cluster: the
+        # suite fails all the same.
+        for pod in self.labelled("pods"):
+            self.kubectl("delete", "pod", pod["metadata"]["name"], "-n", pod["metadata"]["namespace"], "--force",
+                         "--grace-period=0", "--wait=false", check=False)
+        for net in self.labelled("bridgenetworks"):
+            self.kubectl("annotate", "--overwrite", "bridgenetwork", net["metadata"]["name"],
+                         "bridgenet.io/force-delete=true", check=False)
+        for resource in ("bridgenetworks", "namespaces"):
+            self.kubectl("delete", resource, "-l", self.selector, "--wait=false", check=False)
+        deadline = time.monotonic() + FORCE_SECONDS
+        while (left := self.leftovers(networks)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        problems.append(f"still there after forcing for {FORCE_SECONDS:.0f} s more: " + "; ".join(left)
+                        if left else "forcing removed them")
+        return problems
+
+
 def eventually(pred, timeout: float = 60.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -117,8 +216,24 @@ def cluster(tmp_path_factory):
     if reason:
         pytest.skip(reason)
     # Sandbox holds the prefix's lock: a concurrent run waits for this one.
-    sandbox = up.Sandbox(2, tmp_path_factory.mktemp("sandbox"), prefix=PREFIX, kubeconfig=EXTERNAL, bin_dir=BIN_DIR, log=lambda m: None)
+    sandbox = up.Sandbox(2, tmp_path_factory.mktemp("sandbox"), prefix=PREFIX, kubeconfig=EXTERNAL, bin_dir=BIN_DIR,
+                         log=lambda m: None)
+    nodes = [n.name for n in sandbox.topo.nodes] if sandbox.topo else []
+    problems: list[str] = []
     try:
-        yield Cluster(sandbox)
+        cluster = Cluster(sandbox)
+        yield cluster
+        started = time.monotonic()
+        problems = cluster.delete_created()
+        # The run's own measure of the cleanup: `pytest -rP` shows it.
+        print(f"cleanup of run {cluster.run}: {time.monotonic() - started:.1f} s")
     finally:
         sandbox.close()
+    if EXTERNAL:
+        # The emulator is gone with the sandbox; an existing server must have lost the Nodes.
+        still = subprocess.run([*sandbox.kubectl, "get", "nodes", *nodes, "--ignore-not-found", "-o", "name"],
+                               capture_output=True, text=True, timeout=60)
+        if still.returncode != 0 or still.stdout.strip():
+            problems.append(f"Nodes not unregistered: {still.stdout.strip() or still.stderr.strip()}")
+    if problems:
+        pytest.fail("the suite did not delete what it created: " + " | ".join(problems), pytrace=False)
