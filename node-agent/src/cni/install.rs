@@ -1,9 +1,22 @@
 //! Installing the plugin on the host: the `bridgenet` binary into `--cni-bin-dir`, and a
-//! `{"type":"bridgenet"}` entry appended to the cluster's primary conflist in `--cni-conf-dir`
-//! (chaining after the primary CNI), removed again on uninstall.
+//! `{"type":"bridgenet"}` entry appended to the cluster's primary CNI configuration in
+//! `--cni-conf-dir` (chaining after the primary CNI), removed again on uninstall.
 //!
-//! Never leave a node unable to start pods: every write is temp file + fsync + rename, a file
-//! that does not parse is left alone, and the primary's own entries are never touched.
+//! The primary configuration is the file the container runtime loads: the first `.conf`,
+//! `.conflist` or `.json` in byte order of the names (libcni's `ConfFiles` + sort, as containerd
+//! and CRI-O use it). A conflist gets our entry appended. A single-plugin config (a bare plugin
+//! object, usually `NN-name.conf`) cannot chain, so it is converted, as Multus and Istio's CNI
+//! installer do: the equivalent conflist — exactly what libcni's `ConfListFromConf` builds in
+//! memory when it loads a `.conf` — plus our entry is written to `NN-name.conflist`, and the
+//! original is moved, bytes, mode and inode untouched, to `NN-name.conf.bridgenet-orig`, a name
+//! no runtime loads (the `.conf` cannot stay: `NN-name.conf` sorts before `NN-name.conflist` and
+//! would keep winning). Uninstall copies the original back and removes the generated conflist.
+//!
+//! Never leave a node unable to start pods: every write is temp file + fsync + rename, every
+//! step is ordered so that a crash at any point leaves a valid primary loadable (see
+//! [`install_config`] and [`uninstall_config`]), a file that does not parse is left alone, the
+//! primary's own entries are never touched, and nothing is chained into a configuration whose
+//! `cniVersion` the plugin would refuse (every pod ADD on the node would fail).
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -12,8 +25,17 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
+use crate::cni::types::SUPPORTED_VERSIONS;
+
 /// Plugin type (and binary name).
 pub const PLUGIN_TYPE: &str = "bridgenet";
+
+/// Appended to a converted single-plugin config's file name to keep the original until
+/// uninstall. libcni loads only `.conf`, `.conflist` and `.json`, so no runtime reads it.
+pub const ORIGINAL_SUFFIX: &str = ".bridgenet-orig";
+
+/// Extensions libcni (and so containerd and CRI-O) loads from the configuration directory.
+const LOADABLE: [&str; 3] = ["conf", "conflist", "json"];
 
 /// Errors of installing.
 #[derive(Debug, thiserror::Error)]
@@ -28,22 +50,41 @@ pub enum InstallError {
         /// OS error.
         source: std::io::Error,
     },
-    /// No conflist to chain into.
+    /// No configuration to chain into.
     #[error(
-        "no .conflist in {0}: bridgenet chains after the cluster's primary CNI; install the primary first (or use bridgenet as a Multus delegate)"
+        "no CNI configuration (.conf, .conflist or .json) in {0}: bridgenet chains after the cluster's primary CNI; install the primary first (or use bridgenet as a Multus delegate)"
     )]
     NoPrimary(PathBuf),
-    /// The runtime uses a single-plugin config, which cannot chain.
-    #[error(
-        "the container runtime uses {0}, a single-plugin config: bridgenet can only chain into a .conflist; convert the primary CNI's config to a conflist, or use bridgenet as a Multus delegate"
-    )]
-    PrimaryNotAList(PathBuf),
-    /// The primary conflist does not parse.
-    #[error("{path} is not a valid conflist ({reason}); left untouched")]
+    /// The primary configuration does not parse, or is neither a conflist nor a plugin config.
+    #[error("{path} is not a valid CNI configuration ({reason}); left untouched")]
     BadConflist {
         /// Which file.
         path: PathBuf,
         /// Parser message.
+        reason: String,
+    },
+    /// The primary's `cniVersion` is one the plugin refuses: chained, every pod ADD would fail.
+    #[error(
+        "{path} has cniVersion {version:?}, which the bridgenet plugin does not accept (it accepts {supported}); not chained, so pods on this node keep starting, without bridgenet networks. Use a primary configuration of one of those versions, or bridgenet as a Multus delegate",
+        supported = SUPPORTED_VERSIONS.join(", ")
+    )]
+    UnsupportedVersion {
+        /// Which file.
+        path: PathBuf,
+        /// Its `cniVersion` (empty when absent).
+        version: String,
+    },
+    /// Converting a single-plugin config would overwrite a file bridgenet did not write, or
+    /// leave the runtime loading some other file.
+    #[error(
+        "cannot convert the single-plugin config {original} into {generated}: {reason}; left untouched (convert it into a conflist by hand, or use bridgenet as a Multus delegate)"
+    )]
+    ConversionBlocked {
+        /// The single-plugin config.
+        original: PathBuf,
+        /// The conflist it would become.
+        generated: PathBuf,
+        /// Why not.
         reason: String,
     },
 }
@@ -65,9 +106,35 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallE
         .map_err(io("chmod", &tmp))?;
     f.sync_all().map_err(io("sync", &tmp))?;
     fs::rename(&tmp, path).map_err(io("rename", &tmp))?;
+    sync_dir(dir)
+}
+
+/// Makes renames and removals in `dir` durable: the crash-ordering arguments below assume
+/// that a step is on disk before the next one starts.
+fn sync_dir(dir: &Path) -> Result<(), InstallError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io("sync", dir))
+}
+
+/// Removes `path` (already gone is fine) durably.
+fn remove_durably(path: &Path) -> Result<(), InstallError> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io("remove", path)(e)),
+    }
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn mode_of(path: &Path) -> u32 {
+    fs::metadata(path).map_or(0o644, |m| m.permissions().mode() & 0o777)
+}
+
+fn write_json(path: &Path, value: &Value, mode: u32) -> Result<(), InstallError> {
+    let mut text = serde_json::to_vec_pretty(value).unwrap_or_default();
+    text.push(b'\n');
+    write_atomic(path, &text, mode)
 }
 
 /// Copies the plugin binary into the bin dir (atomically: a runtime executing the old binary at
@@ -83,37 +150,49 @@ pub fn install_binary(source: &Path, bin_dir: &Path) -> Result<PathBuf, InstallE
     Ok(dest)
 }
 
-/// The conflist the runtime uses: the first of the `.conf`, `.conflist` and `.json` files in
-/// lexical order (what libcni and containerd pick). Chaining into any other file would be
-/// silently ignored, so a single-plugin config in first place is an error.
-pub fn primary_conflist(conf_dir: &Path) -> Result<PathBuf, InstallError> {
+fn is_loadable(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| LOADABLE.contains(&e))
+}
+
+/// The files of `conf_dir` a runtime may load, in the order it considers them.
+fn loadable(conf_dir: &Path) -> Result<Vec<PathBuf>, InstallError> {
     let mut files: Vec<PathBuf> = fs::read_dir(conf_dir)
         .map_err(io("list", conf_dir))?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| {
-            p.extension()
-                .is_some_and(|e| e == "conflist" || e == "conf" || e == "json")
-        })
+        .filter(|p| is_loadable(p) && !p.is_dir())
         .collect();
+    // Names in one directory: PathBuf order is byte order of the names, like Go's sort.Strings.
     files.sort();
-    let first = files
+    Ok(files)
+}
+
+/// The configuration the runtime uses: the first of the `.conf`, `.conflist` and `.json` files
+/// in lexical order (what libcni and containerd pick). Chaining into any other file would be
+/// silently ignored.
+pub fn primary_config(conf_dir: &Path) -> Result<PathBuf, InstallError> {
+    loadable(conf_dir)?
         .into_iter()
         .next()
-        .ok_or_else(|| InstallError::NoPrimary(conf_dir.to_owned()))?;
-    let is_list = first.extension().is_some_and(|e| e == "conflist")
-        || (first.extension().is_some_and(|e| e == "json")
-            && read_conflist(&first).is_ok_and(|v| v.get("plugins").is_some()));
-    if is_list {
-        Ok(first)
-    } else {
-        Err(InstallError::PrimaryNotAList(first))
-    }
+        .ok_or_else(|| InstallError::NoPrimary(conf_dir.to_owned()))
 }
 
 /// Our entry for the chain.
 pub fn plugin_entry(socket: &Path) -> Value {
     json!({"type": PLUGIN_TYPE, "socket": socket})
+}
+
+fn is_ours(plugin: &Value) -> bool {
+    plugin.get("type").and_then(Value::as_str) == Some(PLUGIN_TYPE)
+}
+
+fn has_entry(conflist: &Value) -> bool {
+    conflist
+        .get("plugins")
+        .and_then(Value::as_array)
+        .is_some_and(|ps| ps.iter().any(is_ours))
 }
 
 /// Returns the conflist with our entry appended (or updated in place); `None` when it is
@@ -128,13 +207,13 @@ pub fn chain_into(conflist: &Value, socket: &Path) -> Result<Option<Value>, Stri
     let ours: Vec<usize> = plugins
         .iter()
         .enumerate()
-        .filter(|(_, p)| p.get("type").and_then(Value::as_str) == Some(PLUGIN_TYPE))
+        .filter(|(_, p)| is_ours(p))
         .map(|(i, _)| i)
         .collect();
     match ours.as_slice() {
         [i] if plugins[*i] == entry && *i == plugins.len() - 1 => return Ok(None),
         _ => {
-            plugins.retain(|p| p.get("type").and_then(Value::as_str) != Some(PLUGIN_TYPE));
+            plugins.retain(|p| !is_ours(p));
             plugins.push(entry);
         }
     }
@@ -146,74 +225,473 @@ pub fn unchain(conflist: &Value) -> Option<Value> {
     let mut out = conflist.clone();
     let plugins = out.get_mut("plugins")?.as_array_mut()?;
     let before = plugins.len();
-    plugins.retain(|p| p.get("type").and_then(Value::as_str) != Some(PLUGIN_TYPE));
+    plugins.retain(|p| !is_ours(p));
     (plugins.len() != before).then_some(out)
 }
 
-fn read_conflist(path: &Path) -> Result<Value, InstallError> {
-    let text = fs::read(path).map_err(io("read", path))?;
-    serde_json::from_slice(&text).map_err(|e| InstallError::BadConflist {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })
+/// The conflist equivalent to a single-plugin config: what libcni's `ConfListFromConf` builds
+/// when a runtime loads a `.conf`. `cniVersion` and `name` move to the list; libcni puts them
+/// back into each plugin's configuration when it runs the list, so the plugin sees what it saw.
+pub fn convert_single(plugin: &Value) -> Result<Value, String> {
+    let obj = plugin.as_object().ok_or("not a JSON object")?;
+    if obj.contains_key("plugins") {
+        return Err("a conflist, not a single-plugin config".into());
+    }
+    if obj
+        .get("type")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        return Err("no \"type\": neither a plugin config nor a conflist".into());
+    }
+    let name = match obj.get("name").and_then(Value::as_str) {
+        Some(n) if !n.is_empty() => n,
+        // libcni refuses a list without a name, and so a runtime this .conf already.
+        _ => return Err("no \"name\"".into()),
+    };
+    let mut inner = obj.clone();
+    inner.remove("cniVersion");
+    inner.remove("name");
+    let mut list = serde_json::Map::new();
+    if let Some(version) = obj.get("cniVersion") {
+        list.insert("cniVersion".into(), version.clone());
+    }
+    list.insert("name".into(), Value::String(name.to_owned()));
+    list.insert("plugins".into(), Value::Array(vec![Value::Object(inner)]));
+    Ok(Value::Object(list))
 }
 
-/// Chains bridgenet into the primary conflist. Idempotent; returns whether the file changed.
+/// The plugin answers a `cniVersion` outside [`SUPPORTED_VERSIONS`] with "incompatible
+/// version", which fails the pod's ADD: only chain where it speaks the version. libcni hands
+/// `prevResult` to chained plugins from 0.3.0 on, so accepting 0.3.x is the plugin's choice
+/// (its `SUPPORTED_VERSIONS`), and this check follows it.
+fn check_version(path: &Path, conf: &Value) -> Result<(), InstallError> {
+    let version = conf.get("cniVersion").and_then(Value::as_str).unwrap_or("");
+    if SUPPORTED_VERSIONS.contains(&version) {
+        Ok(())
+    } else {
+        Err(InstallError::UnsupportedVersion {
+            path: path.to_owned(),
+            version: version.to_owned(),
+        })
+    }
+}
+
+fn read_json(path: &Path) -> Result<(Vec<u8>, Value), InstallError> {
+    let bytes = fs::read(path).map_err(io("read", path))?;
+    let value = serde_json::from_slice(&bytes).map_err(|e| InstallError::BadConflist {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok((bytes, value))
+}
+
+/// A single-plugin config (a JSON object without `plugins`), parsed; `None` for anything else.
+fn read_single(path: &Path) -> Option<Value> {
+    read_json(path)
+        .ok()
+        .map(|(_, v)| v)
+        .filter(|v| v.is_object() && v.get("plugins").is_none())
+}
+
+/// Where the conversion of the single-plugin config `original` goes: `NN-name.conflist`.
+pub fn generated_path(original: &Path) -> PathBuf {
+    original.with_extension("conflist")
+}
+
+/// Where a converted single-plugin config is kept: `NN-name.conf.bridgenet-orig`.
+pub fn kept_path(original: &Path) -> PathBuf {
+    let mut name = original.file_name().unwrap_or_default().to_owned();
+    name.push(ORIGINAL_SUFFIX);
+    original.with_file_name(name)
+}
+
+/// Whether `generated`, apart from our entry, is the conversion of `original`.
+fn converted_from(generated: &Value, original: &Value) -> bool {
+    let base = unchain(generated).unwrap_or_else(|| generated.clone());
+    convert_single(original).is_ok_and(|c| c == base)
+}
+
+/// Whether the conflist at `original`'s generated name was written by us: apart from our
+/// entry it is the conversion of the kept original (a finished conversion), or it carries our
+/// entry and is the conversion of `original`'s current content (`current`; a conversion that
+/// stopped before the original was moved aside). Anything else is someone else's file: the
+/// primary CNI's own conflist of that name, or one edited by hand.
+fn generated_is_ours(generated: &Value, original: &Path, current: Option<&Value>) -> bool {
+    current.is_some_and(|c| has_entry(generated) && converted_from(generated, c))
+        || read_single(&kept_path(original)).is_some_and(|kept| converted_from(generated, &kept))
+}
+
+/// Chains bridgenet into the primary configuration, converting a single-plugin config into a
+/// conflist first. Idempotent; returns whether anything changed. Run again periodically by the
+/// agent, so a primary CNI that rewrites its file gets chained (and its new content converted)
+/// again.
 pub fn install_config(conf_dir: &Path, socket: &Path) -> Result<bool, InstallError> {
-    let path = primary_conflist(conf_dir)?;
-    let conflist = read_conflist(&path)?;
-    match chain_into(&conflist, socket).map_err(|reason| InstallError::BadConflist {
-        path: path.clone(),
+    let first = primary_config(conf_dir)?;
+    let (_, conf) = read_json(&first)?;
+    if conf.get("plugins").is_some() {
+        if let Some(original) = rewritten_original(&first, &conf) {
+            return convert(conf_dir, &original, socket);
+        }
+        return chain_list(&first, &conf, socket);
+    }
+    if first.extension().is_some_and(|e| e == "conflist") {
+        return Err(InstallError::BadConflist {
+            path: first,
+            reason: "no \"plugins\" list".into(),
+        });
+    }
+    convert(conf_dir, &first, socket)
+}
+
+/// Our generated `NN-name.conflist` sorts before a `NN-name.json` original (`c` < `j`), so
+/// when the primary CNI writes its `.json` again the runtime keeps loading our conversion of
+/// the old content. That original, when `first` is our conversion of it (or of its kept copy),
+/// is to be converted again.
+fn rewritten_original(first: &Path, conf: &Value) -> Option<PathBuf> {
+    if first.extension()? != "conflist" {
+        return None;
+    }
+    let original = first.with_extension("json");
+    let current = read_single(&original)?;
+    generated_is_ours(conf, &original, Some(&current)).then_some(original)
+}
+
+fn chain_list(path: &Path, conf: &Value, socket: &Path) -> Result<bool, InstallError> {
+    if let Err(e) = check_version(path, conf) {
+        // An entry chained earlier (by hand, or by a version that did not check) fails every
+        // pod ADD on the node: take it out.
+        if let Some(unchained) = unchain(conf) {
+            write_json(path, &unchained, mode_of(path))?;
+            tracing::warn!(path = %path.display(), error = %e, "removed bridgenet from a configuration whose cniVersion it does not accept");
+        }
+        return Err(e);
+    }
+    match chain_into(conf, socket).map_err(|reason| InstallError::BadConflist {
+        path: path.to_owned(),
         reason,
     })? {
         None => Ok(false),
         Some(new) => {
-            let mode = fs::metadata(&path).map_or(0o644, |m| m.permissions().mode() & 0o777);
-            let mut text = serde_json::to_vec_pretty(&new).unwrap_or_default();
-            text.push(b'\n');
-            write_atomic(&path, &text, mode)?;
+            write_json(path, &new, mode_of(path))?;
             tracing::info!(path = %path.display(), "chained bridgenet into the primary CNI configuration");
             Ok(true)
         }
     }
 }
 
-/// Removes bridgenet from every conflist in the directory (the binary stays, so that a DEL
-/// for a pod attached earlier still finds it).
+/// Converts the single-plugin config `original` (O) into its generated conflist (G) chained
+/// with bridgenet, keeping O as K (`O.bridgenet-orig`).
+///
+/// The steps, and what the runtime loads if the agent dies right after each:
+/// 0. start: O; or O, K and G when O's CNI rewrote O after an earlier conversion → O
+/// 1. write G (temp + fsync + rename) → O for a `.conf` (sorts before G), G for a `.json`
+///    (sorts after it); both are valid and describe the same primary network
+/// 2. rename O → K (replacing an older K; directory fsynced) → G
+///
+/// A rerun after step 1 finds G carrying our entry and converted from O, so G is ours and it
+/// goes on with step 2; after step 2 the primary is G, already chained: nothing to do.
+fn convert(conf_dir: &Path, original: &Path, socket: &Path) -> Result<bool, InstallError> {
+    let (bytes, plugin) = read_json(original)?;
+    let list = convert_single(&plugin).map_err(|reason| InstallError::BadConflist {
+        path: original.to_owned(),
+        reason,
+    })?;
+    check_version(original, &list)?;
+    let generated = generated_path(original);
+    let blocked = |reason: String| InstallError::ConversionBlocked {
+        original: original.to_owned(),
+        generated: generated.clone(),
+        reason,
+    };
+    // With O moved aside, the runtime must pick G: no other file may sort before it.
+    let mut after = loadable(conf_dir)?;
+    after.retain(|p| p != original);
+    if !after.contains(&generated) {
+        after.push(generated.clone());
+        after.sort();
+    }
+    if let Some(other) = after.first().filter(|&p| *p != generated) {
+        return Err(blocked(format!(
+            "{} would sort before it and be loaded instead",
+            other.display()
+        )));
+    }
+    let existing = match fs::read(&generated) {
+        Ok(b) => Some(
+            serde_json::from_slice::<Value>(&b)
+                .ok()
+                .filter(|g| generated_is_ours(g, original, Some(&plugin)))
+                .ok_or_else(|| {
+                    blocked("that file exists and was not written by bridgenet".into())
+                })?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io("read", &generated)(e)),
+    };
+    let chained = chained_conversion(&list, socket);
+    let mode = mode_of(original);
+    if existing.as_ref() != Some(&chained) {
+        write_json(&generated, &chained, mode)?;
+    }
+    let kept = kept_path(original);
+    fs::rename(original, &kept).map_err(io("rename", original))?;
+    sync_dir(conf_dir)?;
+    settle_moved(original, &generated, &kept, &bytes, socket, mode)?;
+    tracing::info!(
+        original = %original.display(),
+        generated = %generated.display(),
+        kept = %kept.display(),
+        "converted the single-plugin primary CNI configuration into a conflist chained with bridgenet"
+    );
+    Ok(true)
+}
+
+fn chained_conversion(list: &Value, socket: &Path) -> Value {
+    // A fresh conversion has no entry of ours, so chain_into always has something to add.
+    match chain_into(list, socket) {
+        Ok(Some(chained)) => chained,
+        _ => list.clone(),
+    }
+}
+
+/// The primary CNI may rewrite O between our read and the rename, so K may hold content G was
+/// not made from (`converted`). Then G follows K; and when that content cannot be converted,
+/// K goes back to O (first, so a config stays loadable) and G is withdrawn: the runtime loads
+/// what the primary CNI wrote, as it would without bridgenet.
+fn settle_moved(
+    original: &Path,
+    generated: &Path,
+    kept: &Path,
+    converted: &[u8],
+    socket: &Path,
+    mode: u32,
+) -> Result<(), InstallError> {
+    let moved = fs::read(kept).map_err(io("read", kept))?;
+    if moved == converted {
+        return Ok(());
+    }
+    let list = serde_json::from_slice::<Value>(&moved)
+        .ok()
+        .and_then(|p| convert_single(&p).ok())
+        .filter(|l| check_version(kept, l).is_ok());
+    if let Some(list) = list {
+        tracing::info!(original = %original.display(), "the original changed while it was converted; converted its new content");
+        return write_json(generated, &chained_conversion(&list, socket), mode);
+    }
+    if !original.exists() {
+        fs::rename(kept, original).map_err(io("rename", kept))?;
+        sync_dir(original.parent().unwrap_or(Path::new(".")))?;
+    }
+    remove_durably(generated)?;
+    Err(InstallError::BadConflist {
+        path: original.to_owned(),
+        reason: "rewritten during the conversion into content that cannot be chained; put back"
+            .into(),
+    })
+}
+
+/// Removes bridgenet from the directory: every converted single-plugin config gets its
+/// original back byte for byte and loses the generated conflist; every other conflist loses
+/// our entry. The binary stays, so that a DEL for a pod attached earlier still finds it.
+/// Goes on past a file it cannot fix (logged) and then returns the first error; otherwise the
+/// number of configurations changed.
 pub fn uninstall_config(conf_dir: &Path) -> Result<usize, InstallError> {
     let mut changed = 0;
-    for entry in fs::read_dir(conf_dir)
+    let mut errors = Vec::new();
+    let mut names: Vec<PathBuf> = fs::read_dir(conf_dir)
         .map_err(io("list", conf_dir))?
         .filter_map(Result::ok)
-    {
-        let path = entry.path();
-        if path.extension().is_none_or(|e| e != "conflist") {
-            continue;
-        }
-        let Ok(conflist) = read_conflist(&path) else {
-            continue;
-        };
-        if let Some(new) = unchain(&conflist) {
-            let mode = fs::metadata(&path).map_or(0o644, |m| m.permissions().mode() & 0o777);
-            let mut text = serde_json::to_vec_pretty(&new).unwrap_or_default();
-            text.push(b'\n');
-            write_atomic(&path, &text, mode)?;
-            changed += 1;
+        .map(|e| e.path())
+        .collect();
+    names.sort();
+    for kept in names.iter().filter(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(ORIGINAL_SUFFIX))
+    }) {
+        match restore(kept) {
+            Ok(n) => changed += n,
+            Err(e) => errors.push(e),
         }
     }
-    Ok(changed)
+    // Before unchaining: a `.json` original sorts after its generated conflist, and that
+    // conflist is recognised as ours by the entry unchaining would remove.
+    for path in loadable(conf_dir)? {
+        if let Some(single) = read_single(&path) {
+            match withdraw_interrupted(&path, &single) {
+                Ok(n) => changed += n,
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    for path in loadable(conf_dir)? {
+        match unchain_file(&path) {
+            Ok(n) => changed += n,
+            Err(e) => errors.push(e),
+        }
+    }
+    for e in &errors {
+        tracing::warn!(error = %e, "removing bridgenet from the CNI configuration");
+    }
+    errors.into_iter().next().map_or(Ok(changed), Err)
+}
+
+/// Undoes one conversion, given its kept original K (O is K's name without the suffix, G the
+/// generated conflist). The steps, and what the runtime loads if the agent dies right after
+/// each:
+/// 0. start: K, G → G
+/// 1. copy K to O (temp + fsync + rename; skipped when O exists: its CNI wrote it after the
+///    conversion, and that content is the newer one) → O for a `.conf`, G for a `.json`; valid
+/// 2. remove G → O
+/// 3. remove K → O
+///
+/// A rerun after step 1 or 2 finds K and O and finishes. K alone (neither G nor O) is no state
+/// this code leaves: someone removed both, and K is left alone rather than bringing back a
+/// configuration somebody retired. K beside a G that is not ours (the primary CNI now writes a
+/// conflist of that name) is stale and goes.
+fn restore(kept: &Path) -> Result<usize, InstallError> {
+    let Some(name) = kept
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(ORIGINAL_SUFFIX))
+    else {
+        return Ok(0);
+    };
+    let original = kept.with_file_name(name);
+    if !is_loadable(&original) {
+        return Ok(0);
+    }
+    let bytes = fs::read(kept).map_err(io("read", kept))?;
+    let generated = generated_path(&original);
+    let generated_conf = match fs::read(&generated) {
+        Ok(b) => Some(serde_json::from_slice::<Value>(&b).ok()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io("read", &generated)(e)),
+    };
+    let current = read_single(&original);
+    match generated_conf {
+        Some(Some(g)) if generated_is_ours(&g, &original, current.as_ref()) => {
+            if !original.exists() {
+                write_atomic(&original, &bytes, mode_of(kept))?;
+            }
+            remove_durably(&generated)?;
+            remove_durably(kept)?;
+            tracing::info!(original = %original.display(), generated = %generated.display(), "restored the single-plugin CNI configuration");
+            Ok(1)
+        }
+        Some(_) => {
+            remove_durably(kept)?;
+            tracing::info!(kept = %kept.display(), generated = %generated.display(), "removed the kept original: its conflist was replaced by another");
+            Ok(0)
+        }
+        None if original.exists() => {
+            remove_durably(kept)?;
+            Ok(0)
+        }
+        None => {
+            tracing::warn!(kept = %kept.display(), "kept original left alone: neither it nor its conflist is in place any more");
+            Ok(0)
+        }
+    }
+}
+
+/// A conversion stopped after writing G and before moving O aside leaves O and G but no K:
+/// G is withdrawn, O (the primary's file) stays.
+fn withdraw_interrupted(original: &Path, single: &Value) -> Result<usize, InstallError> {
+    let generated = generated_path(original);
+    if generated == original || kept_path(original).exists() {
+        return Ok(0);
+    }
+    let ours =
+        read_json(&generated).is_ok_and(|(_, g)| has_entry(&g) && converted_from(&g, single));
+    if !ours {
+        return Ok(0);
+    }
+    remove_durably(&generated)?;
+    tracing::info!(generated = %generated.display(), "removed the conflist of an interrupted conversion");
+    Ok(1)
+}
+
+fn unchain_file(path: &Path) -> Result<usize, InstallError> {
+    let Ok((_, conf)) = read_json(path) else {
+        return Ok(0);
+    };
+    match unchain(&conf) {
+        Some(new) => {
+            write_json(path, &new, mode_of(path))?;
+            Ok(1)
+        }
+        None => Ok(0),
+    }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    const SOCKET: &str = "/run/bridgenet/cni.sock";
 
     fn primary() -> Value {
         json!({"cniVersion": "1.0.0", "name": "k8s-pod-network", "plugins": [
             {"type": "bridge", "bridge": "cni0", "ipam": {"type": "host-local"}},
             {"type": "portmap", "capabilities": {"portMappings": true}},
         ]})
+    }
+
+    /// A hand-written single-plugin config, laid out the way no serializer would write it, so
+    /// that a restore re-serializing it instead of copying its bytes fails the comparison.
+    const SINGLE: &[u8] = b"{\n  \"cniVersion\":\"0.4.0\", \"name\" : \"containerd-net\",\n\t\"type\": \"bridge\", \"bridge\": \"cni0\", \"isGateway\": true,\n  \"ipam\": {\"type\": \"host-local\", \"ranges\": [[{\"subnet\": \"10.88.0.0/16\"}]]}\n}\n";
+
+    /// Every file of the directory with its content: the whole state a runtime could see.
+    fn listing(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        listing(dir).into_keys().collect()
+    }
+
+    fn read(path: &Path) -> Value {
+        serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
+    }
+
+    /// What the runtime would load, checked to be something it can load: a conflist with a
+    /// non-empty plugin list, or a plugin config with a type and a name.
+    fn runtime_pick(dir: &Path) -> (String, Value) {
+        let path = primary_config(dir).unwrap();
+        let conf = read(&path);
+        let valid = match conf.get("plugins") {
+            Some(p) => p.as_array().is_some_and(|p| !p.is_empty()) && conf["name"].is_string(),
+            None => conf["type"].is_string() && conf["name"].is_string(),
+        };
+        assert!(valid, "{} is not loadable: {conf}", path.display());
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        (name, conf)
+    }
+
+    fn single_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("10-containerd-net.conf"), SINGLE).unwrap();
+        fs::set_permissions(
+            dir.path().join("10-containerd-net.conf"),
+            fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        // Loaded by nobody while the primary sorts first; must stay exactly as it is.
+        fs::write(dir.path().join("99-other.conflist"), primary().to_string()).unwrap();
+        dir
     }
 
     #[test]
@@ -227,7 +705,7 @@ mod tests {
         .unwrap();
         std::fs::write(dir.path().join("20-single.conf"), b"{}").unwrap();
         std::fs::write(dir.path().join("README"), b"not a config").unwrap();
-        let socket = Path::new("/run/bridgenet/cni.sock");
+        let socket = Path::new(SOCKET);
         assert!(install_config(dir.path(), socket).unwrap());
         assert!(!install_config(dir.path(), socket).unwrap(), "idempotent");
         let after: Value =
@@ -255,6 +733,11 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
             .collect();
         assert!(leftovers.is_empty());
+        assert_eq!(
+            fs::read(dir.path().join("20-single.conf")).unwrap(),
+            b"{}",
+            "a .conf the runtime does not load is nobody's business"
+        );
     }
 
     #[test]
@@ -264,19 +747,6 @@ mod tests {
             install_config(dir.path(), Path::new("/s")),
             Err(InstallError::NoPrimary(_))
         ));
-        // The runtime would use the single-plugin .conf: chaining elsewhere would do nothing.
-        std::fs::write(dir.path().join("05-single.conf"), b"{}").unwrap();
-        std::fs::write(
-            dir.path().join("10-primary.conflist"),
-            primary().to_string(),
-        )
-        .unwrap();
-        assert!(matches!(
-            install_config(dir.path(), Path::new("/s")),
-            Err(InstallError::PrimaryNotAList(_))
-        ));
-        std::fs::remove_file(dir.path().join("05-single.conf")).unwrap();
-        std::fs::remove_file(dir.path().join("10-primary.conflist")).unwrap();
         std::fs::write(dir.path().join("10-broken.conflist"), b"{not json").unwrap();
         assert!(matches!(
             install_config(dir.path(), Path::new("/s")),
@@ -286,6 +756,420 @@ mod tests {
             std::fs::read(dir.path().join("10-broken.conflist")).unwrap(),
             b"{not json"
         );
+    }
+
+    #[test]
+    fn malformed_single_plugin_config_is_left_untouched() {
+        for (body, says) in [
+            (&b"{\"type\": \"bridge\", \"name\": "[..], "EOF"),
+            (b"{}", "no \"type\""),
+            (
+                b"{\"cniVersion\": \"1.0.0\", \"type\": \"bridge\"}",
+                "no \"name\"",
+            ),
+            (b"[1, 2]", "not a JSON object"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            fs::write(dir.path().join("05-single.conf"), body).unwrap();
+            fs::write(
+                dir.path().join("10-primary.conflist"),
+                primary().to_string(),
+            )
+            .unwrap();
+            let before = listing(dir.path());
+            let err = install_config(dir.path(), Path::new(SOCKET)).unwrap_err();
+            assert!(
+                matches!(&err, InstallError::BadConflist { path, .. } if path.ends_with("05-single.conf")),
+                "{err}"
+            );
+            let text = err.to_string();
+            assert!(
+                text.contains(says) && text.contains("left untouched"),
+                "{text}"
+            );
+            assert_eq!(listing(dir.path()), before, "nothing written for {body:?}");
+            assert_eq!(uninstall_config(dir.path()).unwrap(), 0);
+            assert_eq!(listing(dir.path()), before);
+        }
+    }
+
+    #[test]
+    fn conversion_has_the_runtime_shape() {
+        let plugin: Value = serde_json::from_slice(SINGLE).unwrap();
+        let list = convert_single(&plugin).unwrap();
+        assert_eq!(
+            list,
+            json!({"cniVersion": "0.4.0", "name": "containerd-net", "plugins": [{
+                "type": "bridge", "bridge": "cni0", "isGateway": true,
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}]]},
+            }]})
+        );
+        assert!(
+            convert_single(&primary()).is_err(),
+            "a conflist is not converted"
+        );
+    }
+
+    #[test]
+    fn converts_a_single_plugin_conf_and_the_runtime_loads_the_conflist() {
+        let dir = single_dir();
+        let other = fs::read(dir.path().join("99-other.conflist")).unwrap();
+        assert!(install_config(dir.path(), Path::new(SOCKET)).unwrap());
+        assert_eq!(
+            names(dir.path()),
+            [
+                "10-containerd-net.conf.bridgenet-orig",
+                "10-containerd-net.conflist",
+                "99-other.conflist"
+            ],
+            "the .conf is out of the runtime's way, nothing else is left behind"
+        );
+        let (name, loaded) = runtime_pick(dir.path());
+        assert_eq!(name, "10-containerd-net.conflist");
+        assert_eq!(
+            loaded,
+            json!({"cniVersion": "0.4.0", "name": "containerd-net", "plugins": [
+                {"type": "bridge", "bridge": "cni0", "isGateway": true,
+                 "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}]]}},
+                {"type": "bridgenet", "socket": SOCKET},
+            ]})
+        );
+        let kept = dir.path().join("10-containerd-net.conf.bridgenet-orig");
+        assert_eq!(fs::read(&kept).unwrap(), SINGLE);
+        for file in [&kept, &dir.path().join("10-containerd-net.conflist")] {
+            let mode = fs::metadata(file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{} keeps the original's mode", file.display());
+        }
+        assert_eq!(
+            fs::read(dir.path().join("99-other.conflist")).unwrap(),
+            other
+        );
+    }
+
+    #[test]
+    fn installing_a_conversion_twice_changes_nothing() {
+        let dir = single_dir();
+        assert!(install_config(dir.path(), Path::new(SOCKET)).unwrap());
+        let once = listing(dir.path());
+        assert!(!install_config(dir.path(), Path::new(SOCKET)).unwrap());
+        assert_eq!(listing(dir.path()), once);
+        // A new socket path changes our entry, nothing else.
+        assert!(install_config(dir.path(), Path::new("/x.sock")).unwrap());
+        let conf = read(&dir.path().join("10-containerd-net.conflist"));
+        assert_eq!(
+            conf["plugins"][1],
+            json!({"type": "bridgenet", "socket": "/x.sock"})
+        );
+        assert_eq!(conf["plugins"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn uninstall_restores_the_original_bytes() {
+        let dir = single_dir();
+        let before = listing(dir.path());
+        install_config(dir.path(), Path::new(SOCKET)).unwrap();
+        assert_eq!(uninstall_config(dir.path()).unwrap(), 1);
+        assert_eq!(
+            listing(dir.path()),
+            before,
+            "byte for byte, nothing left behind"
+        );
+        let mode = fs::metadata(dir.path().join("10-containerd-net.conf"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(uninstall_config(dir.path()).unwrap(), 0, "idempotent");
+        assert_eq!(listing(dir.path()), before);
+    }
+
+    type Step<'a> = dyn Fn(&Path) + 'a;
+
+    /// Every state a crash can leave, rebuilt by doing the steps of install or uninstall up to
+    /// that point by hand: the runtime can load something at each, and both install and
+    /// uninstall converge from each.
+    #[test]
+    fn a_crash_between_steps_converges() {
+        let socket = Path::new(SOCKET);
+        let conf = |d: &Path| d.join("10-containerd-net.conf");
+        let conflist = |d: &Path| d.join("10-containerd-net.conflist");
+        let kept = |d: &Path| d.join("10-containerd-net.conf.bridgenet-orig");
+        let original_state = listing(single_dir().path());
+        let installed_state = {
+            let dir = single_dir();
+            install_config(dir.path(), socket).unwrap();
+            listing(dir.path())
+        };
+        let generated = installed_state["10-containerd-net.conflist"].clone();
+        // Install, stopped after step 1 (conflist written, original not yet moved).
+        let install_step1 = |d: &Path| fs::write(conflist(d), &generated).unwrap();
+        // Uninstall, stopped after step 1 (original copied back) or step 2 (conflist removed).
+        let uninstall_step1 = |d: &Path| {
+            install_config(d, socket).unwrap();
+            fs::copy(kept(d), conf(d)).unwrap();
+        };
+        let uninstall_step2 = |d: &Path| {
+            uninstall_step1(d);
+            fs::remove_file(conflist(d)).unwrap();
+        };
+        let crashes: [(&str, &Step); 3] = [
+            ("install after writing the conflist", &install_step1),
+            (
+                "uninstall after copying the original back",
+                &uninstall_step1,
+            ),
+            ("uninstall after removing the conflist", &uninstall_step2),
+        ];
+        for (what, crash) in crashes {
+            for then_install in [true, false] {
+                let dir = single_dir();
+                crash(dir.path());
+                let (name, _) = runtime_pick(dir.path());
+                assert_eq!(
+                    name, "10-containerd-net.conf",
+                    "{what}: the .conf sorts first"
+                );
+                if then_install {
+                    assert!(install_config(dir.path(), socket).unwrap(), "{what}");
+                    assert_eq!(listing(dir.path()), installed_state, "{what}, then install");
+                    assert!(!install_config(dir.path(), socket).unwrap(), "{what}");
+                } else {
+                    uninstall_config(dir.path()).unwrap();
+                    assert_eq!(
+                        listing(dir.path()),
+                        original_state,
+                        "{what}, then uninstall"
+                    );
+                }
+            }
+        }
+        // Install, stopped after step 2 is the installed state; uninstall after step 3 the
+        // original state: both covered above.
+    }
+
+    #[test]
+    fn a_rewritten_original_is_converted_again_not_resurrected() {
+        let dir = single_dir();
+        install_config(dir.path(), Path::new(SOCKET)).unwrap();
+        // The primary CNI's DaemonSet writes its config again, with new content.
+        let rewritten = br#"{"cniVersion":"1.0.0","name":"containerd-net","type":"bridge","bridge":"cni1","ipam":{"type":"host-local"}}"#;
+        fs::write(dir.path().join("10-containerd-net.conf"), rewritten).unwrap();
+        let (name, _) = runtime_pick(dir.path());
+        assert_eq!(name, "10-containerd-net.conf");
+        assert!(install_config(dir.path(), Path::new(SOCKET)).unwrap());
+        let (name, loaded) = runtime_pick(dir.path());
+        assert_eq!(name, "10-containerd-net.conflist");
+        assert_eq!(loaded["cniVersion"], "1.0.0");
+        assert_eq!(loaded["plugins"][0]["bridge"], "cni1", "the new content");
+        assert_eq!(loaded["plugins"][1]["type"], "bridgenet");
+        assert!(!dir.path().join("10-containerd-net.conf").exists());
+        uninstall_config(dir.path()).unwrap();
+        assert_eq!(
+            fs::read(dir.path().join("10-containerd-net.conf")).unwrap(),
+            rewritten,
+            "uninstall gives back what the primary CNI wrote last"
+        );
+        assert_eq!(
+            names(dir.path()),
+            ["10-containerd-net.conf", "99-other.conflist"]
+        );
+
+        // Rewritten and not yet converted again when uninstall comes: the newer content stays.
+        install_config(dir.path(), Path::new(SOCKET)).unwrap();
+        fs::write(dir.path().join("10-containerd-net.conf"), SINGLE).unwrap();
+        uninstall_config(dir.path()).unwrap();
+        assert_eq!(
+            fs::read(dir.path().join("10-containerd-net.conf")).unwrap(),
+            SINGLE
+        );
+        assert_eq!(
+            names(dir.path()),
+            ["10-containerd-net.conf", "99-other.conflist"]
+        );
+    }
+
+    #[test]
+    fn a_conflist_the_primary_writes_over_ours_is_theirs() {
+        // E.g. a CNI upgrade that moves from NN-name.conf to NN-name.conflist.
+        let dir = single_dir();
+        install_config(dir.path(), Path::new(SOCKET)).unwrap();
+        let theirs = serde_json::to_vec_pretty(&primary()).unwrap();
+        fs::write(dir.path().join("10-containerd-net.conflist"), &theirs).unwrap();
+        assert!(install_config(dir.path(), Path::new(SOCKET)).unwrap());
+        let (name, loaded) = runtime_pick(dir.path());
+        assert_eq!(name, "10-containerd-net.conflist");
+        assert_eq!(
+            unchain(&loaded).unwrap(),
+            primary(),
+            "chained like any conflist"
+        );
+        uninstall_config(dir.path()).unwrap();
+        assert_eq!(
+            names(dir.path()),
+            ["10-containerd-net.conflist", "99-other.conflist"]
+        );
+        assert_eq!(
+            read(&dir.path().join("10-containerd-net.conflist")),
+            primary(),
+            "the old .conf is not brought back over the new conflist"
+        );
+    }
+
+    #[test]
+    fn a_single_plugin_json_is_converted_and_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let json_path = dir.path().join("10-net.json");
+        fs::write(&json_path, SINGLE).unwrap();
+        let before = listing(dir.path());
+        assert!(install_config(dir.path(), Path::new(SOCKET)).unwrap());
+        assert_eq!(
+            names(dir.path()),
+            ["10-net.conflist", "10-net.json.bridgenet-orig"]
+        );
+        assert_eq!(runtime_pick(dir.path()).0, "10-net.conflist");
+        assert!(!install_config(dir.path(), Path::new(SOCKET)).unwrap());
+        // Rewritten: 10-net.conflist sorts before 10-net.json and would shadow it for good.
+        let rewritten =
+            br#"{"cniVersion":"1.0.0","name":"n","type":"ptp","ipam":{"type":"host-local"}}"#;
+        fs::write(&json_path, rewritten).unwrap();
+        assert_eq!(runtime_pick(dir.path()).0, "10-net.conflist");
+        assert!(install_config(dir.path(), Path::new(SOCKET)).unwrap());
+        let (name, loaded) = runtime_pick(dir.path());
+        assert_eq!(name, "10-net.conflist");
+        assert_eq!(loaded["plugins"][0]["type"], "ptp");
+        assert_eq!(
+            names(dir.path()),
+            ["10-net.conflist", "10-net.json.bridgenet-orig"]
+        );
+        uninstall_config(dir.path()).unwrap();
+        assert_eq!(names(dir.path()), ["10-net.json"]);
+        assert_eq!(fs::read(&json_path).unwrap(), rewritten);
+        // And from the start again, for the original bytes.
+        fs::write(&json_path, SINGLE).unwrap();
+        install_config(dir.path(), Path::new(SOCKET)).unwrap();
+        let generated = fs::read(dir.path().join("10-net.conflist")).unwrap();
+        uninstall_config(dir.path()).unwrap();
+        assert_eq!(listing(dir.path()), before);
+        // A conversion stopped before moving the .json aside: the runtime already loads the
+        // conflist, which sorts first; install finishes it, uninstall withdraws it.
+        for then_install in [true, false] {
+            fs::write(dir.path().join("10-net.conflist"), &generated).unwrap();
+            assert_eq!(runtime_pick(dir.path()).0, "10-net.conflist");
+            if then_install {
+                install_config(dir.path(), Path::new(SOCKET)).unwrap();
+                assert_eq!(
+                    names(dir.path()),
+                    ["10-net.conflist", "10-net.json.bridgenet-orig"]
+                );
+            }
+            uninstall_config(dir.path()).unwrap();
+            assert_eq!(listing(dir.path()), before, "then_install: {then_install}");
+        }
+    }
+
+    #[test]
+    fn a_conversion_that_would_not_be_loaded_or_would_overwrite_is_refused() {
+        // Someone's own 10-containerd-net.conflist, loaded by nobody while the .conf sorts first.
+        let dir = single_dir();
+        fs::write(
+            dir.path().join("10-containerd-net.conflist"),
+            primary().to_string(),
+        )
+        .unwrap();
+        let before = listing(dir.path());
+        let err = install_config(dir.path(), Path::new(SOCKET)).unwrap_err();
+        assert!(
+            matches!(err, InstallError::ConversionBlocked { .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("not written by bridgenet"),
+            "{err}"
+        );
+        assert_eq!(listing(dir.path()), before);
+        assert_eq!(uninstall_config(dir.path()).unwrap(), 0);
+        assert_eq!(listing(dir.path()), before);
+
+        // A loadable name between NN-name.conf and NN-name.conflist would win once the .conf
+        // is gone.
+        let dir = single_dir();
+        fs::write(
+            dir.path().join("10-containerd-net.conf.json"),
+            primary().to_string(),
+        )
+        .unwrap();
+        let before = listing(dir.path());
+        let err = install_config(dir.path(), Path::new(SOCKET)).unwrap_err();
+        assert!(err.to_string().contains("would sort before it"), "{err}");
+        assert_eq!(listing(dir.path()), before);
+    }
+
+    #[test]
+    fn versions_the_plugin_refuses_are_not_chained() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = br#"{"cniVersion":"0.3.1","name":"cbr0","type":"flannel","delegate":{"isDefaultGateway":true}}"#;
+        fs::write(dir.path().join("10-flannel.conf"), old).unwrap();
+        let err = install_config(dir.path(), Path::new(SOCKET)).unwrap_err();
+        assert!(
+            matches!(&err, InstallError::UnsupportedVersion { version, .. } if version == "0.3.1"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("0.4.0"),
+            "names what is accepted: {err}"
+        );
+        assert_eq!(names(dir.path()), ["10-flannel.conf"]);
+        assert_eq!(fs::read(dir.path().join("10-flannel.conf")).unwrap(), old);
+
+        // A conflist of such a version: not chained; an entry chained earlier is taken out.
+        let dir = tempfile::tempdir().unwrap();
+        let mut list = primary();
+        list["cniVersion"] = json!("0.3.1");
+        let path = dir.path().join("10-kindnet.conflist");
+        fs::write(&path, list.to_string()).unwrap();
+        assert!(matches!(
+            install_config(dir.path(), Path::new(SOCKET)),
+            Err(InstallError::UnsupportedVersion { .. })
+        ));
+        assert_eq!(read(&path), list);
+        let mut chained = list.clone();
+        chained["plugins"]
+            .as_array_mut()
+            .unwrap()
+            .push(plugin_entry(Path::new(SOCKET)));
+        fs::write(&path, chained.to_string()).unwrap();
+        assert!(install_config(dir.path(), Path::new(SOCKET)).is_err());
+        assert_eq!(read(&path), list);
+    }
+
+    #[test]
+    fn an_original_rewritten_during_the_move_is_followed_or_put_back() {
+        let socket = Path::new(SOCKET);
+        let dir = single_dir();
+        let (o, g, k) = (
+            dir.path().join("10-containerd-net.conf"),
+            dir.path().join("10-containerd-net.conflist"),
+            dir.path().join("10-containerd-net.conf.bridgenet-orig"),
+        );
+        // G made from SINGLE, but the rename moved newer content.
+        install_config(dir.path(), socket).unwrap();
+        let newer = br#"{"cniVersion":"1.1.0","name":"containerd-net","type":"ptp"}"#;
+        fs::write(&k, newer).unwrap();
+        settle_moved(&o, &g, &k, SINGLE, socket, 0o644).unwrap();
+        let (name, loaded) = runtime_pick(dir.path());
+        assert_eq!(name, "10-containerd-net.conflist");
+        assert_eq!(loaded["plugins"][0]["type"], "ptp");
+        assert_eq!(loaded["cniVersion"], "1.1.0");
+
+        // Newer content that cannot be chained: back where its CNI put it, G withdrawn.
+        fs::write(&k, b"{broken").unwrap();
+        assert!(settle_moved(&o, &g, &k, SINGLE, socket, 0o644).is_err());
+        assert_eq!(
+            names(dir.path()),
+            ["10-containerd-net.conf", "99-other.conflist"]
+        );
+        assert_eq!(fs::read(&o).unwrap(), b"{broken");
     }
 
     #[test]
