@@ -118,7 +118,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 /// `terminationGracePeriodSeconds`.
 const SHUTDOWN_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// `bridgenet-agent uninstall-cni`: removes bridgenet from every conflist of the directory.
+/// `bridgenet-agent uninstall-cni`: removes bridgenet from the CNI configuration of the
+/// directory: our entry from every conflist, and a single-plugin config converted at install
+/// back in place of its generated conflist.
 pub fn uninstall_cni(cmd: &crate::cli::UninstallCni) -> anyhow::Result<()> {
     init_tracing(false);
     let files = crate::cni::install::uninstall_config(&cmd.cni_conf_dir)?;

@@ -309,7 +309,7 @@ pub async fn on_shutdown(observer: &mut Observer, conf_dir: &Path, timeout: Dura
                 %reason,
                 error = %e,
                 dir = %conf_dir.display(),
-                "uninstall: could not remove bridgenet from the CNI configuration; pods on this node will fail to start until it is removed (bridgenet-agent uninstall-cni --cni-conf-dir DIR, or delete the {{\"type\":\"bridgenet\"}} entry by hand)"
+                "uninstall: could not remove bridgenet from the CNI configuration; pods on this node will fail to start until it is removed (bridgenet-agent uninstall-cni --cni-conf-dir DIR; or by hand: delete the {{\"type\":\"bridgenet\"}} entry, and where a NN-name.conf.bridgenet-orig exists, rename it back to NN-name.conf and delete NN-name.conflist)"
             ),
         },
     }
@@ -366,7 +366,7 @@ fn warn_kept(e: &LookupError, conf_dir: &Path) {
     tracing::warn!(
         error = %e,
         dir = %conf_dir.display(),
-        "cannot tell an uninstall from a restart; keeping the CNI chaining. If bridgenet is being uninstalled, remove the {{\"type\":\"bridgenet\"}} entry from the conflist in that directory by hand (or run `bridgenet-agent uninstall-cni --cni-conf-dir DIR`), or pods on this node will fail to start"
+        "cannot tell an uninstall from a restart; keeping the CNI chaining. If bridgenet is being uninstalled, run `bridgenet-agent uninstall-cni --cni-conf-dir DIR` (or by hand: delete the {{\"type\":\"bridgenet\"}} entry from the conflist in that directory, and where a NN-name.conf.bridgenet-orig exists, rename it back to NN-name.conf and delete NN-name.conflist), or pods on this node will fail to start"
     );
 }
 
