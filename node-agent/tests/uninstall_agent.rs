@@ -1,6 +1,7 @@
 //! The agent binary's shutdown on the sandbox's Kubernetes API emulator: SIGTERM while its
 //! DaemonSet exists (rolling update, restart) keeps the CNI chaining; SIGTERM after the
-//! DaemonSet was deleted (uninstall) removes it, leaving the primary conflist exactly as it was.
+//! DaemonSet was deleted (uninstall) removes it, leaving the primary conflist exactly as it was,
+//! and a single-plugin `.conf` the agent converted at start back in place, byte for byte.
 //!
 //! The emulator serves no built-in `apps/v1`, so the test registers `daemonsets.apps` as a
 //! CustomResourceDefinition with the real group, version, kind and plural: the agent's requests
@@ -102,13 +103,10 @@ fn create_daemonset_and_pod(node: &Node) {
     });
 }
 
-#[test]
-fn sigterm_unchains_only_when_the_daemonset_is_gone() {
-    if !is_root() {
-        eprintln!("SKIP: the agent's root test needs root (network namespaces, netlink, nftables)");
-        return;
-    }
-    let mut node = Node::new("uninst", env!("CARGO_BIN_EXE_bridgenet-agent"));
+/// A node with its API emulator serving the CRDs, the agent's DaemonSet and the agent's Pod, and
+/// an empty CNI configuration directory.
+fn node_with_daemonset(tag: &str) -> Node {
+    let node = Node::new(tag, env!("CARGO_BIN_EXE_bridgenet-agent"));
     node.kube(|c| async move {
         let crds: Api<CustomResourceDefinition> = Api::all(c);
         let pp = PatchParams::apply("bridgenet-test").force();
@@ -133,6 +131,30 @@ fn sigterm_unchains_only_when_the_daemonset_is_gone() {
     });
     create_daemonset_and_pod(&node);
     std::fs::create_dir_all(node.dir().join("net.d")).unwrap();
+    node
+}
+
+/// Deletes the agent's DaemonSet the way Helm does (background propagation) and waits until
+/// the agent's watch has seen it.
+fn delete_daemonset(node: &Node) {
+    node.kube(|c| async move {
+        Api::<DaemonSet>::namespaced(c, NS)
+            .delete(DS, &DeleteParams::background())
+            .await
+            .unwrap();
+    });
+    node.eventually("DaemonSet deletion seen by the watch", || {
+        log(node).contains("state=Gone")
+    });
+}
+
+#[test]
+fn sigterm_unchains_only_when_the_daemonset_is_gone() {
+    if !is_root() {
+        eprintln!("SKIP: the agent's root test needs root (network namespaces, netlink, nftables)");
+        return;
+    }
+    let mut node = node_with_daemonset("uninst");
     std::fs::write(
         node.dir().join("net.d/10-primary.conflist"),
         serde_json::to_vec_pretty(&primary()).unwrap(),
@@ -164,15 +186,7 @@ fn sigterm_unchains_only_when_the_daemonset_is_gone() {
     node.eventually("DaemonSet seen present again", || {
         log(&node).contains("state=Present")
     });
-    node.kube(|c| async move {
-        Api::<DaemonSet>::namespaced(c, NS)
-            .delete(DS, &DeleteParams::background())
-            .await
-            .unwrap();
-    });
-    node.eventually("DaemonSet deletion seen by the watch", || {
-        log(&node).contains("state=Gone")
-    });
+    delete_daemonset(&node);
     assert!(chained(&node), "nothing unchains before SIGTERM");
     assert!(node.terminate_agent().success(), "{}", node.agent_log());
     assert_eq!(
@@ -184,6 +198,54 @@ fn sigterm_unchains_only_when_the_daemonset_is_gone() {
     assert!(
         log(&node).contains("uninstall: removed bridgenet from the CNI configuration"),
         "{}",
+        node.agent_log()
+    );
+}
+
+/// A single-plugin `.conf` primary: the agent converts it into a conflist at start, and its
+/// uninstall gives the `.conf` back byte for byte, with nothing else left in the directory.
+#[test]
+fn uninstall_gives_back_a_converted_single_plugin_conf() {
+    if !is_root() {
+        eprintln!("SKIP: the agent's root test needs root (network namespaces, netlink, nftables)");
+        return;
+    }
+    let mut node = node_with_daemonset("uninsc");
+    let net_d = node.dir().join("net.d");
+    let single = b"{ \"cniVersion\": \"1.0.0\", \"name\": \"containerd-net\",\n  \"type\": \"bridge\", \"bridge\": \"cni0\", \"ipam\": {\"type\": \"host-local\"} }\n";
+    std::fs::write(net_d.join("10-containerd-net.conf"), single).unwrap();
+    let files = || {
+        let mut names: Vec<String> = std::fs::read_dir(&net_d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    node.start_agent_with_env(&[("POD_NAME", POD), ("POD_NAMESPACE", NS)]);
+    node.eventually("converted at start", || {
+        files()
+            == [
+                "10-containerd-net.conf.bridgenet-orig",
+                "10-containerd-net.conflist",
+            ]
+    });
+    let conflist: Value =
+        serde_json::from_slice(&std::fs::read(net_d.join("10-containerd-net.conflist")).unwrap())
+            .unwrap();
+    assert_eq!(conflist["name"], "containerd-net");
+    assert_eq!(conflist["plugins"][0]["type"], "bridge");
+    assert_eq!(conflist["plugins"][1]["type"], "bridgenet");
+    node.eventually("DaemonSet seen present", || {
+        log(&node).contains("state=Present")
+    });
+    delete_daemonset(&node);
+    assert!(node.terminate_agent().success(), "{}", node.agent_log());
+    assert_eq!(files(), ["10-containerd-net.conf"], "{}", node.agent_log());
+    assert_eq!(
+        std::fs::read(net_d.join("10-containerd-net.conf")).unwrap(),
+        single,
+        "the original, byte for byte; log:\n{}",
         node.agent_log()
     );
 }
