@@ -331,7 +331,7 @@ pub fn install_config(conf_dir: &Path, socket: &Path) -> Result<bool, InstallErr
     let (_, conf) = read_json(&first)?;
     if conf.get("plugins").is_some() {
         if let Some(original) = rewritten_original(&first, &conf) {
-            return convert(conf_dir, &original, socket);
+            return convert_or_withdraw(conf_dir, &original, socket);
         }
         return chain_list(&first, &conf, socket);
     }
@@ -341,7 +341,36 @@ pub fn install_config(conf_dir: &Path, socket: &Path) -> Result<bool, InstallErr
             reason: "no \"plugins\" list".into(),
         });
     }
-    convert(conf_dir, &first, socket)
+    convert_or_withdraw(conf_dir, &first, socket)
+}
+
+/// [`convert`]; when the original's content cannot be chained (a refused `cniVersion`, not a
+/// plugin config) but is a JSON object, its CNI wants exactly that loaded: a conversion of its
+/// earlier content must neither shadow it (a `.json` sorts after its generated conflist) nor
+/// come back should it go, so that conversion is withdrawn. An original that is not JSON at all
+/// is left with everything around it untouched.
+fn convert_or_withdraw(
+    conf_dir: &Path,
+    original: &Path,
+    socket: &Path,
+) -> Result<bool, InstallError> {
+    match convert(conf_dir, original, socket) {
+        Err(e @ (InstallError::UnsupportedVersion { .. } | InstallError::BadConflist { .. })) => {
+            if let Some(current) = read_single(original) {
+                let generated = generated_path(original);
+                if let Ok((_, g)) = read_json(&generated)
+                    && generated_is_ours(&g, original, Some(&current))
+                {
+                    // G first: from here on O is what the runtime loads; K goes after.
+                    remove_durably(&generated)?;
+                    tracing::warn!(original = %original.display(), error = %e, "withdrew the conversion of the original's earlier content");
+                }
+                remove_durably(&kept_path(original))?;
+            }
+            Err(e)
+        }
+        r => r,
+    }
 }
 
 /// Our generated `NN-name.conflist` sorts before a `NN-name.json` original (`c` < `j`), so
@@ -987,6 +1016,44 @@ mod tests {
             names(dir.path()),
             ["10-containerd-net.conf", "99-other.conflist"]
         );
+    }
+
+    #[test]
+    fn a_rewrite_that_cannot_be_chained_withdraws_the_old_conversion() {
+        let refused =
+            br#"{"cniVersion":"0.3.1","name":"containerd-net","type":"bridge","bridge":"cni9"}"#;
+        // .conf: it sorts first and is loaded anyway; the stale conversion must not outlive it.
+        let dir = single_dir();
+        install_config(dir.path(), Path::new(SOCKET)).unwrap();
+        fs::write(dir.path().join("10-containerd-net.conf"), refused).unwrap();
+        assert!(matches!(
+            install_config(dir.path(), Path::new(SOCKET)),
+            Err(InstallError::UnsupportedVersion { .. })
+        ));
+        assert_eq!(
+            names(dir.path()),
+            ["10-containerd-net.conf", "99-other.conflist"]
+        );
+        assert_eq!(
+            fs::read(dir.path().join("10-containerd-net.conf")).unwrap(),
+            refused
+        );
+        // .json: the stale conversion sorts first and would keep shadowing the new content.
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("10-net.json"), SINGLE).unwrap();
+        install_config(dir.path(), Path::new(SOCKET)).unwrap();
+        fs::write(dir.path().join("10-net.json"), refused).unwrap();
+        assert_eq!(runtime_pick(dir.path()).0, "10-net.conflist");
+        assert!(install_config(dir.path(), Path::new(SOCKET)).is_err());
+        assert_eq!(names(dir.path()), ["10-net.json"]);
+        assert_eq!(runtime_pick(dir.path()).1["bridge"], "cni9");
+        // Not JSON: nothing around it is touched either.
+        let dir = single_dir();
+        install_config(dir.path(), Path::new(SOCKET)).unwrap();
+        fs::write(dir.path().join("10-containerd-net.conf"), b"{half").unwrap();
+        let before = listing(dir.path());
+        assert!(install_config(dir.path(), Path::new(SOCKET)).is_err());
+        assert_eq!(listing(dir.path()), before);
     }
 
     #[test]
