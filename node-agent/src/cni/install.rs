@@ -575,10 +575,11 @@ pub fn uninstall_config(conf_dir: &Path) -> Result<usize, InstallError> {
 /// 2. remove G → O
 /// 3. remove K → O
 ///
-/// A rerun after step 1 or 2 finds K and O and finishes. K alone (neither G nor O) is no state
-/// this code leaves: someone removed both, and K is left alone rather than bringing back a
-/// configuration somebody retired. K beside a G that is not ours (the primary CNI now writes a
-/// conflist of that name) is stale and goes.
+/// A rerun after step 1 or 2 finds K and O and finishes. Without a G of ours, K is only
+/// removed when O exists (its CNI wrote a newer one); otherwise (G replaced by the primary
+/// CNI's own conflist of that name, edited by hand, or gone) K is left in place with a
+/// warning: bringing it back could revive a configuration somebody retired, and deleting it
+/// could destroy the last good copy.
 fn restore(kept: &Path) -> Result<usize, InstallError> {
     let Some(name) = kept
         .file_name()
@@ -609,17 +610,16 @@ fn restore(kept: &Path) -> Result<usize, InstallError> {
             tracing::info!(original = %original.display(), generated = %generated.display(), "restored the single-plugin CNI configuration");
             Ok(1)
         }
-        Some(_) => {
-            remove_durably(kept)?;
-            tracing::info!(kept = %kept.display(), generated = %generated.display(), "removed the kept original: its conflist was replaced by another");
-            Ok(0)
-        }
-        None if original.exists() => {
+        _ if original.exists() => {
             remove_durably(kept)?;
             Ok(0)
         }
-        None => {
-            tracing::warn!(kept = %kept.display(), "kept original left alone: neither it nor its conflist is in place any more");
+        _ => {
+            tracing::warn!(
+                kept = %kept.display(),
+                generated = %generated.display(),
+                "left a kept original in place: its generated conflist is gone or no longer the one bridgenet wrote; delete it once the CNI configuration is as wanted"
+            );
             Ok(0)
         }
     }
@@ -1074,12 +1074,16 @@ mod tests {
         uninstall_config(dir.path()).unwrap();
         assert_eq!(
             names(dir.path()),
-            ["10-containerd-net.conflist", "99-other.conflist"]
+            [
+                "10-containerd-net.conf.bridgenet-orig",
+                "10-containerd-net.conflist",
+                "99-other.conflist"
+            ],
+            "the old .conf is not brought back over the new conflist, nor its copy destroyed"
         );
         assert_eq!(
             read(&dir.path().join("10-containerd-net.conflist")),
-            primary(),
-            "the old .conf is not brought back over the new conflist"
+            primary()
         );
     }
 
