@@ -151,6 +151,20 @@ fn bench(c: &mut Criterion) {
     }
     firewall.reconcile(&fifty).unwrap();
     c.bench_function(
+        "nftables check for 50 NodeBridges, nothing committed since the last",
+        |b| b.iter(|| firewall.reconcile(&fifty).unwrap()),
+    );
+    c.bench_function(
+        "nftables rules for 50 NodeBridges, built and identified",
+        |b| {
+            b.iter(|| {
+                bridgenet_agent::dataplane::firewall::keys(
+                    &bridgenet_agent::dataplane::firewall::rules(&fifty),
+                )
+            })
+        },
+    );
+    c.bench_function(
         "resync 50 NodeBridges, no change (netlink + one nftables check)",
         |b| {
             b.iter(|| {

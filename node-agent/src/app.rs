@@ -139,9 +139,7 @@ async fn run_dataplane(ctx: Context) -> anyhow::Result<()> {
     };
     tracing::info!(node = %node.node_name, %underlay, port = node.vxlan_port, "data plane starting");
     let rtnl = Rtnl::connect().context("opening a netlink socket")?;
-    let firewall = Firewall {
-        nft: Some(ctx.cli.nft.clone()),
-    };
+    let firewall = Firewall::new(Some(ctx.cli.nft.clone()));
     let dataplane = Arc::new(Dataplane::new(rtnl, firewall, ctx.cli.resync_interval));
     nodebridge::run(
         ctx.client.clone(),

@@ -812,3 +812,65 @@ fn realize_fw(ns: &str, specs: Vec<NodeBridgeSpec>, node: &NodeContext) -> Firew
     })
     .unwrap()
 }
+
+/// A firewall check runs `nft` to list the tables only when some nftables commit happened since
+/// the last check that found them right; a commit by anyone, a hand-made change or different
+/// desired rules always get the full check.
+#[test]
+fn firewall_lists_the_tables_again_only_after_an_nftables_commit() {
+    require_root!();
+    let mut topo = Topology::new("fwgen");
+    let n = topo.ns("n");
+    let dir = tempfile::tempdir().unwrap();
+    let calls = dir.path().join("calls");
+    let nft = dir.path().join("nft");
+    std::fs::write(
+        &nft,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}\nexec nft \"$@\"\n",
+            calls.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&nft, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let count = move || {
+        std::fs::read_to_string(&calls)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    let node = ctx("n1", "192.0.2.1");
+    let desired = Desired::from_spec(
+        &spec("red", "br-red", "10.77.0.0/24", "10.77.0.1", 77, "n1", &[]),
+        &node,
+    )
+    .unwrap();
+    run_in(&Topology::path(&n), move || async move {
+        let fw = Firewall::new(Some(nft));
+        let wanted = std::slice::from_ref(&desired);
+        assert_eq!(fw.reconcile(wanted).unwrap(), FirewallOutcome::Replaced);
+        // Right after our own commit the tables are listed once more...
+        let before = count();
+        assert_eq!(fw.reconcile(wanted).unwrap(), FirewallOutcome::Unchanged);
+        assert_eq!(count(), before + 2, "both tables listed");
+        // ...and then not, while nothing commits.
+        for _ in 0..3 {
+            assert_eq!(fw.reconcile(wanted).unwrap(), FirewallOutcome::Unchanged);
+        }
+        assert_eq!(count(), before + 2, "no nft run while the generation holds");
+        // Someone else's commit: listed again, still right.
+        run(&["nft", "add", "table", "inet", "someone-else"]);
+        assert_eq!(fw.reconcile(wanted).unwrap(), FirewallOutcome::Unchanged);
+        assert_eq!(count(), before + 4);
+        // A table deleted by hand comes back.
+        run(&["nft", "delete", "table", "bridge", "bridgenet"]);
+        assert_eq!(fw.reconcile(wanted).unwrap(), FirewallOutcome::Replaced);
+        assert!(try_run(&["nft", "list", "table", "bridge", "bridgenet"]));
+        // A different rule set is never answered from what was verified.
+        assert_eq!(fw.reconcile(wanted).unwrap(), FirewallOutcome::Unchanged);
+        assert_eq!(fw.reconcile(&[]).unwrap(), FirewallOutcome::Replaced);
+        assert!(!try_run(&["nft", "list", "table", "inet", "bridgenet"]));
+        // The foreign table was never touched.
+        assert!(try_run(&["nft", "list", "table", "inet", "someone-else"]));
+    })
+    .unwrap();
+}
