@@ -424,7 +424,7 @@ async fn agent_down_status_version_and_gc() {
     assert!(version.ok);
     assert_eq!(
         version.json["supportedVersions"],
-        json!(["0.4.0", "1.0.0", "1.1.0"])
+        json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
     );
     let status = run_plugin(&Call::new("STATUS", "", "", "x", conf.clone())).await;
     assert!(status.ok, "{}", status.raw);
@@ -631,4 +631,54 @@ async fn reconcile_frees_only_settled_allocations_of_sandboxes_the_runtime_lost(
             .count(),
         1
     );
+}
+
+/// kindnet, flannel and many Calico installs write cniVersion 0.3.1 conflists: chained there,
+/// bridgenet answers in 0.3.1's shape (each IP with its `version`) after the primary's result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chained_into_a_0_3_1_conflist_like_kindnets() {
+    let red = TestNetwork::new("red", 18);
+    let s = setup("v031", &[red]);
+    s.dir.set_pod("default/kind", "red");
+    let prev = json!({
+        "cniVersion": "0.3.1",
+        "interfaces": [{"name": "eth0", "sandbox": s.pod.path()}],
+        "ips": [{"version": "4", "address": "10.244.1.5/24", "gateway": "10.244.1.1", "interface": 0}],
+        "routes": [{"dst": "0.0.0.0/0"}],
+        "dns": {},
+    });
+    let conf = chained_config(&s.agent.socket, "0.3.1", Some(prev));
+    let add = Call::new(
+        "ADD",
+        "sandbox-v031",
+        s.pod.path().to_str().unwrap(),
+        "default/kind",
+        conf,
+    );
+    let answer = run_plugin(&add).await;
+    assert!(answer.ok, "{}", answer.raw);
+    let r = answer.json;
+    assert_eq!(r["cniVersion"], "0.3.1");
+    assert_eq!(
+        r["ips"][0]["address"], "10.244.1.5/24",
+        "primary's IP first"
+    );
+    let ours = &r["ips"][1];
+    assert!(
+        ours["address"].as_str().unwrap().starts_with("172.29.18."),
+        "{r}"
+    );
+    assert_eq!(ours["version"], "4");
+    assert_eq!(ours["interface"], 1);
+    assert_eq!(r["interfaces"][1]["name"], "net1");
+    assert!(
+        s.pod
+            .exec(&["busybox", "ping", "-c", "1", "-W", "2", "172.29.18.1"])
+    );
+    // 0.3.x runtimes send DEL without prevResult.
+    let mut del = add.with_command("DEL");
+    del.config.as_object_mut().unwrap().remove("prevResult");
+    assert!(run_plugin(&del).await.ok);
+    assert!(s.pod.link_json("net1").is_none());
+    assert!(s.agent.engine.allocations().await.is_empty());
 }

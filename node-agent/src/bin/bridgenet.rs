@@ -1,4 +1,4 @@
-//! `bridgenet`: the CNI plugin the container runtime executes (spec 1.1; 0.4.0 and 1.0.0
+//! `bridgenet`: the CNI plugin the container runtime executes (spec 1.1; 0.3.x, 0.4.0 and 1.0.0
 //! configurations accepted).
 //!
 //! Deliberately thin and synchronous: it reads the CNI environment and stdin, forwards them over

@@ -262,9 +262,9 @@ pub fn convert_single(plugin: &Value) -> Result<Value, String> {
 }
 
 /// The plugin answers a `cniVersion` outside [`SUPPORTED_VERSIONS`] with "incompatible
-/// version", which fails the pod's ADD: only chain where it speaks the version. libcni hands
-/// `prevResult` to chained plugins from 0.3.0 on, so accepting 0.3.x is the plugin's choice
-/// (its `SUPPORTED_VERSIONS`), and this check follows it.
+/// version", which fails the pod's ADD: only chain where it speaks the version (0.3.0 on, the
+/// first with `prevResult` for chained plugins; kindnet, flannel and many Calico installs
+/// write 0.3.1).
 fn check_version(path: &Path, conf: &Value) -> Result<(), InstallError> {
     let version = conf.get("cniVersion").and_then(Value::as_str).unwrap_or("");
     if SUPPORTED_VERSIONS.contains(&version) {
@@ -1021,7 +1021,7 @@ mod tests {
     #[test]
     fn a_rewrite_that_cannot_be_chained_withdraws_the_old_conversion() {
         let refused =
-            br#"{"cniVersion":"0.3.1","name":"containerd-net","type":"bridge","bridge":"cni9"}"#;
+            br#"{"cniVersion":"0.2.0","name":"containerd-net","type":"bridge","bridge":"cni9"}"#;
         // .conf: it sorts first and is loaded anyway; the stale conversion must not outlive it.
         let dir = single_dir();
         install_config(dir.path(), Path::new(SOCKET)).unwrap();
@@ -1179,11 +1179,11 @@ mod tests {
     #[test]
     fn versions_the_plugin_refuses_are_not_chained() {
         let dir = tempfile::tempdir().unwrap();
-        let old = br#"{"cniVersion":"0.3.1","name":"cbr0","type":"flannel","delegate":{"isDefaultGateway":true}}"#;
+        let old = br#"{"cniVersion":"0.2.0","name":"cbr0","type":"flannel","delegate":{"isDefaultGateway":true}}"#;
         fs::write(dir.path().join("10-flannel.conf"), old).unwrap();
         let err = install_config(dir.path(), Path::new(SOCKET)).unwrap_err();
         assert!(
-            matches!(&err, InstallError::UnsupportedVersion { version, .. } if version == "0.3.1"),
+            matches!(&err, InstallError::UnsupportedVersion { version, .. } if version == "0.2.0"),
             "{err}"
         );
         assert!(
@@ -1196,7 +1196,7 @@ mod tests {
         // A conflist of such a version: not chained; an entry chained earlier is taken out.
         let dir = tempfile::tempdir().unwrap();
         let mut list = primary();
-        list["cniVersion"] = json!("0.3.1");
+        list["cniVersion"] = json!("0.2.0");
         let path = dir.path().join("10-kindnet.conflist");
         fs::write(&path, list.to_string()).unwrap();
         assert!(matches!(

@@ -1,4 +1,4 @@
-//! CNI protocol types (spec 1.1, also accepting 0.4.0 and 1.0.0 configurations) and the wire
+//! CNI protocol types (spec 1.1, also accepting 0.3.x, 0.4.0 and 1.0.0 configurations) and the wire
 //! format between the thin `bridgenet` plugin and the agent.
 //!
 //! Pure data and parsing: no I/O, no async, so that the plugin binary links only serde.
@@ -14,7 +14,7 @@ use serde_json::Value;
 /// The CNI version this plugin speaks natively.
 pub const CNI_VERSION: &str = "1.1.0";
 /// Versions accepted in network configurations (VERSION reports these).
-pub const SUPPORTED_VERSIONS: &[&str] = &["0.4.0", "1.0.0", "1.1.0"];
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 /// Default path of the agent's socket, also the plugin's default.
 pub const DEFAULT_SOCKET: &str = "/run/bridgenet/cni.sock";
 /// Key of the GC parameter listing the attachments the runtime still knows.
@@ -278,7 +278,7 @@ pub struct Interface {
 /// One address in a result.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct IpConfig {
-    /// `4` or `6`, only in 0.4.0 results.
+    /// `4` or `6`, only in 0.x results.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     /// Address with prefix length, e.g. `172.20.0.5/16`.
@@ -301,7 +301,7 @@ pub struct RouteConfig {
     pub gw: Option<String>,
 }
 
-/// A CNI result (1.x shape; 0.4.0 adds `version` to each IP).
+/// A CNI result (1.x shape; 0.3.x and 0.4.0 add `version` to each IP).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct CniResult {
@@ -402,7 +402,7 @@ mod tests {
 
     #[test]
     fn rejects_unknown_versions_and_bad_json() {
-        let err = NetConf::parse(br#"{"cniVersion":"0.3.1","type":"bridgenet"}"#).unwrap_err();
+        let err = NetConf::parse(br#"{"cniVersion":"0.2.0","type":"bridgenet"}"#).unwrap_err();
         assert_eq!(err.code, code::INCOMPATIBLE_VERSION);
         let err = NetConf::parse(b"{").unwrap_err();
         assert_eq!(err.code, code::DECODE_FAILURE);
