@@ -91,7 +91,8 @@ pub struct Cli {
     pub log_json: bool,
 }
 
-/// `bridgenet-agent uninstall-cni`: removes bridgenet from every conflist of a directory, for
+/// `bridgenet-agent uninstall-cni`: removes bridgenet from every CNI configuration of a
+/// directory (restoring a single-plugin config it converted), for
 /// a pre-delete hook or an operator by hand (the agent does it itself when its DaemonSet is
 /// deleted).
 #[derive(Parser, Debug, Clone)]

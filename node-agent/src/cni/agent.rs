@@ -79,18 +79,28 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
             ctx.cli.resync_interval,
         )
     };
+    // The primary CNI may rewrite its configuration (e.g. on its own restart), dropping our
+    // entry: pods started before we chain again lack their networks until hot-plug's next
+    // resync attaches them, so re-chain at the same pace. A check reads a few small files.
+    let rechain = {
+        let ctx = ctx.clone();
+        async move {
+            let mut tick = tokio::time::interval(ctx.cli.resync_interval);
+            loop {
+                tick.tick().await;
+                if let Err(e) = install::install_config(&ctx.cli.cni_conf_dir, &ctx.cli.socket) {
+                    tracing::debug!(error = %e, "re-chaining into the primary CNI configuration");
+                }
+            }
+        }
+    };
     let reconcile = {
         let engine = engine.clone();
         let every = ctx.cli.resync_interval.max(Duration::from_secs(10)) * 6;
-        let ctx = ctx.clone();
         async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                // The primary CNI may rewrite its conflist (e.g. on its own restart).
-                if let Err(e) = install::install_config(&ctx.cli.cni_conf_dir, &ctx.cli.socket) {
-                    tracing::debug!(error = %e, "re-chaining into the primary CNI configuration");
-                }
                 match cri.sandbox_ids().await {
                     Ok(live) => match engine.reconcile(&live, RECONCILE_MIN_AGE).await {
                         Ok(0) => {}
@@ -114,6 +124,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
         () = status => anyhow::bail!("status writer ended"),
         () = hotplug => anyhow::bail!("hot-plug ended"),
         () = reconcile => anyhow::bail!("reconcile ended"),
+        () = rechain => anyhow::bail!("re-chaining ended"),
     }
     Ok(())
 }
