@@ -60,6 +60,8 @@ class Cluster:
         self.state = sandbox.state
         self.run = uuid.uuid4().hex[:12]
         self.selector = f"{RUN_LABEL}={self.run}"
+        # Networks applied, also those the tests deleted again: their NodeBridges must be gone too.
+        self.networks: set[str] = set()
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
         res = subprocess.run([*self.sb.kubectl, *args], capture_output=True, text=True, input=input, timeout=120)
@@ -72,6 +74,8 @@ class Cluster:
         docs = [copy.deepcopy(d) for d in (yaml.safe_load_all(obj) if isinstance(obj, str) else [obj]) if d]
         for doc in docs:
             doc.setdefault("metadata", {}).setdefault("labels", {})[RUN_LABEL] = self.run
+            if doc.get("kind") == "BridgeNetwork":
+                self.networks.add(doc["metadata"]["name"])
         self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs, sort_keys=False))
 
     def get(self, *args: str) -> dict:
@@ -115,13 +119,17 @@ class Cluster:
 
         return eventually(found, what=f"{pod}'s address on {network}")
 
-
     # -- the end of the session ----------------------------------------------------------------
 
     def labelled(self, resource: str) -> list[dict]:
         """This run's objects of `resource` that are still there, in any namespace."""
         scope = ["-A"] if resource == "pods" else []
         return self.get(resource, *scope, "-l", self.selector)["items"]
+
+    def node_bridges(self, networks: set[str]) -> list[dict]:
+        """The NodeBridges the operator made for `networks`."""
+        return [nb for nb in self.get("nodebridges")["items"]
+                if (nb["metadata"].get("labels") or {}).get("bridgenet.io/network") in networks]
 
     def leftovers(self, networks: set[str]) -> list[str]:
         """What of this run is still there: its Pods, BridgeNetworks (with why they are held),
@@ -136,15 +144,15 @@ class Cluster:
             # Its first clause names the pods holding it; the rest is advice for users.
             why = (conds.get("Ready", {}).get("message") or "no Ready message").split("; ")[0]
             left.append(f"BridgeNetwork {net['metadata']['name']} ({why})")
-        for nb in self.get("nodebridges")["items"]:
-            m = nb["metadata"]
-            if (m.get("labels") or {}).get("bridgenet.io/network") in networks:
-                left.append(f"NodeBridge {m['name']} (finalizers {m.get('finalizers') or []})")
+        for nb in self.node_bridges(networks):
+            left.append(f"NodeBridge {nb['metadata']['name']} (finalizers {nb['metadata'].get('finalizers') or []}"
+                        f"{', endpoints attached' if attached(nb) else ''})")
         left += [f"Namespace {ns['metadata']['name']}" for ns in self.labelled("namespaces")]
         return left
 
-    def _wait_gone(self, resource: str, deadline: float) -> bool:
-        while self.labelled(resource):
+    @staticmethod
+    def _until(done, deadline: float) -> bool:
+        while not done():
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.25)
@@ -152,48 +160,55 @@ class Cluster:
 
     def delete_created(self) -> list[str]:
         """Deletes what this run created, in the order in which deletion can finish, while the
-        operator and agents still run: Pods first (their kubelets detach them, and the agents
-        report their endpoints gone), then BridgeNetworks (the operator's finalizer holds each
-        while endpoints are attached, deletes its NodeBridges, and goes once the agents have torn
-        the bridges down and removed theirs), then Namespaces. Returns what went wrong: what was
-        left after `CLEANUP_SECONDS`, then what even force could not remove."""
-        networks = {n["metadata"]["name"] for n in self.labelled("bridgenetworks")}
+        operator and agents still run: Pods first, and then waits until the agents have reported
+        their interfaces detached (what the operator's finalizer on a BridgeNetwork waits for);
+        then BridgeNetworks (the operator deletes their NodeBridges, and goes once the agents have
+        torn the bridges down and removed their finalizer); then Namespaces. Returns what went
+        wrong: what was left after `CLEANUP_SECONDS`, then what even force could not remove."""
+        networks = self.networks | {n["metadata"]["name"] for n in self.labelled("bridgenetworks")}
         deadline = time.monotonic() + CLEANUP_SECONDS
         live = {n.name for n in self.sb.topo.nodes} if self.sb.topo else set()
-        done = True
-        for resource in ("pods", "bridgenetworks", "namespaces"):
-            scope = ["-A"] if resource == "pods" else []
-            self.kubectl("delete", resource, *scope, "-l", self.selector, "--wait=false")
-            if resource == "pods":
-                # No kubelet finishes a Pod on a node that is gone; a real control plane's pod
-                # garbage collector force-deletes those, the emulator has none.
-                for pod in self.labelled("pods"):
-                    if pod["spec"].get("nodeName") and pod["spec"]["nodeName"] not in live:
-                        self.kubectl("delete", "pod", pod["metadata"]["name"], "-n", pod["metadata"]["namespace"],
-                                     "--force", "--grace-period=0", "--wait=false", check=False)
-            if not self._wait_gone(resource, deadline):
-                done = False
-                break
-        left = self.leftovers(networks)
-        if done and not left:
-            return []
-        problems = [f"left after {CLEANUP_SECONDS:.0f} s: " + "; ".join(left)]
-        # Last resort, so that a failed run does not leave its objects on someone's cluster: the
-        # suite fails all the same.
+        self.kubectl("delete", "pods", "-A", "-l", self.selector, "--wait=false")
+        # No kubelet finishes a Pod on a node that is gone: a real control plane's pod garbage
+        # collector force-deletes those; the emulator has none.
         for pod in self.labelled("pods"):
-            self.kubectl("delete", "pod", pod["metadata"]["name"], "-n", pod["metadata"]["namespace"], "--force",
-                         "--grace-period=0", "--wait=false", check=False)
-        for net in self.labelled("bridgenetworks"):
-            self.kubectl("annotate", "--overwrite", "bridgenetwork", net["metadata"]["name"],
-                         "bridgenet.io/force-delete=true", check=False)
+            if pod["spec"].get("nodeName") and pod["spec"]["nodeName"] not in live:
+                self.kubectl("delete", "pod", pod["metadata"]["name"], "-n", pod["metadata"]["namespace"], "--force",
+                             "--grace-period=0", "--wait=false", check=False)
+        done = self._until(lambda: not self.labelled("pods"), deadline)
+        # A Pod is gone from the API before its agent has reported the detach (at once on the
+        # emulator): deleting the networks now would only have the operator hold them, and warn.
+        done &= self._until(lambda: not any(attached(nb) for nb in self.node_bridges(networks)), deadline)
         for resource in ("bridgenetworks", "namespaces"):
-            self.kubectl("delete", resource, "-l", self.selector, "--wait=false", check=False)
-        deadline = time.monotonic() + FORCE_SECONDS
-        while (left := self.leftovers(networks)) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        problems.append(f"still there after forcing for {FORCE_SECONDS:.0f} s more: " + "; ".join(left)
-                        if left else "forcing removed them")
+            self.kubectl("delete", resource, "-l", self.selector, "--wait=false")
+            done &= self._until(lambda r=resource: not self.labelled(r), deadline)
+        left = self.leftovers(networks)
+        problems = []
+        if not done and not left:
+            problems.append(f"deletion took longer than {CLEANUP_SECONDS:.0f} s")
+        if left:
+            problems.append(f"left after {CLEANUP_SECONDS:.0f} s: " + "; ".join(left))
+            # Last resort, so that a failed run does not leave its objects on someone's cluster;
+            # the suite fails all the same.
+            for pod in self.labelled("pods"):
+                self.kubectl("delete", "pod", pod["metadata"]["name"], "-n", pod["metadata"]["namespace"], "--force",
+                             "--grace-period=0", "--wait=false", check=False)
+            for net in self.labelled("bridgenetworks"):
+                self.kubectl("annotate", "--overwrite", "bridgenetwork", net["metadata"]["name"],
+                             "bridgenet.io/force-delete=true", check=False)
+            for resource in ("bridgenetworks", "namespaces"):
+                self.kubectl("delete", resource, "-l", self.selector, "--wait=false", check=False)
+            self._until(lambda: not self.leftovers(networks), time.monotonic() + FORCE_SECONDS)
+            left = self.leftovers(networks)
+            problems.append(f"still there after forcing for {FORCE_SECONDS:.0f} s more: " + "; ".join(left)
+                            if left else "forcing removed them")
         return problems
+
+
+def attached(nb: dict) -> bool:
+    """Whether a NodeBridge's agent reports pod interfaces attached."""
+    st = nb.get("status") or {}
+    return bool(st.get("endpointCount") or st.get("endpoints"))
 
 
 def eventually(pred, timeout: float = 60.0, what: str = "condition"):

@@ -1,6 +1,6 @@
 """A node that goes away gives back its address blocks (runs last: it removes node2)."""
 
-from conftest import eventually, unique
+from conftest import attached, eventually, unique
 
 
 def test_node_removal_frees_its_blocks(cluster):
@@ -23,8 +23,7 @@ def test_node_removal_frees_its_blocks(cluster):
     # network's deletion, for good.
     cluster.kubectl("delete", "pods", "-A", "-l", cluster.selector, "--field-selector", "spec.nodeName=node2",
                     "--wait=true", "--timeout=60s")
-    eventually(lambda: all(not nb.get("status", {}).get("endpointCount") and not nb.get("status", {}).get("endpoints")
-                           for nb in on_node2()), what="node2's agent to report no endpoints")
+    eventually(lambda: not any(attached(nb) for nb in on_node2()), what="node2's agent to report no endpoints")
     cluster.sb.remove_node("node2")
     eventually(lambda: set(blocks_by_node()) == {"node1"}, what="node2's blocks to be freed")
     eventually(lambda: [nb["spec"]["node"] for nb in cluster.get(
