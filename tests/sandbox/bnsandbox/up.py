@@ -31,6 +31,8 @@ SANDBOX = REPO / "tests" / "sandbox"
 
 # Stopped after everything else: what the others talk to.
 _LAST = ("apiserver", "forwarder")
+# The sandbox operator's leader Lease, in the namespace `default`.
+_LEASE = "bridgenet-operator"
 
 
 def _free_port(host: str = "127.0.0.1") -> int:
@@ -63,6 +65,8 @@ class Sandbox:
         self.recipes: dict[str, Any] = {}
         self.runtimes: list[containerd.Containerd] = []
         self.topo: netns.Topology | None = None
+        # Whether our operator created its leader Lease on an existing server (deleted at close).
+        self.lease_created = False
         self.kubeconfig = pathlib.Path(kubeconfig) if kubeconfig else self.state / "kubeconfig"
         # What processes inside the node namespaces use: the same file with the emulator (it
         # listens on the host link), a copy pointing at the forwarder with an existing server.
@@ -164,9 +168,13 @@ class Sandbox:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         node_env = {**os.environ, "KUBECONFIG": str(self.node_kubeconfig)}
         if operator.exists():
+            if self.external:
+                self.lease_created = not netns.run(*self.kubectl, "get", "lease", "-n", "default", _LEASE,
+                                                   "--ignore-not-found", "-o", "name").stdout.strip()
             self._spawn("operator", [str(operator), "--metrics-addr", f"127.0.0.1:{_free_port()}",
-                                     "--lease-namespace", "default", "--identity", "sandbox-operator",
-                                     "--cluster-cidrs", "10.250.0.0/16"], "operator.log", env=env)
+                                     "--lease-namespace", "default", "--lease-name", _LEASE,
+                                     "--identity", "sandbox-operator", "--cluster-cidrs", "10.250.0.0/16"],
+                        "operator.log", env=env)
         else:
             self.log(f"sandbox: no {operator}; the operator is not started")
         if not (agent.exists() and plugin.exists()):
@@ -242,6 +250,10 @@ class Sandbox:
         if self.topo is not None:
             if self.external:
                 self.topo.unregister(self.kubectl)
+                if self.lease_created:
+                    netns.run(*self.kubectl, "delete", "lease", "-n", "default", _LEASE, "--ignore-not-found",
+                              "--wait=false", check=False)
+                    self.lease_created = False
             self.topo.close()
             self.topo = None
         for name, proc in self.procs:
