@@ -143,10 +143,14 @@ class Cluster:
             conds = {c["type"]: c for c in net.get("status", {}).get("conditions", [])}
             # Its first clause names the pods holding it; the rest is advice for users.
             why = (conds.get("Ready", {}).get("message") or "no Ready message").split("; ")[0]
-            left.append(f"BridgeNetwork {net['metadata']['name']} ({why})")
+            state = "terminating" if net["metadata"].get("deletionTimestamp") else "not deleted"
+            left.append(f"BridgeNetwork {net['metadata']['name']} ({state}; {why})")
+        live = {n.name for n in self.sb.topo.nodes} if self.sb.topo else set()
         for nb in self.node_bridges(networks):
+            node = (nb["metadata"].get("labels") or {}).get("bridgenet.io/node")
             left.append(f"NodeBridge {nb['metadata']['name']} (finalizers {nb['metadata'].get('finalizers') or []}"
-                        f"{', endpoints attached' if attached(nb) else ''})")
+                        f"{', endpoints attached' if attached(nb) else ''}"
+                        f"{'' if node in live else f', its node {node} is gone'})")
         left += [f"Namespace {ns['metadata']['name']}" for ns in self.labelled("namespaces")]
         return left
 
