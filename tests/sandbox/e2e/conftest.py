@@ -32,9 +32,9 @@ from bnsandbox import up  # noqa: E402
 BIN_DIR = pathlib.Path(os.environ.get("BRIDGENET_BIN_DIR", REPO / "target" / "debug"))
 EXTERNAL = os.environ.get("SANDBOX_KUBECONFIG") or None
 PREFIX = "bnt-sb-e2e-"
-# On every object the suite creates, valued with the run's id: what the end of the session
-# deletes, found by selector, so objects a test already deleted or created some other way through
-# `Cluster.apply` are covered alike.
+# On every object `Cluster.apply` creates (all the suite's Pods, BridgeNetworks and Namespaces),
+# valued with the run's id: the end of the session deletes by this selector, so nothing needs
+# tracking, and whatever a test already deleted itself is simply not found.
 RUN_LABEL = "e2e.bnsandbox.io/run"
 # The normal deletion path must finish within this; a slower one is a bug, not a tight bound.
 CLEANUP_SECONDS = 30.0
