@@ -13,10 +13,10 @@ use bridgenet_crds::v1alpha1::{
 };
 use bridgenet_crds::{FINALIZER_AGENT, FINALIZER_OPERATOR, LABEL_NETWORK, LABEL_NODE};
 use futures::{FutureExt, StreamExt, future};
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -35,6 +35,9 @@ use crate::status::PlannedEvent;
 pub const MANAGER: &str = "bridgenet-operator";
 /// How often an accepted network is reconciled without any change, as a safety net.
 pub const RESYNC: Duration = Duration::from_secs(300);
+/// How soon a network looks again at the pods of a deleted node that still hold its addresses
+/// (pod deletions are not watched).
+pub const ORPHAN_RECHECK: Duration = Duration::from_secs(10);
 
 /// What every reconcile shares.
 pub struct Context {
@@ -212,7 +215,8 @@ async fn apply(net: Arc<BridgeNetwork>, ctx: &Context) -> Result<Action> {
         field: "metadata.name",
     })?;
     let nodes = ctx.nodes.state();
-    let existing = ctx.node_bridges.state();
+    let (existing, waiting_for_pod_gc) =
+        without_orphaned_endpoints(ctx, &nodes, ctx.node_bridges.state()).await;
     let now = now();
     let plan = plan::plan_network(&PlanInput {
         network: &net,
@@ -259,6 +263,7 @@ async fn apply(net: Arc<BridgeNetwork>, ctx: &Context) -> Result<Action> {
             reason: reason.as_str(),
             message,
         }),
+        None if waiting_for_pod_gc => Ok(Action::requeue(ORPHAN_RECHECK)),
         None => Ok(Action::requeue(RESYNC)),
     }
 }
@@ -266,7 +271,7 @@ async fn apply(net: Arc<BridgeNetwork>, ctx: &Context) -> Result<Action> {
 async fn cleanup(net: Arc<BridgeNetwork>, ctx: &Context) -> Result<Action> {
     let name = net.name_any();
     let nodes = ctx.nodes.state();
-    let existing = ctx.node_bridges.state();
+    let (existing, _) = without_orphaned_endpoints(ctx, &nodes, ctx.node_bridges.state()).await;
     let plan = plan::plan_cleanup(&net, &nodes, &existing, &now());
     if let Some(status) = &plan.status {
         patch_status(ctx, &net, status).await?;
@@ -295,6 +300,91 @@ async fn cleanup(net: Arc<BridgeNetwork>, ctx: &Context) -> Result<Action> {
     });
     tracing::info!(network = %name, "network torn down on every node; releasing finalizer");
     Ok(Action::await_change())
+}
+
+/// The NodeBridges as the planner should see them: a node that no longer exists has no agent
+/// to report its pods detached, so its NodeBridge can list endpoints for good, holding the
+/// node's blocks and any deletion of the network. Such endpoints count only while their pods
+/// are still bound to that node; once the pods are gone (Kubernetes' pod garbage collector
+/// deletes the pods of a deleted node) the NodeBridge is planned as listing none: its blocks
+/// are released, its agent finalizer let go, and deleting the network is not held by pods that
+/// no longer exist. One metadata list per such node (field selector `spec.nodeName`), only
+/// while such a NodeBridge exists; when in doubt (an error, a truncated endpoint list next to
+/// remaining pods) the endpoints stay. Also says whether any such endpoint stayed: nothing
+/// the controller watches changes when the pod garbage collector runs, so the caller looks again
+/// soon.
+async fn without_orphaned_endpoints(
+    ctx: &Context,
+    nodes: &[Arc<Node>],
+    existing: Vec<Arc<NodeBridge>>,
+) -> (Vec<Arc<NodeBridge>>, bool) {
+    let mut waiting = false;
+    let live_nodes: std::collections::HashSet<String> =
+        nodes.iter().map(|n| n.name_any()).collect();
+    let mut pods_on: HashMap<String, Option<std::collections::HashSet<(String, String)>>> =
+        HashMap::new();
+    let mut out = Vec::with_capacity(existing.len());
+    for nb in existing {
+        let node = plan::node_of(&nb).to_owned();
+        if live_nodes.contains(&node) || crate::status::endpoint_count(&nb) == 0 {
+            out.push(nb);
+            continue;
+        }
+        if !pods_on.contains_key(&node) {
+            let bound = pods_bound_to(ctx, &node).await;
+            pods_on.insert(node.clone(), bound);
+        }
+        let Some(Some(bound)) = pods_on.get(&node) else {
+            waiting = true;
+            out.push(nb);
+            continue;
+        };
+        let Some(status) = &nb.status else {
+            out.push(nb);
+            continue;
+        };
+        let listed_all =
+            usize::try_from(status.endpoint_count).unwrap_or(0) <= status.endpoints.len();
+        let any_live = status
+            .endpoints
+            .iter()
+            .any(|e| bound.contains(&(e.namespace.clone(), e.pod.clone())));
+        if any_live || (!listed_all && !bound.is_empty()) {
+            waiting = true;
+            out.push(nb);
+            continue;
+        }
+        tracing::info!(nodebridge = %nb.name_any(), %node, endpoints = status.endpoint_count,
+            "node no longer exists and none of its listed pods is bound to it; planning without them");
+        let mut view = (*nb).clone();
+        if let Some(st) = view.status.as_mut() {
+            st.endpoints.clear();
+            st.endpoint_count = 0;
+        }
+        out.push(Arc::new(view));
+    }
+    (out, waiting)
+}
+
+/// `(namespace, name)` of the pods bound to `node`; `None` when the API could not say.
+async fn pods_bound_to(
+    ctx: &Context,
+    node: &str,
+) -> Option<std::collections::HashSet<(String, String)>> {
+    let api: Api<Pod> = Api::all(ctx.client.clone());
+    let params = ListParams::default().fields(&format!("spec.nodeName={node}"));
+    match api.list_metadata(&params).await {
+        Ok(list) => Some(
+            list.items
+                .iter()
+                .map(|p| (p.namespace().unwrap_or_default(), p.name_any()))
+                .collect(),
+        ),
+        Err(e) => {
+            tracing::warn!(%node, error = %e, "listing the pods of a deleted node; keeping its endpoints");
+            None
+        }
+    }
 }
 
 /// Writes the status with server-side apply. The resourceVersion the plan was made from is a

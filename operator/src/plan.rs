@@ -258,7 +258,7 @@ fn labels_of(nb: &NodeBridge) -> (Option<&str>, Option<&str>) {
 }
 
 /// The node a NodeBridge is for (its label, else its spec).
-fn node_of(nb: &NodeBridge) -> &str {
+pub(crate) fn node_of(nb: &NodeBridge) -> &str {
     labels_of(nb).1.unwrap_or(&nb.spec.node)
 }
 

@@ -57,6 +57,8 @@ struct Api {
     handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
     network: Value,
     conflict_on: Vec<(String, String)>,
+    /// Pods as (namespace, name, node), for pod lists by `spec.nodeName`.
+    pods: Vec<(String, String, String)>,
 }
 
 impl Api {
@@ -75,13 +77,33 @@ impl Api {
             seen.push(Seen {
                 method: method.clone(),
                 path: path.clone(),
-                query,
+                query: query.clone(),
                 body: body.clone(),
             });
             let (code, answer) = if self.conflict_on.contains(&(method.clone(), path.clone())) {
                 (
                     409,
                     json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "Conflict", "code": 409, "message": "the object has been modified"}),
+                )
+            } else if method == "GET" && path == "/api/v1/pods" {
+                let node = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("fieldSelector=spec.nodeName%3D"))
+                    .unwrap_or_default()
+                    .to_owned();
+                let items: Vec<Value> = self
+                    .pods
+                    .iter()
+                    .filter(|(_, _, on)| *on == node)
+                    .map(|(ns, name, _)| {
+                        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                               "metadata": {"name": name, "namespace": ns}})
+                    })
+                    .collect();
+                (
+                    200,
+                    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                           "metadata": {"resourceVersion": "1"}, "items": items}),
                 )
             } else if path.ends_with("/status") {
                 let mut n = self.network.clone();
@@ -136,6 +158,7 @@ struct Scenario {
     nodes: Vec<Node>,
     node_bridges: Vec<NodeBridge>,
     conflict_on: Vec<(String, String)>,
+    pods: Vec<(String, String, String)>,
 }
 
 impl Scenario {
@@ -146,6 +169,7 @@ impl Scenario {
             nodes,
             node_bridges: Vec::new(),
             conflict_on: Vec::new(),
+            pods: Vec::new(),
         }
     }
 
@@ -157,6 +181,7 @@ impl Scenario {
             handle,
             network: serde_json::to_value(&self.network).unwrap(),
             conflict_on: self.conflict_on,
+            pods: self.pods,
         };
         let server = tokio::spawn(api.run());
         let client = Client::new(service, "default");
@@ -523,4 +548,101 @@ async fn agent_finalizer_of_a_vanished_node_is_released() {
     );
     assert_eq!(release.body["metadata"]["resourceVersion"], "42");
     assert!(result.is_ok());
+}
+
+const PODS_ON_B: &str = "GET /api/v1/pods";
+
+fn pod_on(node: &str) -> (String, String, String) {
+    ("shop".into(), "cart".into(), node.into())
+}
+
+#[tokio::test]
+async fn a_deleted_node_whose_pods_are_gone_gives_its_blocks_back() {
+    let (net, mut nbs) = converged_blue().await;
+    // Node b was deleted without a drain: its NodeBridge still lists shop/cart, and no agent is
+    // left to report it detached. The pod garbage collector has deleted the pod.
+    attached(&mut nbs[1]);
+    let mut sc = Scenario::new(net, vec![node("a", "192.168.0.1", &[])]);
+    sc.node_bridges = nbs;
+    let (seen, result, _) = sc.reconcile().await;
+    assert_eq!(
+        routes(&seen),
+        [
+            PODS_ON_B.to_owned(),
+            format!("PATCH {NETS}/blue/status"),
+            format!("PATCH {NBS}/blue.a"),
+            format!("DELETE {NBS}/blue.b")
+        ]
+    );
+    assert!(
+        seen[0].query.contains("fieldSelector=spec.nodeName%3Db"),
+        "{}",
+        seen[0].query
+    );
+    assert_eq!(
+        seen[1].body["status"]["blocks"],
+        json!([{"cidr": "172.20.0.0/26", "node": "a"}]),
+        "b's block is free again"
+    );
+    assert_eq!(result, Ok(Action::requeue(Duration::from_secs(300))));
+}
+
+#[tokio::test]
+async fn a_deleted_node_keeps_its_blocks_while_its_pods_are_bound_to_it() {
+    let (net, mut nbs) = converged_blue().await;
+    attached(&mut nbs[1]);
+    let mut sc = Scenario::new(net, vec![node("a", "192.168.0.1", &[])]);
+    sc.node_bridges = nbs;
+    sc.pods = vec![pod_on("b")];
+    let (seen, result, _) = sc.reconcile().await;
+    assert_eq!(
+        routes(&seen),
+        [
+            PODS_ON_B.to_owned(),
+            format!("PATCH {NETS}/blue/status"),
+            format!("PATCH {NBS}/blue.a"),
+            format!("DELETE {NBS}/blue.b")
+        ]
+    );
+    assert_eq!(
+        seen[1].body["status"]["blocks"],
+        json!([{"cidr": "172.20.0.0/26", "node": "a"}, {"cidr": "172.20.0.64/26", "node": "b"}]),
+        "b's block stays b's while shop/cart holds an address in it"
+    );
+    // Pod deletions are not watched: it looks again soon.
+    assert_eq!(result, Ok(Action::requeue(Duration::from_secs(10))));
+}
+
+#[tokio::test]
+async fn deleting_a_network_is_not_held_by_pods_of_a_deleted_node_that_are_gone() {
+    let (mut net, mut nbs) = converged_blue().await;
+    attached(&mut nbs[1]);
+    net.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+    // The same pod name now runs on node a: a different pod, not the one b listed.
+    let mut sc = Scenario::new(net.clone(), vec![node("a", "192.168.0.1", &[])]);
+    sc.node_bridges = nbs.clone();
+    sc.pods = vec![pod_on("a")];
+    let (seen, result, _) = sc.reconcile().await;
+    assert_eq!(
+        routes(&seen),
+        [
+            PODS_ON_B.to_owned(),
+            format!("PATCH {NETS}/blue/status"),
+            format!("DELETE {NBS}/blue.a"),
+            format!("DELETE {NBS}/blue.b")
+        ]
+    );
+    assert_eq!(
+        condition(&seen[1].body["status"], "Ready")["reason"],
+        "Deleting"
+    );
+    assert!(result.unwrap_err().contains("torn down"));
+
+    // While the pod is still bound to b, deletion is held and names it.
+    let mut sc = Scenario::new(net, vec![node("a", "192.168.0.1", &[])]);
+    sc.node_bridges = nbs;
+    sc.pods = vec![pod_on("b")];
+    let (seen, result, _) = sc.reconcile().await;
+    assert_eq!(routes(&seen)[0], PODS_ON_B);
+    assert!(result.unwrap_err().contains("blocked"));
 }
