@@ -3,7 +3,7 @@
 from conftest import attached, eventually, unique
 
 
-def test_node_removal_frees_its_blocks(cluster):
+def test_node_deleted_with_pods_attached_frees_its_blocks_after_pod_gc(cluster):
     net = unique("shrink")
     cluster.network(net, "172.23.0.0/24", blockSize=26)
 
@@ -13,19 +13,27 @@ def test_node_removal_frees_its_blocks(cluster):
             out.setdefault(b["node"], []).append(b["cidr"])
         return out
 
-    def on_node2():
-        return cluster.get("nodebridges", "-l", "bridgenet.io/node=node2")["items"]
+    def on_node2(network: str | None = None):
+        selector = "bridgenet.io/node=node2" + (f",bridgenet.io/network={network}" if network else "")
+        return cluster.get("nodebridges", "-l", selector)["items"]
 
     eventually(lambda: set(blocks_by_node()) == {"node1", "node2"}, what="blocks on both nodes")
-    # Drained first, as a node is before it is deleted: its pods (earlier tests left some there)
-    # go while its kubelet and agent still run, so their interfaces are detached and reported.
-    # A pod the agent never reported gone would keep its network's blocks on node2, and hold the
-    # network's deletion, for good.
-    cluster.kubectl("delete", "pods", "-A", "-l", cluster.selector, "--field-selector", "spec.nodeName=node2",
-                    "--wait=true", "--timeout=60s")
-    eventually(lambda: not any(attached(nb) for nb in on_node2()), what="node2's agent to report no endpoints")
+    # The node dies with a pod of the network attached (and pods of earlier tests): no drain,
+    # and no agent is left to report any of them detached.
+    stranded = unique("stranded")
+    cluster.pod(stranded, networks=net, node="node2")
+    cluster.wait_ready(stranded)
+    eventually(lambda: any(attached(nb) for nb in on_node2(net)), what="node2's agent to report the pod")
     cluster.sb.remove_node("node2")
-    eventually(lambda: set(blocks_by_node()) == {"node1"}, what="node2's blocks to be freed")
-    eventually(lambda: [nb["spec"]["node"] for nb in cluster.get(
-        "nodebridges", "-l", f"bridgenet.io/network={net}")["items"]] == ["node1"], what="node2's NodeBridge to go")
+    eventually(lambda: "node2" not in [n["metadata"]["name"] for n in cluster.get("nodes")["items"]],
+               what="node2 to be deleted")
+    # While the pod is still bound to node2 its address, and so node2's block, stays taken.
+    eventually(lambda: on_node2(net) and on_node2(net)[0]["metadata"].get("deletionTimestamp"),
+               what="node2's NodeBridge to be deleted")
+    assert set(blocks_by_node()) == {"node1", "node2"}, blocks_by_node()
+    # Kubernetes' pod garbage collector deletes the pods of a deleted node; here the test does.
+    cluster.kubectl("delete", "pods", "-A", "--field-selector", "spec.nodeName=node2", "--force",
+                    "--grace-period=0", "--wait=true", "--timeout=60s")
+    eventually(lambda: set(blocks_by_node()) == {"node1"}, timeout=45, what="node2's blocks to be freed")
+    eventually(lambda: not on_node2(net), what="node2's NodeBridge to go")
     eventually(lambda: not on_node2(), what="every network to give up its NodeBridge on node2")
