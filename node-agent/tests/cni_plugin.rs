@@ -682,3 +682,41 @@ async fn chained_into_a_0_3_1_conflist_like_kindnets() {
     assert!(s.pod.link_json("net1").is_none());
     assert!(s.agent.engine.allocations().await.is_empty());
 }
+
+/// `kubectl apply` of a network and a pod together: the pod's ADD can come before this node
+/// has the network's NodeBridge, and before its bridge exists. It waits for both instead of
+/// failing the sandbox (which the kubelet would retry with back-off, showing errors).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_waits_for_a_network_that_arrives_moments_later() {
+    let late = TestNetwork::new("late", 19);
+    let s = setup("late", &[]);
+    s.dir.set_pod("default/eager", "late");
+    let conf = chained_config(&s.agent.socket, "1.1.0", None);
+    let add = Call::new(
+        "ADD",
+        "sandbox-late",
+        s.pod.path().to_str().unwrap(),
+        "default/eager",
+        conf,
+    );
+    let pending = {
+        let add = add.clone();
+        tokio::spawn(async move { run_plugin(&add).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!pending.is_finished(), "ADD waits for the network");
+    // The NodeBridge arrives, and its bridge a moment after.
+    s.dir.world.lock().unwrap().networks.push(late.spec());
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    late.create_bridge(&s.node);
+    let answer = pending.await.unwrap();
+    assert!(answer.ok, "{}", answer.raw);
+    let address = answer.json["ips"][0]["address"].as_str().unwrap();
+    assert!(address.starts_with("172.29.19."), "{address}");
+    assert!(
+        s.pod
+            .exec(&["busybox", "ping", "-c", "1", "-W", "2", "172.29.19.1"])
+    );
+    assert!(run_plugin(&add.with_command("DEL")).await.ok);
+    assert!(s.agent.engine.allocations().await.is_empty());
+}

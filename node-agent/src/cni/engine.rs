@@ -11,6 +11,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use bridgenet_crds::NodeBridgeSpec;
 use kube::core::{Selector, SelectorExt};
@@ -150,7 +151,19 @@ pub struct Engine<D> {
     dir: D,
     ipam: Mutex<Ipam>,
     host_netns: Option<PathBuf>,
+    network_grace: Duration,
 }
+
+/// How long an ADD waits for a network this node does not know yet. `kubectl apply` of a
+/// BridgeNetwork and a pod together (Docker's `network create` then `run --network`) starts
+/// the pod's sandbox while the operator and agent are still setting the network up, a few
+/// hundred milliseconds; failing at once would make the kubelet retry with back-off and show
+/// the user sandbox errors for what is only a moment's wait. A network that never appears
+/// still fails with its message, this much later.
+pub const NEW_NETWORK_GRACE: Duration = Duration::from_secs(5);
+/// How long an attach waits for a known network's bridge to be created on the node.
+const BRIDGE_GRACE: Duration = Duration::from_secs(2);
+const GRACE_POLL: Duration = Duration::from_millis(25);
 
 fn reject(pod: Option<&PodRef>, msg: String, details: &str) -> CniError {
     let who = pod.map(|p| format!("pod {p}: ")).unwrap_or_default();
@@ -207,7 +220,27 @@ impl<D: Directory> Engine<D> {
             dir,
             ipam: Mutex::new(Ipam::open(state_dir)?),
             host_netns,
+            network_grace: NEW_NETWORK_GRACE,
         })
+    }
+
+    /// Sets how long an ADD waits for a network the node does not know yet
+    /// ([`NEW_NETWORK_GRACE`] by default).
+    pub fn with_network_grace(mut self, grace: Duration) -> Self {
+        self.network_grace = grace;
+        self
+    }
+
+    /// Waits (bounded) until every requested network has a NodeBridge on this node.
+    async fn await_networks(&self, requests: &[NetworkRequest]) {
+        let deadline = tokio::time::Instant::now() + self.network_grace;
+        while requests
+            .iter()
+            .any(|r| self.dir.node_bridge(&r.name).is_none())
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(GRACE_POLL).await;
+        }
     }
 
     /// The directory.
@@ -411,6 +444,7 @@ impl<D: Directory> Engine<D> {
             }
         };
         let (requests, info) = self.requested(conf, req, pod.as_ref()).await?;
+        self.await_networks(&requests).await;
         let target = Target {
             container_id: req.container_id.clone(),
             netns: PathBuf::from(&req.netns),
@@ -558,7 +592,16 @@ impl<D: Directory> Engine<D> {
                 addresses: addresses.clone(),
                 default_routes: default_routes.clone(),
             };
-            match attach::attach(spec_a).await {
+            // The NodeBridge may be seconds old: its bridge may still be being created.
+            let deadline = tokio::time::Instant::now() + BRIDGE_GRACE;
+            let mut outcome = attach::attach(spec_a.clone()).await;
+            while matches!(outcome, Err(AttachError::NoBridge(_)))
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(GRACE_POLL).await;
+                outcome = attach::attach(spec_a.clone()).await;
+            }
+            match outcome {
                 Ok(()) => done.push(Attached {
                     network: request.name.clone(),
                     interface: request.interface.clone(),
