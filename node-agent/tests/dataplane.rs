@@ -335,6 +335,18 @@ fn pods_reach_their_network_on_every_node_and_nothing_else() {
     assert!(ping(&a1, "172.20.0.13"), "same node, same network");
     assert!(ping(&a1, "172.20.0.12"), "across nodes, same network");
     assert!(ping(&a2, "172.20.0.11"), "across nodes, reverse");
+    // Unicast to a2 now goes to n2 alone: n1's VXLAN port learned a2's MAC behind n2.
+    let a2_mac = run(&["ip", "-n", &a2, "-br", "link", "show", "eth0"])
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .to_owned();
+    let fdb = run(&["bridge", "-n", &n1, "fdb", "show", "dev", "bnvx-100"]);
+    assert!(
+        fdb.lines()
+            .any(|l| l.starts_with(&a2_mac) && l.contains("dst 192.0.2.2")),
+        "{a2_mac} learned behind 192.0.2.2: {fdb}"
+    );
     assert!(ping(&b2, "172.21.0.11"), "second network across nodes");
     assert!(ping(&c1, "172.22.0.12"), "internal network across nodes");
 
@@ -633,7 +645,7 @@ fn idempotent_repairs_drift_refuses_foreign_and_tears_down_completely() {
         detail.contains("vxlan id 200")
             && detail.contains("local 192.0.2.1")
             && detail.contains("dstport 4789")
-            && detail.contains("nolearning"),
+            && !detail.contains("nolearning"),
         "{detail}"
     );
     assert!(detail.contains("master bnt-a"), "{detail}");

@@ -11,8 +11,9 @@
 //! - [`netns`]: runs the whole thing inside another network namespace (tests, benches).
 //!
 //! Overlay design: one L2 segment per network. Every node's bridge has a VXLAN port (VNI =
-//! `spec.vni`, learning off) with an all-zeros-MAC flood entry per peer node, so broadcast and
-//! unknown unicast reach every node of the network (head-end replication). The gateway is
+//! `spec.vni`) with an all-zeros-MAC flood entry per peer node, so broadcast and unknown
+//! unicast reach every node of the network (head-end replication); the port learns which node
+//! each remote MAC lives on, so unicast then goes to that node only. The gateway is
 //! anycast: the same IP and MAC on every node's bridge; bridge-family nftables rules keep its
 //! ARP/ND and every frame from or to its MAC off the VXLAN port, so each pod always talks to
 //! its own node's gateway. See [`firewall`] for the rules and why.

@@ -191,7 +191,11 @@ pub fn wanted_vxlan(desired: &Desired) -> VxlanConfig {
         vni: desired.vni,
         local: Some(desired.underlay),
         port: desired.vxlan_port,
-        learning: false,
+        // Learning maps each remote pod's MAC to its node from the frames that node sends, so
+        // unicast goes to that one node; only broadcast and not-yet-learned destinations use
+        // the flood entries (every peer). The anycast gateway's MAC is never learned: the
+        // bridge-family fence keeps frames from it off the overlay.
+        learning: true,
     }
 }
 
