@@ -39,6 +39,22 @@ fn setup(tag: &str, networks: &[TestNetwork]) -> Setup {
     }
 }
 
+/// Whether the node's neighbour table on `bridge` gets `ip` at `mac` within about a second
+/// (`family`: `-4` or `-6`).
+async fn neighbour_learned(node: &Netns, family: &str, bridge: &str, ip: &str, mac: &str) -> bool {
+    for _ in 0..50 {
+        let neigh = node.ip(&[family, "neigh", "show", "dev", bridge]);
+        if neigh
+            .lines()
+            .any(|l| l.starts_with(&format!("{ip} ")) && l.contains(mac))
+        {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    false
+}
+
 fn addresses(link: &Value) -> Vec<String> {
     link["addr_info"]
         .as_array()
@@ -115,20 +131,8 @@ async fn add_check_del_attaches_a_working_interface_and_removes_it() {
     assert_eq!(host_link["mtu"], 1400);
     // The pod announced itself (gratuitous ARP) before any traffic.
     let ip_only = address.split('/').next().unwrap().to_owned();
-    let mut announced = false;
-    for _ in 0..50 {
-        let neigh = s.node.ip(&["neigh", "show", "dev", &red.bridge]);
-        if neigh
-            .lines()
-            .any(|l| l.starts_with(&format!("{ip_only} ")) && l.contains(mac))
-        {
-            announced = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
     assert!(
-        announced,
+        neighbour_learned(&s.node, "-4", &red.bridge, &ip_only, mac).await,
         "gratuitous ARP from {ip_only} ({mac}) reached the node"
     );
     // The pod reaches its gateway.
@@ -555,20 +559,8 @@ async fn dual_stack_network_gets_both_families() {
     // below would otherwise be what teaches the node the neighbour.
     let v6_ip = v6.split('/').next().unwrap();
     let mac = answer.json["interfaces"][0]["mac"].as_str().unwrap();
-    let mut announced = false;
-    for _ in 0..50 {
-        let neigh = s.node.ip(&["-6", "neigh", "show", "dev", &dual.bridge]);
-        if neigh
-            .lines()
-            .any(|l| l.starts_with(&format!("{v6_ip} ")) && l.contains(mac))
-        {
-            announced = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
     assert!(
-        announced,
+        neighbour_learned(&s.node, "-6", &dual.bridge, v6_ip, mac).await,
         "unsolicited NA from {v6_ip} ({mac}) reached the node"
     );
     assert!(
