@@ -4,6 +4,9 @@
 //! nftables verification). Run with `cargo bench -p bridgenet-agent --bench dataplane`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+#[path = "../tests/dataplane_support/mod.rs"]
+mod dataplane_support;
+
 use std::fs::File;
 use std::process::Command;
 
@@ -12,35 +15,24 @@ use bridgenet_agent::dataplane::firewall::Firewall;
 use bridgenet_agent::dataplane::rtnl::Rtnl;
 use bridgenet_agent::dataplane::{Desired, NodeContext, Teardown};
 use bridgenet_crds::NodeBridgeSpec;
-use bridgenet_crds::v1alpha1::Peer;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
 fn spec(i: u32) -> NodeBridgeSpec {
-    let network = format!("bench-{i}");
-    NodeBridgeSpec {
-        gateway_mac: bridgenet_crds::names::gateway_mac(&network),
-        network,
-        node: "n1".into(),
-        bridge: format!("bnb-{i}"),
-        subnet: format!("10.{}.{}.0/24", 100 + i / 256, i % 256),
-        gateway: format!("10.{}.{}.1", 100 + i / 256, i % 256),
-        ipv6: None,
-        blocks: vec![],
-        exclude_addresses: vec![],
-        mtu: 1450,
-        vni: 1000 + i,
-        internal: false,
-        masquerade: true,
-        inter_pod_traffic: true,
-        namespace_selector: None,
-        peers: (2..5)
-            .map(|n| Peer {
-                node: format!("n{n}"),
-                address: format!("192.0.2.{n}"),
-                blocks: vec![],
-            })
-            .collect(),
-    }
+    let subnet = format!("10.{}.{}.0/24", 100 + i / 256, i % 256);
+    let gateway = format!("10.{}.{}.1", 100 + i / 256, i % 256);
+    dataplane_support::spec(
+        &format!("bench-{i}"),
+        &format!("bnb-{i}"),
+        &subnet,
+        &gateway,
+        1000 + i,
+        "n1",
+        &[
+            ("n2", "192.0.2.2"),
+            ("n3", "192.0.2.3"),
+            ("n4", "192.0.2.4"),
+        ],
+    )
 }
 
 struct Netns(String);

@@ -5,6 +5,8 @@
 //! root. Namespaces are named `bnt-dp-<pid>-...` and removed by a drop guard even on failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod dataplane_support;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
@@ -18,19 +20,8 @@ use bridgenet_agent::dataplane::netns::run_in;
 use bridgenet_agent::dataplane::rtnl::Rtnl;
 use bridgenet_agent::dataplane::{Desired, NodeContext, Teardown};
 use bridgenet_crds::NodeBridgeSpec;
-use bridgenet_crds::v1alpha1::Peer;
+use dataplane_support::{is_root, run, spec};
 use ipnet::IpNet;
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 
 macro_rules! require_root {
     () => {
@@ -41,20 +32,6 @@ macro_rules! require_root {
             return;
         }
     };
-}
-
-fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn try_run(args: &[&str]) -> bool {
@@ -157,42 +134,6 @@ fn ping(from: &str, to: &str) -> bool {
             "ip", "netns", "exec", from, "busybox", "ping", "-c", "1", "-W", "1", to,
         ])
     })
-}
-
-fn spec(
-    network: &str,
-    bridge: &str,
-    subnet: &str,
-    gw: &str,
-    vni: u32,
-    node: &str,
-    peers: &[(&str, &str)],
-) -> NodeBridgeSpec {
-    NodeBridgeSpec {
-        network: network.into(),
-        node: node.into(),
-        bridge: bridge.into(),
-        subnet: subnet.into(),
-        gateway: gw.into(),
-        gateway_mac: bridgenet_crds::names::gateway_mac(network),
-        ipv6: None,
-        blocks: vec![],
-        exclude_addresses: vec![],
-        mtu: 1450,
-        vni,
-        internal: false,
-        masquerade: true,
-        inter_pod_traffic: true,
-        namespace_selector: None,
-        peers: peers
-            .iter()
-            .map(|(n, a)| Peer {
-                node: (*n).into(),
-                address: (*a).into(),
-                blocks: vec![],
-            })
-            .collect(),
-    }
 }
 
 fn ctx(node: &str, underlay: &str) -> NodeContext {

@@ -22,14 +22,58 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Runs a command to completion; panics with its output unless it succeeds.
 pub fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
     assert!(
         out.status.success(),
-        "{args:?}: {}",
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A NodeBridge spec as the operator writes it with default flags (masquerade and inter-pod
+/// traffic on, MTU 1450, the network's gateway MAC, no blocks), for `node` with `peers` as
+/// (node, underlay address): the fixture the data plane tests and benches start from.
+pub fn spec(
+    network: &str,
+    bridge: &str,
+    subnet: &str,
+    gw: &str,
+    vni: u32,
+    node: &str,
+    peers: &[(&str, &str)],
+) -> NodeBridgeSpec {
+    NodeBridgeSpec {
+        network: network.into(),
+        node: node.into(),
+        bridge: bridge.into(),
+        subnet: subnet.into(),
+        gateway: gw.into(),
+        gateway_mac: bridgenet_crds::names::gateway_mac(network),
+        ipv6: None,
+        blocks: vec![],
+        exclude_addresses: vec![],
+        mtu: 1450,
+        vni,
+        internal: false,
+        masquerade: true,
+        inter_pod_traffic: true,
+        namespace_selector: None,
+        peers: peers
+            .iter()
+            .map(|(n, a)| bridgenet_crds::v1alpha1::Peer {
+                node: (*n).into(),
+                address: (*a).into(),
+                blocks: vec![],
+            })
+            .collect(),
+    }
 }
 
 /// The node namespace, the emulator and the agent; all stopped and removed on drop.
@@ -276,28 +320,15 @@ impl Node {
 pub fn nodebridge(network: &str, bridge: &str, subnet: &str, gw: &str, vni: u32) -> NodeBridge {
     let mut nb = NodeBridge::new(
         &format!("{network}.n1"),
-        NodeBridgeSpec {
-            network: network.into(),
-            node: "n1".into(),
-            bridge: bridge.into(),
-            subnet: subnet.into(),
-            gateway: gw.into(),
-            gateway_mac: bridgenet_crds::names::gateway_mac(network),
-            ipv6: None,
-            blocks: vec![],
-            exclude_addresses: vec![],
-            mtu: 1450,
+        spec(
+            network,
+            bridge,
+            subnet,
+            gw,
             vni,
-            internal: false,
-            masquerade: true,
-            inter_pod_traffic: true,
-            namespace_selector: None,
-            peers: vec![bridgenet_crds::v1alpha1::Peer {
-                node: "n2".into(),
-                address: "192.0.2.2".into(),
-                blocks: vec![],
-            }],
-        },
+            "n1",
+            &[("n2", "192.0.2.2")],
+        ),
     );
     nb.metadata.labels = Some(bridgenet_crds::v1alpha1::node_bridge_labels(network, "n1"));
     nb
