@@ -24,6 +24,7 @@ use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBu
 use sha2::{Digest, Sha256};
 
 use crate::cni::annotation::format_mac;
+use crate::dataplane::rtnl::{errno, link_message};
 
 /// Errors of attaching and detaching.
 #[derive(Debug, thiserror::Error)]
@@ -64,13 +65,6 @@ fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> AttachError {
 }
 
 /// The kernel's errno inside a netlink error, if any.
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| -c.get()),
-        _ => None,
-    }
-}
-
 const ENODEV: i32 = 19;
 const EEXIST: i32 = 17;
 
@@ -180,18 +174,9 @@ where
 }
 
 async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, AttachError> {
-    match handle
-        .link()
-        .get()
-        .match_name(name.to_owned())
-        .execute()
-        .try_next()
+    link_message(handle, name)
         .await
-    {
-        Ok(link) => Ok(link),
-        Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
-        Err(e) => Err(nl(format!("looking up link {name}"))(e)),
-    }
+        .map_err(nl(format!("looking up link {name}")))
 }
 
 /// Creates and configures the pod interface. On error the caller runs [`detach`] (which is

@@ -65,11 +65,35 @@ impl Rtnl {
 }
 
 fn nl_err(op: impl Into<String>, e: rtnetlink::Error) -> NetlinkError {
-    let errno = match &e {
+    let errno = errno(&e);
+    NetlinkError::new(op, e, errno)
+}
+
+/// The errno of the kernel's answer, when the error is one.
+pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
         rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
         _ => None,
-    };
-    NetlinkError::new(op, e, errno)
+    }
+}
+
+/// One link by name; `None` when the kernel has none (ENODEV).
+pub(crate) async fn link_message(
+    handle: &Handle,
+    name: &str,
+) -> Result<Option<LinkMessage>, rtnetlink::Error> {
+    const ENODEV: i32 = 19;
+    match handle
+        .link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_next()
+        .await
+    {
+        Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
+        other => other,
+    }
 }
 
 fn parse_link(msg: LinkMessage) -> Link {
@@ -164,20 +188,10 @@ impl Netlink for Rtnl {
     }
 
     async fn link(&mut self, name: &str) -> Result<Option<Link>, NetlinkError> {
-        let op = || format!("get link {name}");
-        match self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_owned())
-            .execute()
-            .try_next()
-            .await
-        {
-            Ok(Some(msg)) => Ok(Some(parse_link(msg))),
-            Ok(None) => Ok(None),
+        match link_message(&self.handle, name).await {
+            Ok(msg) => Ok(msg.map(parse_link)),
             Err(e) => {
-                let e = nl_err(op(), e);
+                let e = nl_err(format!("get link {name}"), e);
                 if e.is_not_found() { Ok(None) } else { Err(e) }
             }
         }
