@@ -106,6 +106,16 @@ pub async fn run(cli: Cli) -> Result<()> {
             cli.lease_duration(),
         )
     });
+    let run_controller = || {
+        controller::run(
+            client.clone(),
+            settings.clone(),
+            metrics.clone(),
+            health.clone(),
+            &identity,
+            stopped(stop_rx.clone()),
+        )
+    };
     let result = match elector.as_mut() {
         Some(elector) => {
             // A standby is healthy and ready: it is doing its job, which is waiting.
@@ -118,16 +128,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             if acquired {
                 metrics.leader.set(1);
                 health.set_ready(false);
-                let controller = controller::run(
-                    client,
-                    settings,
-                    metrics.clone(),
-                    health.clone(),
-                    &identity,
-                    stopped(stop_rx.clone()),
-                );
                 let outcome = tokio::select! {
-                    _ = controller => Ok(()),
+                    _ = run_controller() => Ok(()),
                     lost = elector.hold() => Err(lost),
                 };
                 metrics.leader.set(0);
@@ -140,15 +142,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
         }
         None => {
-            controller::run(
-                client,
-                settings,
-                metrics.clone(),
-                health.clone(),
-                &identity,
-                stopped(stop_rx.clone()),
-            )
-            .await;
+            run_controller().await;
             Ok(())
         }
     };
