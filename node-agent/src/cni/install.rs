@@ -127,6 +127,15 @@ fn remove_durably(path: &Path) -> Result<(), InstallError> {
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
+/// The bytes of `path`; `None` when there is no such file.
+fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>, InstallError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io("read", path)(e)),
+    }
+}
+
 fn mode_of(path: &Path) -> u32 {
     fs::metadata(path).map_or(0o644, |m| m.permissions().mode() & 0o777)
 }
@@ -446,8 +455,8 @@ fn convert(conf_dir: &Path, original: &Path, socket: &Path) -> Result<bool, Inst
             other.display()
         )));
     }
-    let existing = match fs::read(&generated) {
-        Ok(b) => Some(
+    let existing = match read_if_exists(&generated)? {
+        Some(b) => Some(
             serde_json::from_slice::<Value>(&b)
                 .ok()
                 .filter(|g| generated_is_ours(g, original, Some(&plugin)))
@@ -455,8 +464,7 @@ fn convert(conf_dir: &Path, original: &Path, socket: &Path) -> Result<bool, Inst
                     blocked("that file exists and was not written by bridgenet".into())
                 })?,
         ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io("read", &generated)(e)),
+        None => None,
     };
     let chained = chained_conversion(&list, socket);
     let mode = mode_of(original);
@@ -594,11 +602,8 @@ fn restore(kept: &Path) -> Result<usize, InstallError> {
     }
     let bytes = fs::read(kept).map_err(io("read", kept))?;
     let generated = generated_path(&original);
-    let generated_conf = match fs::read(&generated) {
-        Ok(b) => Some(serde_json::from_slice::<Value>(&b).ok()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io("read", &generated)(e)),
-    };
+    let generated_conf =
+        read_if_exists(&generated)?.map(|b| serde_json::from_slice::<Value>(&b).ok());
     let current = read_single(&original);
     match generated_conf {
         Some(Some(g)) if generated_is_ours(&g, &original, current.as_ref()) => {
