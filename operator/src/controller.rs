@@ -216,7 +216,7 @@ async fn apply(net: Arc<BridgeNetwork>, ctx: &Context) -> Result<Action> {
     })?;
     let nodes = ctx.nodes.state();
     let (existing, waiting_for_pod_gc) =
-        without_orphaned_endpoints(ctx, &nodes, ctx.node_bridges.state()).await;
+        without_orphaned_endpoints(ctx, &name, &nodes, ctx.node_bridges.state()).await;
     let now = now();
     let plan = plan::plan_network(&PlanInput {
         network: &net,
@@ -271,7 +271,8 @@ async fn apply(net: Arc<BridgeNetwork>, ctx: &Context) -> Result<Action> {
 async fn cleanup(net: Arc<BridgeNetwork>, ctx: &Context) -> Result<Action> {
     let name = net.name_any();
     let nodes = ctx.nodes.state();
-    let (existing, _) = without_orphaned_endpoints(ctx, &nodes, ctx.node_bridges.state()).await;
+    let (existing, _) =
+        without_orphaned_endpoints(ctx, &name, &nodes, ctx.node_bridges.state()).await;
     let plan = plan::plan_cleanup(&net, &nodes, &existing, &now());
     if let Some(status) = &plan.status {
         patch_status(ctx, &net, status).await?;
@@ -315,6 +316,7 @@ async fn cleanup(net: Arc<BridgeNetwork>, ctx: &Context) -> Result<Action> {
 /// soon.
 async fn without_orphaned_endpoints(
     ctx: &Context,
+    network: &str,
     nodes: &[Arc<Node>],
     existing: Vec<Arc<NodeBridge>>,
 ) -> (Vec<Arc<NodeBridge>>, bool) {
@@ -326,7 +328,11 @@ async fn without_orphaned_endpoints(
     let mut out = Vec::with_capacity(existing.len());
     for nb in existing {
         let node = plan::node_of(&nb).to_owned();
-        if live_nodes.contains(&node) || crate::status::endpoint_count(&nb) == 0 {
+        // Only this network's: the planner looks at no other, so neither do the pod lists.
+        if plan::labels_of(&nb).0 != Some(network)
+            || live_nodes.contains(&node)
+            || crate::status::endpoint_count(&nb) == 0
+        {
             out.push(nb);
             continue;
         }

@@ -249,7 +249,7 @@ pub fn node_address(node: &Node) -> Option<String> {
         .map(|a| a.address.clone())
 }
 
-fn labels_of(nb: &NodeBridge) -> (Option<&str>, Option<&str>) {
+pub(crate) fn labels_of(nb: &NodeBridge) -> (Option<&str>, Option<&str>) {
     let l = nb.metadata.labels.as_ref();
     (
         l.and_then(|l| l.get(LABEL_NETWORK)).map(String::as_str),
