@@ -297,6 +297,39 @@ fn pod_object(annotation: &str) -> Pod {
     .unwrap()
 }
 
+/// The cluster's CNI configuration as kindnet would leave it with bridgenet installed: the
+/// reference `bridge` plugin (host-local IPAM on `subnet`) as the primary, bridgenet chained.
+fn chained_conflist(subnet: &str, state: &Path, socket: &Path) -> serde_json::Value {
+    json!({
+        "cniVersion": "1.0.0", "name": "k8s-pod-network",
+        "plugins": [
+            {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
+                      "dataDir": state.join("host-local")}},
+            {"type": "bridgenet", "socket": socket},
+        ],
+    })
+}
+
+/// What the kubelet sends in RunPodSandbox for pod `default/<name>`.
+fn sandbox_config(name: &str, containerd_dir: &Path) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: containerd_dir.join("logs").display().to_string(),
+        labels: BTreeMap::from([("app".into(), name.into())])
+            .into_iter()
+            .collect(),
+        linux: Some(LinuxPodSandboxConfig::default()),
+        ..PodSandboxConfig::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_path_chained_after_the_reference_bridge_then_hot_plug() {
     if let Some(why) = missing_tools() {
@@ -315,33 +348,11 @@ async fn kubelet_path_chained_after_the_reference_bridge_then_hot_plug() {
     dir.set_pod("default/web", "red");
     let state = tempfile::tempdir().unwrap();
     let agent = InProcessAgent::start(dir.clone(), state.path(), &node);
-    let conflist = json!({
-        "cniVersion": "1.0.0", "name": "k8s-pod-network",
-        "plugins": [
-            {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.89.0.0/24"}]],
-                      "dataDir": state.path().join("host-local")}},
-            {"type": "bridgenet", "socket": agent.socket},
-        ],
-    });
+    let conflist = chained_conflist("10.89.0.0/24", state.path(), &agent.socket);
     let ctd = Containerd::start(&node, "kubelet", &conflist);
     let mut client = ctd.client().await;
 
-    let config = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: "web".into(),
-            uid: "uid-web".into(),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: "web".into(),
-        log_directory: ctd.dir.join("logs").display().to_string(),
-        labels: BTreeMap::from([("app".into(), "web".into())])
-            .into_iter()
-            .collect(),
-        linux: Some(LinuxPodSandboxConfig::default()),
-        ..PodSandboxConfig::default()
-    };
+    let config = sandbox_config("web", &ctd.dir);
     let sandbox_id = client
         .run_pod_sandbox(RunPodSandboxRequest {
             config: Some(config),
@@ -485,29 +496,10 @@ async fn refused_pod_fails_its_sandbox_with_the_cni_message() {
     dir.set_pod("default/bad", "no-such-network");
     let state = tempfile::tempdir().unwrap();
     let agent = InProcessAgent::start(dir.clone(), state.path(), &node);
-    let conflist = json!({
-        "cniVersion": "1.0.0", "name": "k8s-pod-network",
-        "plugins": [
-            {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.90.0.0/24"}]],
-                      "dataDir": state.path().join("host-local")}},
-            {"type": "bridgenet", "socket": agent.socket},
-        ],
-    });
+    let conflist = chained_conflist("10.90.0.0/24", state.path(), &agent.socket);
     let ctd = Containerd::start(&node, "bad", &conflist);
     let mut client = ctd.client().await;
-    let config = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: "bad".into(),
-            uid: "uid-bad".into(),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: "bad".into(),
-        log_directory: ctd.dir.join("logs").display().to_string(),
-        linux: Some(LinuxPodSandboxConfig::default()),
-        ..PodSandboxConfig::default()
-    };
+    let config = sandbox_config("bad", &ctd.dir);
     let err = client
         .run_pod_sandbox(RunPodSandboxRequest {
             config: Some(config),
