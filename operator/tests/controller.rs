@@ -389,13 +389,7 @@ async fn overlapping_younger_network_is_refused_with_condition_and_event() {
 
 #[tokio::test]
 async fn departed_node_loses_its_node_bridge_and_peers_follow() {
-    let (seen, _, _) = Scenario::new(blue(), two_nodes()).reconcile().await;
-    let mut net = blue();
-    net.status = Some(serde_json::from_value(seen[0].body["status"].clone()).unwrap());
-    let nbs: Vec<NodeBridge> = seen[1..]
-        .iter()
-        .map(|s| serde_json::from_value(s.body.clone()).unwrap())
-        .collect();
+    let (net, nbs) = converged_blue().await;
     let mut sc = Scenario::new(net, vec![two_nodes()[0].clone()]);
     sc.node_bridges = nbs;
     let (seen, result, _) = sc.reconcile().await;
