@@ -27,7 +27,7 @@ SANDBOX = pathlib.Path(__file__).resolve().parents[1]
 REPO = SANDBOX.parents[1]
 sys.path.insert(0, str(SANDBOX))
 
-from bnsandbox import up  # noqa: E402
+from bnsandbox import poll, up  # noqa: E402
 
 BIN_DIR = pathlib.Path(os.environ.get("BRIDGENET_BIN_DIR", REPO / "target" / "debug"))
 EXTERNAL = os.environ.get("SANDBOX_KUBECONFIG") or None
@@ -216,13 +216,7 @@ def attached(nb: dict) -> bool:
 
 
 def eventually(pred, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return poll.until(pred, timeout, 0.25, what)
 
 
 def unique(prefix: str) -> str:

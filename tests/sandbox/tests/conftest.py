@@ -18,6 +18,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from bnsandbox import poll
+
 SANDBOX = pathlib.Path(__file__).resolve().parents[1]
 REPO = SANDBOX.parents[1]
 CRDS = REPO / "crds" / "yaml"
@@ -186,13 +188,7 @@ def unique(prefix: str) -> str:
 
 
 def wait_for(pred, timeout: float = 5.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return poll.until(pred, timeout, 0.05, what)
 
 
 requires_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed (scripts/setup.sh installs it)")
