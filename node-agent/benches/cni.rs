@@ -13,7 +13,6 @@
 #[path = "../tests/cni_support/mod.rs"]
 mod cni_support;
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -72,19 +71,7 @@ fn run_agent(state: &Path) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
-    let mut world = World {
-        networks: vec![network().spec()],
-        ..World::default()
-    };
-    for i in 0..pods {
-        world.pods.insert(
-            format!("bench/p{i}"),
-            BTreeMap::from([(
-                bridgenet_crds::ANNOTATION_NETWORKS.to_owned(),
-                "bench".to_owned(),
-            )]),
-        );
-    }
+    let world = World::with_pods(network().spec(), "bench", pods);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -82,19 +82,7 @@ impl Node {
         let node = Netns::new(tag);
         let net = TestNetwork::new("red", third);
         net.create_bridge(&node);
-        let mut world = World {
-            networks: vec![net.spec()],
-            ..World::default()
-        };
-        for i in 0..pods {
-            world.pods.insert(
-                format!("default/p{i}"),
-                BTreeMap::from([(
-                    bridgenet_crds::ANNOTATION_NETWORKS.to_owned(),
-                    "red".to_owned(),
-                )]),
-            );
-        }
+        let world = World::with_pods(net.spec(), "default", pods);
         Self {
             node,
             state: tempfile::tempdir().unwrap(),

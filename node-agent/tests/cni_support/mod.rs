@@ -200,6 +200,23 @@ pub struct World {
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
 }
 
+impl World {
+    /// One network, and `pods` pods `<namespace>/p<i>` whose annotation asks for it.
+    pub fn with_pods(network: NodeBridgeSpec, namespace: &str, pods: usize) -> Self {
+        let annotations = BTreeMap::from([(
+            bridgenet_crds::ANNOTATION_NETWORKS.to_owned(),
+            network.network.clone(),
+        )]);
+        World {
+            pods: (0..pods)
+                .map(|i| (format!("{namespace}/p{i}"), annotations.clone()))
+                .collect(),
+            networks: vec![network],
+            ..World::default()
+        }
+    }
+}
+
 /// A [`Directory`] over a [`World`], recording notices.
 #[derive(Clone, Default)]
 pub struct StaticDirectory {
