@@ -99,8 +99,11 @@ macro_rules! ip_ok {
     validation = Rule::new(concat!("!has(self.gateway) || !", cidr_ok!("self.subnet", 4), " || !", ip_ok!("self.gateway", 4),
         " || cidr(self.subnet).containsIP(self.gateway)"))
         .message("gateway must be an address inside subnet: pick one from the subnet (Docker's convention is the first host, e.g. 172.20.0.1 for 172.20.0.0/16), or omit gateway to get that default"),
+    // `!(a == b)`, never `a != b`, on IP/CIDR values: the API server's cost estimator prices
+    // `==` of the IP library's types as a constant but `!=` as unbounded, and refuses the CRD
+    // (kube-cel's estimator does not; `crd::schema` guards the pattern).
     validation = Rule::new(concat!("!has(self.gateway) || !", cidr_ok!("self.subnet", 4), " || !", ip_ok!("self.gateway", 4),
-        " || ip(self.gateway) != cidr(self.subnet).masked().ip()"))
+        " || !(ip(self.gateway) == cidr(self.subnet).masked().ip())"))
         .message("gateway must not be the subnet's network address: use a host address such as the first one (x.x.x.1), or omit gateway"),
     validation = Rule::new(concat!(
         "!has(self.gateway) || !", cidr_ok!("self.subnet", 4), " || !", ip_ok!("self.gateway", 4),
@@ -192,7 +195,7 @@ pub struct BridgeNetworkSpec {
     /// `com.docker.network.driver.mtu`). Default: the operator's `--default-mtu` (1450, room for
     /// the VXLAN overlay on a 1500-byte underlay).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 576, max = 65535), transform = not_nullable)]
+    #[schemars(range(min = 576, max = 65535), transform = not_nullable, transform = kube_int_format)]
     pub mtu: Option<u32>,
 
     /// No traffic leaves the network, not even through the gateway (docker `--internal`).
@@ -212,7 +215,7 @@ pub struct BridgeNetworkSpec {
     /// Prefix length of the per-node address blocks carved from `ipRange` (or `subnet`).
     /// Default: /26 (64 addresses), or the whole range when it is smaller. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 8, max = 32), transform = not_nullable)]
+    #[schemars(range(min = 8, max = 32), transform = not_nullable, transform = kube_int_format)]
     pub block_size: Option<u8>,
 
     /// Nodes on which the network exists. Default: every node.
@@ -234,7 +237,7 @@ pub struct BridgeNetworkSpec {
         " || cidr(self.subnet).containsIP(self.gateway)"))
         .message("ipv6.gateway must be an address inside ipv6.subnet, or omitted to get the subnet's first host address"),
     validation = Rule::new(concat!("!has(self.gateway) || !", cidr_ok!("self.subnet", 6), " || !", ip_ok!("self.gateway", 6),
-        " || ip(self.gateway) != cidr(self.subnet).masked().ip()"))
+        " || !(ip(self.gateway) == cidr(self.subnet).masked().ip())"))
         .message("ipv6.gateway must not be the subnet-router anycast (network) address: use a host address such as ::1 of the subnet"),
     validation = Rule::new(concat!("!has(self.ipRange) || !", cidr_ok!("self.subnet", 6), " || !", cidr_ok!("self.ipRange", 6),
         " || cidr(self.subnet).containsCIDR(self.ipRange)"))
@@ -282,7 +285,7 @@ pub struct Ipv6Config {
     /// Prefix length of the per-node IPv6 blocks. Default: /122 (64 addresses) or the whole range.
     /// Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 64, max = 128), transform = not_nullable)]
+    #[schemars(range(min = 64, max = 128), transform = not_nullable, transform = kube_int_format)]
     pub block_size: Option<u8>,
 }
 
@@ -318,6 +321,22 @@ fn not_nullable(schema: &mut schemars::Schema) {
     }
 }
 
+/// Schema transform for unsigned integer fields: schemars writes `format: uint8` / `uint32`,
+/// formats the API server does not know, so every `kubectl apply` of the CRD printed `Warning:
+/// unrecognized format`. The range stays in `minimum`/`maximum` (and in the Rust type); the format
+/// becomes the Kubernetes integer format wide enough for the type.
+fn kube_int_format(schema: &mut schemars::Schema) {
+    let Some(obj) = schema.as_object_mut() else {
+        return;
+    };
+    let known = match obj.get("format").and_then(serde_json::Value::as_str) {
+        Some("uint8" | "uint16") => "int32",
+        Some("uint32") => "int64",
+        _ => return,
+    };
+    obj.insert("format".into(), known.into());
+}
+
 fn default_true() -> bool {
     true
 }
@@ -351,6 +370,7 @@ pub struct BridgeNetworkStatus {
 
     /// VXLAN network identifier of the overlay, chosen once by the operator and kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = kube_int_format)]
     pub vni: Option<u32>,
 
     /// Selected nodes whose NodeBridge is Ready.
@@ -435,8 +455,10 @@ pub struct NodeBridgeSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude_addresses: Vec<String>,
     /// MTU of the bridge and pod interfaces.
+    #[schemars(transform = kube_int_format)]
     pub mtu: u32,
     /// VXLAN network identifier of the network's overlay.
+    #[schemars(transform = kube_int_format)]
     pub vni: u32,
     /// No traffic leaves the network.
     #[serde(default)]
