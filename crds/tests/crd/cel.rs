@@ -59,7 +59,7 @@ const V6_BLOCK_SIZE: &str =
 const V6_BLOCK_IMMUTABLE: &str = "ipv6.blockSize is immutable, since nodes already hold blocks of the old size: create a new BridgeNetwork to change it";
 
 /// `(field path, message)` pairs, as the user sees them.
-type Failures = Vec<(String, String)>;
+pub(crate) type Failures = Vec<(String, String)>;
 
 /// The spec `{subnet: 172.20.0.0/16}` with `extra` merged in (a `null` removes a key).
 fn with(extra: Value) -> Value {
@@ -103,7 +103,7 @@ fn expect(list: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 /// Specs every rule must accept, including the boundaries of each.
-fn valid_specs() -> Vec<Value> {
+pub(crate) fn valid_specs() -> Vec<Value> {
     vec![
         json!({"subnet": "172.20.0.0/16", "gateway": "172.20.0.1"}),
         json!({"subnet": "172.21.0.0/16"}),
@@ -140,7 +140,7 @@ fn valid_specs() -> Vec<Value> {
 }
 
 /// Specs refused on create, with every `(field, message)` the user sees.
-fn invalid_specs() -> Vec<(Value, Failures)> {
+pub(crate) fn invalid_specs() -> Vec<(Value, Failures)> {
     vec![
         (
             json!({"subnet": "bogus", "gateway": "172.20.0.1"}),
@@ -312,7 +312,7 @@ fn invalid_specs() -> Vec<(Value, Failures)> {
 }
 
 /// Updates: `(old, new, failures)`.
-fn updates() -> Vec<(Value, Value, Failures)> {
+pub(crate) fn updates() -> Vec<(Value, Value, Failures)> {
     let base = with(
         json!({"gateway": "172.20.0.1", "ipRange": "172.20.0.0/17", "bridge": "br-a", "blockSize": 26}),
     );

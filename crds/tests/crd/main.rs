@@ -12,6 +12,7 @@ mod cel;
 mod drift;
 mod examples;
 mod openapi;
+mod real_server;
 mod schema;
 
 use std::path::PathBuf;
