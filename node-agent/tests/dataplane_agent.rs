@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bridgenet_crds::NodeBridge;
 use dataplane_support::{Node, is_root, nodebridge, run};
-use k8s_openapi::api::core::v1::Event as CoreEvent;
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{CustomResourceExt, ResourceExt};
@@ -252,5 +252,162 @@ fn agent_realizes_repairs_refuses_survives_kill_and_tears_down() {
     assert!(
         !run(&["ip", "netns", "exec", &node.ns, "nft", "list", "tables"]).contains("bridgenet")
     );
+    node.kill_agent();
+}
+
+/// A throwaway pod network namespace, deleted on drop.
+struct PodNetns(String);
+
+impl Drop for PodNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+/// The plugin binary's ADD for `namespace/name`, as a container runtime calls it.
+fn plugin_add(
+    node_dir: &std::path::Path,
+    container: &str,
+    netns: &str,
+    pod: &str,
+) -> (bool, String) {
+    use std::io::Write;
+    let (namespace, name) = pod.split_once('/').unwrap();
+    let config = serde_json::json!({
+        "cniVersion": "1.1.0", "name": "k8s-pod-network", "type": "bridgenet",
+        "socket": node_dir.join("cni.sock"),
+    });
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bridgenet"))
+        .env_clear()
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_NETNS", format!("/run/netns/{netns}"))
+        .env("CNI_IFNAME", "eth0")
+        .env(
+            "CNI_ARGS",
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}"),
+        )
+        .env("CNI_PATH", "/opt/cni/bin")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(config.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// The real kubelet starts a pod's sandbox within a second of its creation, often before the
+/// agent has the NodeBridge of the network the pod asks for: the ADD then waits for it. The
+/// agent used to read namespace labels only if a NodeBridge with a `namespaceSelector` was
+/// already cached when it read the pod, and then judged the selector against labels it never
+/// fetched: an admitted pod was refused (`NamespaceNotAdmitted`, a Warning Event) until the
+/// kubelet's retry. Here the ADD starts first and the NodeBridge arrives while it waits.
+#[test]
+fn an_add_racing_its_nodebridge_is_judged_on_the_namespace_labels() {
+    if !is_root() {
+        eprintln!("SKIP: the agent's root test needs root (network namespaces, netlink, nftables)");
+        return;
+    }
+    let mut node = Node::new("nssel", env!("CARGO_BIN_EXE_bridgenet-agent"));
+    node.kube(|c| async move {
+        let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
+        let pp = PatchParams::apply("bridgenet-test").force();
+        for crd in [bridgenet_crds::BridgeNetwork::crd(), NodeBridge::crd()] {
+            crds.patch(&crd.name_any(), &pp, &Patch::Apply(&crd))
+                .await
+                .unwrap();
+        }
+        for (ns, tenant) in [("team-a", "a"), ("team-b", "b")] {
+            let namespace: Namespace = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": ns, "labels": {"tenant": tenant}},
+            }))
+            .unwrap();
+            Api::<Namespace>::all(c.clone())
+                .create(&PostParams::default(), &namespace)
+                .await
+                .unwrap();
+            let pod: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "web", "namespace": ns,
+                             "annotations": {"bridgenet.io/networks": "net-s"}},
+                "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}]},
+            }))
+            .unwrap();
+            Api::<Pod>::namespaced(c.clone(), ns)
+                .create(&PostParams::default(), &pod)
+                .await
+                .unwrap();
+        }
+    });
+    node.start_agent();
+    let socket = node.dir().join("cni.sock");
+    node.eventually("the agent's CNI socket", || socket.exists());
+
+    let pods: Vec<PodNetns> = ["a", "b"]
+        .iter()
+        .map(|t| {
+            let name = format!("{}-pod-{t}", node.ns);
+            run(&["ip", "netns", "add", &name]);
+            PodNetns(name)
+        })
+        .collect();
+    let dir = node.dir().to_owned();
+    let netns = pods[0].0.clone();
+    let admitted = std::thread::spawn(move || plugin_add(&dir, "sandbox-a", &netns, "team-a/web"));
+    // The ADD is waiting for the network when its NodeBridge arrives.
+    std::thread::sleep(Duration::from_millis(800));
+    node.kube(|c| async move {
+        let mut nb = nodebridge("net-s", "bnt-ag-s", "172.25.0.0/24", "172.25.0.1", 302);
+        nb.spec.blocks = vec!["172.25.0.0/26".into()];
+        nb.spec.namespace_selector = Some(
+            serde_json::from_value(serde_json::json!({"matchLabels": {"tenant": "a"}})).unwrap(),
+        );
+        Api::<NodeBridge>::all(c)
+            .create(&PostParams::default(), &nb)
+            .await
+            .unwrap();
+    });
+    let (ok, out) = admitted.join().unwrap();
+    assert!(
+        ok,
+        "the admitted pod's ADD failed: {out}\nagent log:\n{}",
+        node.agent_log()
+    );
+    assert!(out.contains("172.25.0."), "{out}");
+
+    // The selector still refuses the other tenant, with its message and a Warning Event.
+    let (ok, out) = plugin_add(node.dir(), "sandbox-b", &pods[1].0, "team-b/web");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(r#"does not admit pods of namespace \"team-b\""#),
+        "{out}"
+    );
+    let refused = |ns: &'static str| {
+        node.kube(move |c| async move {
+            Api::<CoreEvent>::namespaced(c, ns)
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("NamespaceNotAdmitted"))
+        })
+    };
+    node.eventually("a NamespaceNotAdmitted Event for team-b/web", || {
+        refused("team-b")
+    });
+    assert!(
+        !refused("team-a"),
+        "the admitted pod got a NamespaceNotAdmitted Event"
+    );
+    drop(pods);
     node.kill_agent();
 }

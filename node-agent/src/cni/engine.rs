@@ -31,8 +31,6 @@ use crate::ipam::{AllocRequest, Allocation, Ipam, IpamError, Pool};
 pub struct PodInfo {
     /// The pod's annotations.
     pub annotations: BTreeMap<String, String>,
-    /// Labels of the pod's namespace (for `namespaceSelector`).
-    pub namespace_labels: BTreeMap<String, String>,
 }
 
 /// A pod's identity.
@@ -74,8 +72,15 @@ pub enum Notice {
 pub trait Directory: Send + Sync + 'static {
     /// This node's NodeBridge for `network`, if the network exists here.
     fn node_bridge(&self, network: &str) -> Option<NodeBridgeSpec>;
-    /// The pod and its namespace's labels; `Ok(None)` if the pod does not exist.
+    /// The pod; `Ok(None)` if the pod does not exist.
     fn pod(&self, pod: &PodRef) -> impl Future<Output = Result<Option<PodInfo>, String>> + Send;
+    /// The labels of `namespace`, for a network with a `namespaceSelector`. Asked only once
+    /// the engine holds that network's NodeBridge: a sandbox may start before the NodeBridge
+    /// reaches the node, so whether labels are needed is not known when the pod is read.
+    fn namespace_labels(
+        &self,
+        namespace: &str,
+    ) -> impl Future<Output = Result<BTreeMap<String, String>, String>> + Send;
     /// Whether the directory has synced (STATUS answers "not available" until then).
     fn ready(&self) -> bool;
     /// Reports a notice; must not block.
@@ -302,7 +307,7 @@ impl<D: Directory> Engine<D> {
         conf: &NetConf,
         req: &Request,
         pod: Option<&PodRef>,
-    ) -> Result<(Vec<NetworkRequest>, PodInfo), CniError> {
+    ) -> Result<Vec<NetworkRequest>, CniError> {
         let info = match pod {
             Some(p) => match self.dir.pod(p).await {
                 Ok(Some(info)) => info,
@@ -354,22 +359,19 @@ impl<D: Directory> Engine<D> {
                         })
                 })
                 .transpose()?;
-            return Ok((
-                vec![NetworkRequest {
-                    name: network.clone(),
-                    interface: req.ifname.clone(),
-                    ip,
-                    mac,
-                    default_route: false,
-                }],
-                info,
-            ));
+            return Ok(vec![NetworkRequest {
+                name: network.clone(),
+                interface: req.ifname.clone(),
+                ip,
+                mac,
+                default_route: false,
+            }]);
         }
         let Some(value) = info.annotations.get(bridgenet_crds::ANNOTATION_NETWORKS) else {
-            return Ok((Vec::new(), info));
+            return Ok(Vec::new());
         };
         match annotation::parse(value) {
-            Ok(list) => Ok((list, info)),
+            Ok(list) => Ok(list),
             Err(e) => {
                 let msg = format!("annotation {}: {e}", bridgenet_crds::ANNOTATION_NETWORKS);
                 if let Some(p) = pod {
@@ -388,14 +390,15 @@ impl<D: Directory> Engine<D> {
         }
     }
 
-    /// Checks a request against this node's NodeBridges and the namespace selector.
+    /// Checks a request against this node's NodeBridge for it (`spec`) and the namespace
+    /// selector (`labels`: the pod's namespace labels, read when some spec has a selector).
     fn admit(
-        &self,
         request: &NetworkRequest,
+        spec: Option<NodeBridgeSpec>,
         pod: Option<&PodRef>,
-        info: &PodInfo,
+        labels: &BTreeMap<String, String>,
     ) -> Result<NodeBridgeSpec, (&'static str, String, &'static str)> {
-        let Some(spec) = self.dir.node_bridge(&request.name) else {
+        let Some(spec) = spec else {
             return Err((
                 "UnknownNetwork",
                 format!("network {:?} does not exist on this node", request.name),
@@ -404,7 +407,7 @@ impl<D: Directory> Engine<D> {
         };
         if let (Some(selector), Some(p)) = (&spec.namespace_selector, pod) {
             let admitted = Selector::try_from(selector.clone())
-                .map(|s| s.matches(&info.namespace_labels))
+                .map(|s| s.matches(labels))
                 .unwrap_or(false);
             if !admitted {
                 return Err((
@@ -443,7 +446,7 @@ impl<D: Directory> Engine<D> {
                 ));
             }
         };
-        let (requests, info) = self.requested(conf, req, pod.as_ref()).await?;
+        let requests = self.requested(conf, req, pod.as_ref()).await?;
         self.await_networks(&requests).await;
         let target = Target {
             container_id: req.container_id.clone(),
@@ -451,7 +454,7 @@ impl<D: Directory> Engine<D> {
             pod: pod.clone(),
             cni_name: conf.name.clone(),
         };
-        let attached = self.attach(&target, &requests, &info).await?;
+        let attached = self.attach(&target, &requests).await?;
         let mut result = CniResult {
             cni_version: conf.cni_version.clone(),
             ..CniResult::default()
@@ -492,12 +495,29 @@ impl<D: Directory> Engine<D> {
         &self,
         target: &Target,
         requests: &[NetworkRequest],
-        info: &PodInfo,
     ) -> Result<Vec<Attached>, CniError> {
         let pod = target.pod.as_ref();
+        let specs: Vec<Option<NodeBridgeSpec>> = requests
+            .iter()
+            .map(|r| self.dir.node_bridge(&r.name))
+            .collect();
+        let labels = match pod {
+            Some(p) if specs.iter().flatten().any(|s| s.namespace_selector.is_some()) => self
+                .dir
+                .namespace_labels(&p.namespace)
+                .await
+                .map_err(|e| {
+                    CniError::new(
+                        code::TRY_AGAIN_LATER,
+                        format!("reading the labels of namespace {}: {e}", p.namespace),
+                        "the kubelet retries the sandbox; check the agent's connection to the API server",
+                    )
+                })?,
+            _ => BTreeMap::new(),
+        };
         let mut planned = Vec::new();
-        for request in requests {
-            match self.admit(request, pod, info) {
+        for (request, spec) in requests.iter().zip(specs) {
+            match Self::admit(request, spec, pod, &labels) {
                 Ok(spec) => planned.push((request, spec)),
                 Err((reason, msg, details)) => {
                     if let Some(p) = pod {

@@ -128,10 +128,6 @@ pub async fn sync_pod<D: Directory>(
             return;
         }
     };
-    let info = match engine.directory().pod(&pod_ref).await {
-        Ok(Some(info)) => info,
-        _ => return,
-    };
     let target = Target {
         container_id: sandbox.id.clone(),
         netns,
@@ -144,10 +140,7 @@ pub async fn sync_pod<D: Directory>(
         if reported.contains(&key) {
             continue;
         }
-        match engine
-            .attach(&target, std::slice::from_ref(&request), &info)
-            .await
-        {
+        match engine.attach(&target, std::slice::from_ref(&request)).await {
             Ok(_) => {
                 tracing::info!(pod = %pod_ref, network = %request.name, interface = %request.interface, "hot-attached")
             }

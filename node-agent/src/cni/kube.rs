@@ -153,26 +153,19 @@ impl Directory for KubeDirectory {
                 None => return Ok(None),
             },
         };
-        let annotations = obj.metadata.annotations.clone().unwrap_or_default();
-        let needs_labels = self
-            .bridges()
-            .iter()
-            .any(|nb| nb.spec.namespace_selector.is_some());
-        let namespace_labels = if needs_labels {
-            Api::<Namespace>::all(self.client.clone())
-                .get_metadata(&pod.namespace)
-                .await
-                .map_err(|e| format!("reading namespace {}: {e}", pod.namespace))?
-                .metadata
-                .labels
-                .unwrap_or_default()
-        } else {
-            BTreeMap::new()
-        };
         Ok(Some(PodInfo {
-            annotations,
-            namespace_labels,
+            annotations: obj.metadata.annotations.clone().unwrap_or_default(),
         }))
+    }
+
+    async fn namespace_labels(&self, namespace: &str) -> Result<BTreeMap<String, String>, String> {
+        Ok(Api::<Namespace>::all(self.client.clone())
+            .get_metadata(namespace)
+            .await
+            .map_err(|e| e.to_string())?
+            .metadata
+            .labels
+            .unwrap_or_default())
     }
 
     fn ready(&self) -> bool {

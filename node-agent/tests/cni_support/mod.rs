@@ -239,12 +239,12 @@ impl Directory for StaticDirectory {
         let world = self.world.lock().unwrap();
         Ok(world.pods.get(&pod.to_string()).map(|annotations| PodInfo {
             annotations: annotations.clone(),
-            namespace_labels: world
-                .namespaces
-                .get(&pod.namespace)
-                .cloned()
-                .unwrap_or_default(),
         }))
+    }
+
+    async fn namespace_labels(&self, namespace: &str) -> Result<BTreeMap<String, String>, String> {
+        let world = self.world.lock().unwrap();
+        Ok(world.namespaces.get(namespace).cloned().unwrap_or_default())
     }
 
     fn ready(&self) -> bool {
