@@ -14,6 +14,7 @@ import copy
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -86,9 +87,13 @@ class Cluster:
                                namespace, pod, "--", *cmd], cwd=SANDBOX, capture_output=True, text=True, timeout=60)
 
     def ping(self, pod: str, ip: str, namespace: str = "default") -> bool:
-        # At most three packets within three seconds (the first may wait for ARP across the
-        # overlay); success on any reply. Bounded, and only to addresses inside the sandbox.
-        return self.exec(pod, "ping", "-c", "3", "-w", "3", "-W", "1", ip, namespace=namespace).returncode == 0
+        """Whether `pod` reaches `ip`: at most three packets within three seconds (the first may
+        wait for ARP across the overlay), success on any reply. Bounded, and only to addresses
+        inside the sandbox. Judged by the replies counted, not the exit status: with a deadline
+        busybox ping exits 1 unless every one of its packets was answered."""
+        out = self.exec(pod, "ping", "-c", "3", "-w", "3", "-W", "1", ip, namespace=namespace).stdout
+        received = re.search(r"(\d+) packets received", out)
+        return bool(received and int(received.group(1)) > 0)
 
     def network(self, name: str, subnet: str, **spec) -> None:
         self.apply({"apiVersion": "bridgenet.io/v1alpha1", "kind": "BridgeNetwork", "metadata": {"name": name},
@@ -98,7 +103,11 @@ class Cluster:
         meta: dict = {"name": name, "namespace": namespace}
         if networks is not None:
             meta["annotations"] = {"bridgenet.io/networks": networks}
-        spec: dict = {"containers": [{"name": "main", "image": "busybox:1.36", "command": ["sleep", "3600"]}]}
+        # PID 1 ignores signals it has no handler for: a bare `sleep` would make a real kubelet
+        # wait out the grace period on every deletion. This one exits on SIGTERM within a second.
+        spec: dict = {"containers": [{"name": "main", "image": "busybox:1.36",
+                                      "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]}],
+                      "terminationGracePeriodSeconds": 5}
         if node:
             spec["nodeSelector"] = {"kubernetes.io/hostname": node}
         self.apply({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})

@@ -164,6 +164,11 @@ def test_namespace_selector_refuses_other_tenants(cluster):
     events = eventually(warned, what="a Warning event on the refused pod")
     assert any(net in (e.get("message") or "") for e in events), events
     assert net not in cluster.attachments(refused, namespace=other)
+    # The admitted pod's sandbox may start before its node has the network (applied just
+    # before): it waits for it, and is judged on its namespace's labels, never refused.
+    admitted = json.loads(cluster.kubectl("get", "events", "-n", allowed, "--field-selector",
+                                          f"involvedObject.name={ok}", "-o", "json").stdout)["items"]
+    assert not [e for e in admitted if e.get("reason") == "NamespaceNotAdmitted"], admitted
 
 
 def test_a_network_without_pods_is_ready_with_one_block_per_node(cluster):
