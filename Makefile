@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: cni-test bench-cni dataplane-test bench-dataplane demo test setup lint unit crds-check sandbox-test images chart-test kind-e2e
+.PHONY: cni-test bench-cni dataplane-test bench-dataplane demo test setup lint unit crds-check sandbox-test images chart-test kind-e2e real-apiserver-test
 
 ## Install what building and testing need on a fresh Debian machine (idempotent).
 setup:
@@ -15,7 +15,7 @@ demo: setup
 	bash scripts/demo.sh
 
 ## Everything CI checks: formatting, lints, generated CRDs, unit and root tests.
-test: setup lint crds-check unit sandbox-test sandbox-e2e chart-test
+test: setup lint crds-check unit sandbox-test sandbox-e2e chart-test real-apiserver-test
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -45,6 +45,11 @@ images:
 ## sources, and the images built above run once (--version/--help, install-cni).
 chart-test: images
 	BRIDGENET_REQUIRE_IMAGES=1 python3 -m pytest -q -p no:cacheprovider tests/chart
+
+## bridgenet on a real control plane (tests/real-apiserver): needs KUBE_APISERVER,
+## KUBE_CONTROLLER_MANAGER and ETCD (binary paths); prints SKIPPED without them (as in CI).
+real-apiserver-test: setup
+	bash scripts/real-apiserver-test.sh
 
 ## The kind end-to-end suite (needs kind + a docker engine; skips with the reason elsewhere).
 kind-e2e: setup
