@@ -7,12 +7,14 @@
 //! in. Skipped, saying why, when not root.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cni_support;
 mod dataplane_support;
 
 use std::process::Command;
 use std::time::Duration;
 
 use bridgenet_crds::NodeBridge;
+use cni_support::{Answer, Call, Netns, chained_config, run_plugin};
 use dataplane_support::{Node, is_root, nodebridge, run};
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -28,6 +30,17 @@ fn ready(nb: &NodeBridge) -> Option<(String, String)> {
         .map(|c| (c.status.clone(), c.reason.clone()))
 }
 
+/// bridgenet's CRDs, applied as `kubectl apply` would.
+async fn install_crds(c: &kube::Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
+    let pp = PatchParams::apply("bridgenet-test").force();
+    for crd in [bridgenet_crds::BridgeNetwork::crd(), NodeBridge::crd()] {
+        crds.patch(&crd.name_any(), &pp, &Patch::Apply(&crd))
+            .await
+            .unwrap();
+    }
+}
+
 fn get(node: &Node, name: &'static str) -> Option<NodeBridge> {
     node.kube(move |c| async move { Api::<NodeBridge>::all(c).get_opt(name).await.unwrap() })
 }
@@ -40,13 +53,7 @@ fn agent_realizes_repairs_refuses_survives_kill_and_tears_down() {
     }
     let mut node = Node::new("agent", env!("CARGO_BIN_EXE_bridgenet-agent"));
     node.kube(|c| async move {
-        let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
-        let pp = PatchParams::apply("bridgenet-test").force();
-        for crd in [bridgenet_crds::BridgeNetwork::crd(), NodeBridge::crd()] {
-            crds.patch(&crd.name_any(), &pp, &Patch::Apply(&crd))
-                .await
-                .unwrap();
-        }
+        install_crds(&c).await;
         let api: Api<NodeBridge> = Api::all(c);
         api.create(
             &PostParams::default(),
@@ -255,54 +262,23 @@ fn agent_realizes_repairs_refuses_survives_kill_and_tears_down() {
     node.kill_agent();
 }
 
-/// A throwaway pod network namespace, deleted on drop.
-struct PodNetns(String);
-
-impl Drop for PodNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
+/// The CNI ADD a container runtime would make for `namespace/name` into `netns`.
+fn add_call(node: &Node, container: &str, netns: &Netns, pod: &str) -> Call {
+    let config = chained_config(&node.dir().join("cni.sock"), "1.1.0", None);
+    Call::new(
+        "ADD",
+        container,
+        &netns.path().to_string_lossy(),
+        pod,
+        config,
+    )
 }
 
-/// The plugin binary's ADD for `namespace/name`, as a container runtime calls it.
-fn plugin_add(
-    node_dir: &std::path::Path,
-    container: &str,
-    netns: &str,
-    pod: &str,
-) -> (bool, String) {
-    use std::io::Write;
-    let (namespace, name) = pod.split_once('/').unwrap();
-    let config = serde_json::json!({
-        "cniVersion": "1.1.0", "name": "k8s-pod-network", "type": "bridgenet",
-        "socket": node_dir.join("cni.sock"),
-    });
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bridgenet"))
-        .env_clear()
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", container)
-        .env("CNI_NETNS", format!("/run/netns/{netns}"))
-        .env("CNI_IFNAME", "eth0")
-        .env(
-            "CNI_ARGS",
-            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}"),
-        )
-        .env("CNI_PATH", "/opt/cni/bin")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
+/// Runs the real plugin binary for `call` and waits for its answer.
+fn run_blocking(call: &Call) -> Answer {
+    tokio::runtime::Runtime::new()
         .unwrap()
-        .write_all(config.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+        .block_on(run_plugin(call))
 }
 
 /// The real kubelet starts a pod's sandbox within a second of its creation, often before the
@@ -319,13 +295,7 @@ fn an_add_racing_its_nodebridge_is_judged_on_the_namespace_labels() {
     }
     let mut node = Node::new("nssel", env!("CARGO_BIN_EXE_bridgenet-agent"));
     node.kube(|c| async move {
-        let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
-        let pp = PatchParams::apply("bridgenet-test").force();
-        for crd in [bridgenet_crds::BridgeNetwork::crd(), NodeBridge::crd()] {
-            crds.patch(&crd.name_any(), &pp, &Patch::Apply(&crd))
-                .await
-                .unwrap();
-        }
+        install_crds(&c).await;
         for (ns, tenant) in [("team-a", "a"), ("team-b", "b")] {
             let namespace: Namespace = serde_json::from_value(serde_json::json!({
                 "metadata": {"name": ns, "labels": {"tenant": tenant}},
@@ -351,17 +321,9 @@ fn an_add_racing_its_nodebridge_is_judged_on_the_namespace_labels() {
     let socket = node.dir().join("cni.sock");
     node.eventually("the agent's CNI socket", || socket.exists());
 
-    let pods: Vec<PodNetns> = ["a", "b"]
-        .iter()
-        .map(|t| {
-            let name = format!("{}-pod-{t}", node.ns);
-            run(&["ip", "netns", "add", &name]);
-            PodNetns(name)
-        })
-        .collect();
-    let dir = node.dir().to_owned();
-    let netns = pods[0].0.clone();
-    let admitted = std::thread::spawn(move || plugin_add(&dir, "sandbox-a", &netns, "team-a/web"));
+    let (pod_a, pod_b) = (Netns::new("nssel-a"), Netns::new("nssel-b"));
+    let call = add_call(&node, "sandbox-a", &pod_a, "team-a/web");
+    let admitted = std::thread::spawn(move || run_blocking(&call));
     // The ADD is waiting for the network when its NodeBridge arrives.
     std::thread::sleep(Duration::from_millis(800));
     node.kube(|c| async move {
@@ -375,20 +337,22 @@ fn an_add_racing_its_nodebridge_is_judged_on_the_namespace_labels() {
             .await
             .unwrap();
     });
-    let (ok, out) = admitted.join().unwrap();
+    let answer = admitted.join().unwrap();
     assert!(
-        ok,
-        "the admitted pod's ADD failed: {out}\nagent log:\n{}",
+        answer.ok,
+        "the admitted pod's ADD failed: {}\nagent log:\n{}",
+        answer.raw,
         node.agent_log()
     );
-    assert!(out.contains("172.25.0."), "{out}");
+    assert!(answer.raw.contains("172.25.0."), "{}", answer.raw);
 
     // The selector still refuses the other tenant, with its message and a Warning Event.
-    let (ok, out) = plugin_add(node.dir(), "sandbox-b", &pods[1].0, "team-b/web");
-    assert!(!ok, "{out}");
+    let answer = run_blocking(&add_call(&node, "sandbox-b", &pod_b, "team-b/web"));
+    assert!(!answer.ok, "{}", answer.raw);
+    let msg = answer.json["msg"].as_str().unwrap_or_default();
     assert!(
-        out.contains(r#"does not admit pods of namespace \"team-b\""#),
-        "{out}"
+        msg.contains(r#"does not admit pods of namespace "team-b""#),
+        "{msg}"
     );
     let refused = |ns: &'static str| {
         node.kube(move |c| async move {
@@ -408,6 +372,6 @@ fn an_add_racing_its_nodebridge_is_judged_on_the_namespace_labels() {
         !refused("team-a"),
         "the admitted pod got a NamespaceNotAdmitted Event"
     );
-    drop(pods);
+    drop((pod_a, pod_b));
     node.kill_agent();
 }
