@@ -23,6 +23,7 @@ pub mod fake;
 pub mod firewall;
 pub mod netlink;
 pub mod netns;
+pub mod nftmonitor;
 pub mod plan;
 pub mod rtnl;
 
