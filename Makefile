@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: cni-test bench-cni dataplane-test bench-dataplane demo test setup lint unit crds-check sandbox-test images chart-test kind-e2e real-apiserver-test
+.PHONY: cni-test bench-cni dataplane-test bench-dataplane demo test setup lint unit crds-check sandbox-test images chart-test kind-e2e real-apiserver-test soak
 
 ## Install what building and testing need on a fresh Debian machine (idempotent).
 setup:
@@ -45,6 +45,14 @@ images:
 ## sources, and the images built above run once (--version/--help, install-cni).
 chart-test: images
 	BRIDGENET_REQUIRE_IMAGES=1 python3 -m pytest -q -p no:cacheprovider tests/chart
+
+## The fault soak (tests/sandbox/soak): pods on two networks across two nodes ping each other
+## while faults are injected for SOAK_SECONDS; then duplicates, leaks, missing results,
+## isolation violations and per-fault losses and repair times.
+SOAK_SECONDS ?= 600
+soak: setup
+	$(CARGO) build --workspace --locked
+	cd tests/sandbox && SOAK_SECONDS=$(SOAK_SECONDS) python3 -m pytest -q -s -p no:cacheprovider soak
 
 ## bridgenet on a real control plane (tests/real-apiserver): needs KUBE_APISERVER,
 ## KUBE_CONTROLLER_MANAGER and ETCD (binary paths); prints SKIPPED without them (as in CI).
