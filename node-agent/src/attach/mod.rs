@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cni::annotation::format_mac;
 use crate::dataplane::rtnl::{errno, link_message};
+use crate::metrics::{self, Write};
 
 /// Errors of attaching and detaching.
 #[derive(Debug, thiserror::Error)]
@@ -231,6 +232,7 @@ async fn host_side(handle: Handle, spec: AttachSpec, pod_ns: File) -> Result<(),
         .ok_or_else(|| AttachError::NoBridge(spec.bridge.clone()))?;
     // A retried ADD finds its own veth from the interrupted attempt: start clean.
     if let Some(old) = link_by_name(&handle, &spec.host_veth).await? {
+        metrics::netlink_write(Write::LinkDel);
         handle
             .link()
             .del(old.header.index)
@@ -252,6 +254,7 @@ async fn host_side(handle: Handle, spec: AttachSpec, pod_ns: File) -> Result<(),
         .controller(bridge.header.index)
         .up()
         .build();
+    metrics::netlink_write(Write::LinkAdd);
     handle.link().add(msg).execute().await.map_err(|e| {
         if errno(&e) == Some(EEXIST) {
             AttachError::Mismatch(format!(
@@ -271,6 +274,12 @@ async fn host_side(handle: Handle, spec: AttachSpec, pod_ns: File) -> Result<(),
     Ok(())
 }
 
+/// One `RTM_SETLINK`, counted as a kernel write.
+async fn set_link(handle: &Handle, msg: LinkMessage, op: String) -> Result<(), AttachError> {
+    metrics::netlink_write(Write::LinkSet);
+    handle.link().set(msg).execute().await.map_err(nl(op))
+}
+
 async fn pod_side(handle: &Handle, spec: &AttachSpec) -> Result<u32, AttachError> {
     let link = link_by_name(handle, &spec.pod_ifname)
         .await?
@@ -280,14 +289,13 @@ async fn pod_side(handle: &Handle, spec: &AttachSpec) -> Result<u32, AttachError
     let index = link.header.index;
     // The kernel announces the address itself when the link comes up with these set
     // (gratuitous ARP / unsolicited NA): no raw socket needed. IPv6 may be disabled in the pod.
-    let _ = std::fs::write(
+    for path in [
         format!("/proc/sys/net/ipv4/conf/{}/arp_notify", spec.pod_ifname),
-        "1",
-    );
-    let _ = std::fs::write(
         format!("/proc/sys/net/ipv6/conf/{}/ndisc_notify", spec.pod_ifname),
-        "1",
-    );
+    ] {
+        metrics::netlink_write(Write::Sysctl);
+        let _ = std::fs::write(path, "1");
+    }
     for (ip, prefix) in &spec.addresses {
         let mut req = handle.address().add(index, *ip, *prefix);
         if ip.is_ipv6() {
@@ -297,6 +305,7 @@ async fn pod_side(handle: &Handle, spec: &AttachSpec) -> Result<u32, AttachError
                 .attributes
                 .push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
+        metrics::netlink_write(Write::AddrAdd);
         match req.execute().await {
             Ok(()) => {}
             Err(e) if errno(&e) == Some(EEXIST) => {}
@@ -307,12 +316,12 @@ async fn pod_side(handle: &Handle, spec: &AttachSpec) -> Result<u32, AttachError
             }
         }
     }
-    handle
-        .link()
-        .set(LinkUnspec::new_with_index(index).up().build())
-        .execute()
-        .await
-        .map_err(nl(format!("setting {} up", spec.pod_ifname)))?;
+    set_link(
+        handle,
+        LinkUnspec::new_with_index(index).up().build(),
+        format!("setting {} up", spec.pod_ifname),
+    )
+    .await?;
     for gw in &spec.default_routes {
         let msg = match gw {
             IpAddr::V4(v4) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
@@ -324,6 +333,7 @@ async fn pod_side(handle: &Handle, spec: &AttachSpec) -> Result<u32, AttachError
                 .gateway(*v6)
                 .build(),
         };
+        metrics::netlink_write(Write::RouteAdd);
         match handle.route().add(msg).execute().await {
             Ok(()) => {}
             Err(e) if errno(&e) == Some(EEXIST) => {
@@ -356,15 +366,14 @@ async fn announce(
     if !(host_up && pod_up) {
         tracing::warn!(veth = %spec.host_veth, "veth not operational after 1s; announcing anyway");
     }
-    pod.link()
-        .set(
-            LinkUnspec::new_with_index(index)
-                .address(spec.mac.to_vec())
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(nl(format!("announcing {}", spec.pod_ifname)))
+    set_link(
+        pod,
+        LinkUnspec::new_with_index(index)
+            .address(spec.mac.to_vec())
+            .build(),
+        format!("announcing {}", spec.pod_ifname),
+    )
+    .await
 }
 
 enum LinkRef<'a> {
@@ -404,6 +413,7 @@ pub async fn detach(host_netns: Option<&Path>, host_veth: &str) -> Result<(), At
     let name = host_veth.to_owned();
     let result = in_netns(host_netns, move |handle| async move {
         if let Some(link) = link_by_name(&handle, &name).await? {
+            metrics::netlink_write(Write::LinkDel);
             match handle.link().del(link.header.index).execute().await {
                 Ok(()) => {}
                 Err(e) if errno(&e) == Some(ENODEV) => {}
