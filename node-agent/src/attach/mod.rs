@@ -18,7 +18,7 @@ use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use netlink_packet_route::link::{
-    InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage, State,
+    InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
 };
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use sha2::{Digest, Sha256};
@@ -78,6 +78,8 @@ pub struct AttachSpec {
     pub pod_netns: PathBuf,
     /// Host end of the veth (see [`host_veth_name`]).
     pub host_veth: String,
+    /// Its ownership marker (see [`pod_alias`]).
+    pub alias: String,
     /// Interface name in the pod.
     pub pod_ifname: String,
     /// Bridge to enslave the host end to.
@@ -92,8 +94,21 @@ pub struct AttachSpec {
     pub default_routes: Vec<IpAddr>,
 }
 
-/// Prefix of every host-side veth bridgenet creates.
+/// Prefix of every host-side veth bridgenet creates. A name, not ownership: the VXLAN ports
+/// (`bnvx-<vni>`) share it, and anyone may name a link so; see [`POD_ALIAS_PREFIX`].
 pub const HOST_VETH_PREFIX: &str = "bnv";
+
+/// Prefix of the alias (`IFLA_IFALIAS`) marking a host veth as bridgenet's pod interface:
+/// `bridgenet-pod:<containerId>/<ifname>`. It can never be a network's marker
+/// `bridgenet:<network>` (network names have no `:`), so whatever acts on pod veths (the
+/// sweep, repair) and whatever acts on a network's links (teardown, orphan collection) never
+/// take each other's links.
+pub const POD_ALIAS_PREFIX: &str = "bridgenet-pod:";
+
+/// The marker alias of the host veth of (sandbox, interface).
+pub fn pod_alias(container_id: &str, ifname: &str) -> String {
+    format!("{POD_ALIAS_PREFIX}{container_id}/{ifname}")
+}
 
 /// Deterministic host-side veth name for (sandbox, interface): lets DEL and GC find and delete
 /// it from the journal alone, after any crash. `bnv` + 12 hex digits = 15 bytes (IFNAMSIZ-1).
@@ -271,7 +286,20 @@ async fn host_side(handle: Handle, spec: AttachSpec, pod_ns: File) -> Result<(),
         }
     })?;
     drop(pod_ns);
-    Ok(())
+    // The kernel ignores IFLA_IFALIAS when a link is created: the marker comes right after.
+    // A kill in between leaves an unmarked veth, which the sweep never takes; the journal
+    // names it, and DEL, GC and repair find it by that name.
+    let veth = link_by_name(&handle, &spec.host_veth)
+        .await?
+        .ok_or_else(|| AttachError::Mismatch(format!("{} vanished", spec.host_veth)))?;
+    set_link(
+        &handle,
+        LinkUnspec::new_with_index(veth.header.index)
+            .alias(spec.alias.clone())
+            .build(),
+        format!("marking {}", spec.host_veth),
+    )
+    .await
 }
 
 /// One `RTM_SETLINK`, counted as a kernel write.
@@ -511,23 +539,69 @@ pub async fn check(
     .await
 }
 
-/// Names of the links in `netns` starting with `prefix`.
-pub async fn list_links_with_prefix(
-    netns: Option<&Path>,
-    prefix: &str,
-) -> Result<Vec<String>, AttachError> {
-    let prefix = prefix.to_owned();
+/// A link of the host namespace as the sweep and repair see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostLink {
+    /// Interface index.
+    pub index: u32,
+    /// Name.
+    pub name: String,
+    /// `IFLA_INFO_KIND` (`veth`, `bridge`, `vxlan`, ...); empty when the kernel gives none.
+    pub kind: String,
+    /// `IFLA_IFALIAS`, the ownership marker.
+    pub alias: Option<String>,
+    /// Index of the bridge it is enslaved to.
+    pub master: Option<u32>,
+    /// Administratively up.
+    pub up: bool,
+}
+
+impl HostLink {
+    /// Whether this is a host veth bridgenet marked as a pod's (kind and marker, never the
+    /// name alone).
+    pub fn is_pod_veth(&self) -> bool {
+        self.kind == "veth"
+            && self
+                .alias
+                .as_deref()
+                .is_some_and(|a| a.starts_with(POD_ALIAS_PREFIX))
+    }
+}
+
+fn host_link(msg: LinkMessage) -> HostLink {
+    let mut link = HostLink {
+        index: msg.header.index,
+        name: String::new(),
+        kind: String::new(),
+        alias: None,
+        master: None,
+        up: msg.header.flags.contains(LinkFlags::Up),
+    };
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n,
+            LinkAttribute::IfAlias(a) if !a.is_empty() => link.alias = Some(a),
+            LinkAttribute::Controller(m) => link.master = Some(m),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Kind(k) = info {
+                        link.kind = k.to_string();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+/// Every link of `netns` (one dump).
+pub async fn host_links(netns: Option<&Path>) -> Result<Vec<HostLink>, AttachError> {
     in_netns(netns, move |handle| async move {
         let mut links = handle.link().get().execute();
         let mut out = Vec::new();
         while let Some(link) = links.try_next().await.map_err(nl("listing links"))? {
-            for attr in link.attributes {
-                if let LinkAttribute::IfName(name) = attr
-                    && name.starts_with(&prefix)
-                {
-                    out.push(name);
-                }
-            }
+            out.push(host_link(link));
         }
         Ok(out)
     })

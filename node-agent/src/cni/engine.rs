@@ -585,6 +585,7 @@ impl<D: Directory> Engine<D> {
                 host_netns: self.host_netns.clone(),
                 pod_netns: target.netns.clone(),
                 host_veth: first.host_veth.clone(),
+                alias: attach::pod_alias(&target.container_id, &request.interface),
                 pod_ifname: request.interface.clone(),
                 bridge: spec.bridge.clone(),
                 mtu: spec.mtu,
@@ -824,8 +825,10 @@ impl<D: Directory> Engine<D> {
         self.remove(&allocs).await
     }
 
-    /// Deletes host veths that carry our prefix but no allocation: only possible if the journal
-    /// was lost, but then they would hold a bridge port forever.
+    /// Deletes pod veths that bridgenet marked (kind `veth`, alias [`attach::POD_ALIAS_PREFIX`])
+    /// but that no allocation names: only possible if the journal was lost, but then they would
+    /// hold a bridge port forever. Never by name prefix: a network's VXLAN port shares the pod
+    /// veths' `bnv`, and a periodic sweep by prefix deleted the overlay of every network.
     async fn sweep_stray_veths(&self) -> Result<(), AttachError> {
         let known: HashSet<String> = self
             .ipam
@@ -834,16 +837,23 @@ impl<D: Directory> Engine<D> {
             .all()
             .map(|a| a.host_veth.clone())
             .collect();
-        let names =
-            attach::list_links_with_prefix(self.host_netns.as_deref(), attach::HOST_VETH_PREFIX)
-                .await?;
-        for name in names.into_iter().filter(|n| !known.contains(n)) {
+        let links = attach::host_links(self.host_netns.as_deref()).await?;
+        for link in links
+            .into_iter()
+            .filter(|l| l.is_pod_veth() && !known.contains(&l.name))
+        {
             // Re-check under the lock: an ADD may have just journaled it.
-            if self.ipam.lock().await.all().any(|a| a.host_veth == name) {
+            if self
+                .ipam
+                .lock()
+                .await
+                .all()
+                .any(|a| a.host_veth == link.name)
+            {
                 continue;
             }
-            tracing::warn!(veth = %name, "deleting a stray pod veth with no allocation");
-            attach::detach(self.host_netns.as_deref(), &name).await?;
+            tracing::warn!(veth = %link.name, alias = ?link.alias, "deleting a stray pod veth with no allocation");
+            attach::detach(self.host_netns.as_deref(), &link.name).await?;
         }
         Ok(())
     }
