@@ -6,17 +6,17 @@
 //! may not exist; the runtime's DEL, CNI GC or the periodic reconcile finds it by sandbox ID and
 //! removes both, and nothing else ever frees an address.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, PoisonError};
 use std::time::Duration;
 
 use bridgenet_crds::NodeBridgeSpec;
 use kube::core::{Selector, SelectorExt};
 use serde_json::Value;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::attach::{self, AttachError, AttachSpec};
 use crate::cni::annotation::{self, NetworkRequest, format_mac, parse_mac};
@@ -50,7 +50,13 @@ impl std::fmt::Display for PodRef {
     }
 }
 
-/// Something the rest of the agent should know (Events, pod annotation, NodeBridge status).
+/// Something the rest of the agent should know right away: an Event for the user.
+///
+/// Results (the pod's `network-status`, NodeBridge endpoints and counts) are deliberately not
+/// notices: they are derived from the journal on every pass of the status writer, so that a
+/// crash between an ADD and its report loses nothing. A lost rejection notice is re-derived
+/// too, by the caller: the kubelet retries a refused sandbox, hot-plug re-evaluates every
+/// resync.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Notice {
     /// A pod's request was refused: an Event of type Warning on the pod.
@@ -61,11 +67,6 @@ pub enum Notice {
         reason: &'static str,
         /// What to do.
         message: String,
-    },
-    /// The pod's attachments changed (annotation `network-status`, endpoints).
-    Changed {
-        /// The pod.
-        pod: PodRef,
     },
 }
 
@@ -93,16 +94,32 @@ pub mod failpoint {
     pub const DEL_BEFORE_DETACH: &str = "del-before-detach";
     /// DEL: veth deleted, addresses not yet freed.
     pub const DEL_AFTER_DETACH: &str = "del-after-detach";
-    /// Every step, in order.
+    /// ADD: the result has reached the plugin (the runtime sees the pod networked), nothing
+    /// is reported yet.
+    pub const ADD_AFTER_REPLY: &str = "add-after-reply";
+    /// Reporting: a pod's `bridgenet.io/network-status` is about to be written.
+    pub const REPORT_BEFORE_ANNOTATION: &str = "report-before-annotation";
+    /// Reporting: a NodeBridge's endpoints are about to be written.
+    pub const REPORT_BEFORE_ENDPOINTS: &str = "report-before-endpoints";
+    /// Every step inside a CNI call, in order: a kill at any of them fails the call.
     pub const ALL: &[&str] = &[
         ADD_AFTER_RESERVE,
         ADD_AFTER_ATTACH,
         DEL_BEFORE_DETACH,
         DEL_AFTER_DETACH,
     ];
+    /// Every step from an ADD to its results being reported, in order.
+    pub const REPORTING: &[&str] = &[
+        ADD_AFTER_RESERVE,
+        ADD_AFTER_ATTACH,
+        ADD_AFTER_REPLY,
+        REPORT_BEFORE_ANNOTATION,
+        REPORT_BEFORE_ENDPOINTS,
+    ];
 }
 
-fn failpoint(name: &str) {
+/// Aborts the process if `name` is the armed failpoint (see [`failpoint`]).
+pub(crate) fn failpoint(name: &str) {
     static ARMED: OnceLock<Option<String>> = OnceLock::new();
     if ARMED
         .get_or_init(|| std::env::var("BRIDGENET_FAILPOINT").ok())
@@ -146,10 +163,67 @@ pub struct Target {
     pub cni_name: String,
 }
 
+/// One lock per sandbox: a CNI call, a hot-plug change and a repair of the same sandbox never
+/// interleave (a repair must not re-create an interface that a DEL is deleting, nor one that
+/// an ADD is still creating), while calls for different sandboxes run in parallel.
+#[derive(Default)]
+struct SandboxLocks {
+    /// Entries exist only while someone holds or waits for the lock.
+    held: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+/// A held sandbox lock; the map entry goes with its last holder.
+struct SandboxGuard<'a> {
+    locks: &'a SandboxLocks,
+    id: String,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl SandboxLocks {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Mutex<()>>>> {
+        // Every critical section is one map operation: a poisoned lock holds no torn state.
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn entry(&self, id: &str) -> Arc<Mutex<()>> {
+        self.map().entry(id.to_owned()).or_default().clone()
+    }
+
+    async fn lock(&self, id: &str) -> SandboxGuard<'_> {
+        let guard = self.entry(id).lock_owned().await;
+        SandboxGuard {
+            locks: self,
+            id: id.to_owned(),
+            guard: Some(guard),
+        }
+    }
+
+    fn is_busy(&self, id: &str) -> bool {
+        self.map().contains_key(id)
+    }
+
+    /// Drops the entry of `id` unless someone else still holds or awaits it.
+    fn release(&self, id: &str) {
+        let mut map = self.map();
+        if map.get(id).is_some_and(|m| Arc::strong_count(m) == 1) {
+            map.remove(id);
+        }
+    }
+}
+
+impl Drop for SandboxGuard<'_> {
+    fn drop(&mut self) {
+        // The guard holds a reference to the entry: release it before counting holders.
+        drop(self.guard.take());
+        self.locks.release(&self.id);
+    }
+}
+
 /// The agent's CNI logic.
 pub struct Engine<D> {
     dir: D,
     ipam: Mutex<Ipam>,
+    sandboxes: SandboxLocks,
     host_netns: Option<PathBuf>,
     network_grace: Duration,
 }
@@ -219,6 +293,7 @@ impl<D: Directory> Engine<D> {
         Ok(Self {
             dir,
             ipam: Mutex::new(Ipam::open(state_dir)?),
+            sandboxes: SandboxLocks::default(),
             host_netns,
             network_grace: NEW_NETWORK_GRACE,
         })
@@ -246,6 +321,12 @@ impl<D: Directory> Engine<D> {
     /// The directory.
     pub fn directory(&self) -> &D {
         &self.dir
+    }
+
+    /// Whether a CNI call, hot-plug change or repair of sandbox `container_id` is under way
+    /// (its interfaces and allocations may be half-made or half-gone).
+    pub fn is_busy(&self, container_id: &str) -> bool {
+        self.sandboxes.is_busy(container_id)
     }
 
     /// A copy of every live allocation.
@@ -494,6 +575,7 @@ impl<D: Directory> Engine<D> {
         requests: &[NetworkRequest],
         info: &PodInfo,
     ) -> Result<Vec<Attached>, CniError> {
+        let _sandbox = self.sandboxes.lock(&target.container_id).await;
         let pod = target.pod.as_ref();
         let mut planned = Vec::new();
         for request in requests {
@@ -621,21 +703,38 @@ impl<D: Directory> Engine<D> {
         if let Some(err) = failure {
             // All or nothing: undo this call's interfaces and addresses.
             let all: Vec<Allocation> = reserved.into_iter().flat_map(|r| r.0).collect();
-            if let Err(e) = self.remove(&all).await {
+            if let Err(e) = self.remove_locked(&all).await {
                 tracing::error!(error = %e.msg, "rolling back a failed ADD");
             }
             return Err(err);
-        }
-        if let Some(p) = pod {
-            self.dir.notify(Notice::Changed { pod: p.clone() });
         }
         tracing::info!(container = %target.container_id, pod = ?pod.map(ToString::to_string), attached = done.len(), "attached");
         Ok(done)
     }
 
     /// Deletes the interfaces of `allocs`, then frees their addresses. An address whose
-    /// interface could not be deleted stays allocated (the next DEL/GC tries again).
+    /// interface could not be deleted stays allocated (the next DEL/GC tries again). Takes
+    /// each sandbox's lock in turn; every error is returned after all were tried.
     pub async fn remove(&self, allocs: &[Allocation]) -> Result<(), CniError> {
+        let mut by_sandbox: BTreeMap<&str, Vec<Allocation>> = BTreeMap::new();
+        for a in allocs {
+            by_sandbox
+                .entry(a.container_id.as_str())
+                .or_default()
+                .push(a.clone());
+        }
+        let mut first_error = None;
+        for (id, list) in by_sandbox {
+            let _sandbox = self.sandboxes.lock(id).await;
+            if let Err(e) = self.remove_locked(&list).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// [`Engine::remove`] for a caller that holds the sandboxes' locks.
+    async fn remove_locked(&self, allocs: &[Allocation]) -> Result<(), CniError> {
         failpoint(failpoint::DEL_BEFORE_DETACH);
         let veths: BTreeSet<&str> = allocs.iter().map(|a| a.host_veth.as_str()).collect();
         let mut failed = BTreeSet::new();
@@ -676,23 +775,13 @@ impl<D: Directory> Engine<D> {
     }
 
     async fn del(&self, conf: &NetConf, req: &Request) -> Result<(), CniError> {
+        let _sandbox = self.sandboxes.lock(&req.container_id).await;
         let allocs = self.ipam.lock().await.of_container(&req.container_id);
         let allocs = self.selected(conf, req, allocs);
         if allocs.is_empty() {
             return Ok(());
         }
-        self.remove(&allocs).await?;
-        let pods: BTreeSet<String> = allocs.iter().map(|a| a.pod.clone()).collect();
-        for pod in pods {
-            if let Some((ns, name)) = pod.split_once('/') {
-                self.dir.notify(Notice::Changed {
-                    pod: PodRef {
-                        namespace: ns.to_owned(),
-                        name: name.to_owned(),
-                    },
-                });
-            }
-        }
+        self.remove_locked(&allocs).await?;
         tracing::info!(container = %req.container_id, detached = allocs.len(), "detached");
         Ok(())
     }
@@ -814,6 +903,7 @@ impl<D: Directory> Engine<D> {
         container_id: &str,
         network: &str,
     ) -> Result<(), CniError> {
+        let _sandbox = self.sandboxes.lock(container_id).await;
         let allocs: Vec<Allocation> = self
             .ipam
             .lock()
@@ -822,7 +912,7 @@ impl<D: Directory> Engine<D> {
             .into_iter()
             .filter(|a| a.network == network)
             .collect();
-        self.remove(&allocs).await
+        self.remove_locked(&allocs).await
     }
 
     /// Deletes pod veths that bridgenet marked (kind `veth`, alias [`attach::POD_ALIAS_PREFIX`])
