@@ -41,6 +41,19 @@ pub enum Write {
 }
 
 impl Write {
+    /// Every kind, for exposing each counter from the start (at zero).
+    pub const ALL: [Write; 9] = [
+        Write::LinkAdd,
+        Write::LinkSet,
+        Write::LinkDel,
+        Write::AddrAdd,
+        Write::AddrDel,
+        Write::NeighAdd,
+        Write::NeighDel,
+        Write::RouteAdd,
+        Write::Sysctl,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Write::LinkAdd => "link_add",
@@ -62,18 +75,54 @@ struct OpLabel {
     op: &'static str,
 }
 
+/// Label of the repair counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RepairLabel {
+    action: &'static str,
+}
+
+/// What a repair pass did to one pod interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Repair {
+    /// The host end was put back on its bridge (the bridge had been re-created), set up, or
+    /// given its marker.
+    Reattached,
+    /// The veth pair was gone and was re-created in the running pod.
+    Recreated,
+}
+
+impl Repair {
+    fn label(self) -> &'static str {
+        match self {
+            Repair::Reattached => "reattached",
+            Repair::Recreated => "recreated",
+        }
+    }
+}
+
 /// The agent's metrics, prefixed `bridgenet_agent_`.
 pub struct Metrics {
     registry: Registry,
     netlink_writes: Family<OpLabel, Counter>,
     nftables_writes: Counter,
+    repairs: Family<RepairLabel, Counter>,
 }
 
 impl Metrics {
     fn new() -> Self {
         let mut registry = Registry::with_prefix("bridgenet_agent");
         let netlink_writes = Family::<OpLabel, Counter>::default();
+        // Every series exists from the start: a quiet node shows zeros, not nothing.
+        for write in Write::ALL {
+            drop(netlink_writes.get_or_create(&OpLabel { op: write.label() }));
+        }
         let nftables_writes = Counter::default();
+        let repairs = Family::<RepairLabel, Counter>::default();
+        for action in [Repair::Reattached, Repair::Recreated] {
+            drop(repairs.get_or_create(&RepairLabel {
+                action: action.label(),
+            }));
+        }
         registry.register(
             "netlink_writes",
             "Netlink requests (and sysctl writes) that change kernel state, by message",
@@ -84,10 +133,16 @@ impl Metrics {
             "nftables transactions committed by the agent",
             nftables_writes.clone(),
         );
+        registry.register(
+            "pod_interface_repairs",
+            "Pod interfaces put back on their network by a repair pass, by action",
+            repairs.clone(),
+        );
         Metrics {
             registry,
             netlink_writes,
             nftables_writes,
+            repairs,
         }
     }
 
@@ -101,24 +156,14 @@ impl Metrics {
 
     /// Netlink writes so far (all messages).
     pub fn netlink_writes_total(&self) -> u64 {
-        [
-            Write::LinkAdd,
-            Write::LinkSet,
-            Write::LinkDel,
-            Write::AddrAdd,
-            Write::AddrDel,
-            Write::NeighAdd,
-            Write::NeighDel,
-            Write::RouteAdd,
-            Write::Sysctl,
-        ]
-        .into_iter()
-        .map(|w| {
-            self.netlink_writes
-                .get_or_create(&OpLabel { op: w.label() })
-                .get()
-        })
-        .sum()
+        Write::ALL
+            .into_iter()
+            .map(|w| {
+                self.netlink_writes
+                    .get_or_create(&OpLabel { op: w.label() })
+                    .get()
+            })
+            .sum()
     }
 
     /// nftables transactions so far.
@@ -147,6 +192,16 @@ pub fn nftables_write() {
     global().nftables_writes.inc();
 }
 
+/// Counts one repaired pod interface.
+pub fn repaired(repair: Repair) {
+    global()
+        .repairs
+        .get_or_create(&RepairLabel {
+            action: repair.label(),
+        })
+        .inc();
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -159,6 +214,7 @@ mod tests {
         netlink_write(Write::Sysctl);
         assert!(global().netlink_writes_total() >= before + 2);
         nftables_write();
+        repaired(Repair::Recreated);
         let text = global().render();
         assert!(
             text.contains("bridgenet_agent_netlink_writes_total{op=\"link_set\"}"),
@@ -166,6 +222,10 @@ mod tests {
         );
         assert!(
             text.contains("bridgenet_agent_nftables_writes_total"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bridgenet_agent_pod_interface_repairs_total{action=\"recreated\"}"),
             "{text}"
         );
     }

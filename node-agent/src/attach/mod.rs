@@ -461,6 +461,30 @@ pub async fn detach(host_netns: Option<&Path>, host_veth: &str) -> Result<(), At
     }
 }
 
+/// Puts a pod's host veth (index `veth`) back on bridge `bridge`, up, with its marker: one
+/// request. A bridge deleted and re-created has lost its ports; this is all the pod needs,
+/// its own end being untouched.
+pub async fn reattach(
+    host_netns: Option<&Path>,
+    veth: u32,
+    bridge: u32,
+    alias: String,
+) -> Result<(), AttachError> {
+    in_netns(host_netns, move |handle| async move {
+        set_link(
+            &handle,
+            LinkUnspec::new_with_index(veth)
+                .controller(bridge)
+                .alias(alias)
+                .up()
+                .build(),
+            format!("putting veth {veth} back on bridge {bridge}"),
+        )
+        .await
+    })
+    .await
+}
+
 /// What CHECK compares.
 #[derive(Clone, Debug)]
 pub struct Expected {

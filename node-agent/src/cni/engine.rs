@@ -25,6 +25,7 @@ use crate::cni::types::{
     code, parse_cni_args, version_result,
 };
 use crate::ipam::{AllocRequest, Allocation, Ipam, IpamError, Pool};
+use crate::metrics;
 
 /// What the engine needs to know about a pod.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -81,6 +82,37 @@ pub trait Directory: Send + Sync + 'static {
     fn ready(&self) -> bool;
     /// Reports a notice; must not block.
     fn notify(&self, notice: Notice);
+}
+
+/// The container runtime as repair needs it: where a running pod's network namespace is. The
+/// agent asks CRI; tests answer from their own namespaces.
+pub trait Runtime: Send + Sync {
+    /// Why the runtime could not answer.
+    type Error: std::fmt::Display;
+    /// The network namespace of sandbox `container_id` if the runtime runs it (ready);
+    /// `Ok(None)` when it does not know it or it is not ready (being created or torn down).
+    fn running_netns(
+        &self,
+        container_id: &str,
+    ) -> impl Future<Output = Result<Option<PathBuf>, Self::Error>> + Send;
+}
+
+/// What one repair pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Repaired {
+    /// Host veths put back on their bridge (re-created under them), set up, or marked.
+    pub reattached: usize,
+    /// Veth pairs re-created in running pods (host end deleted, or the whole node's links).
+    pub recreated: usize,
+    /// Interfaces that could not be repaired this pass (retried at the next).
+    pub failed: usize,
+}
+
+impl Repaired {
+    /// Whether the pass changed or tried to change anything.
+    pub fn is_empty(&self) -> bool {
+        *self == Repaired::default()
+    }
 }
 
 /// Names of the steps a failure can be injected at (environment `BRIDGENET_FAILPOINT`), for
@@ -198,6 +230,21 @@ impl SandboxLocks {
         }
     }
 
+    fn try_lock(&self, id: &str) -> Option<SandboxGuard<'_>> {
+        let held = self.entry(id).try_lock_owned().ok();
+        match held {
+            Some(guard) => Some(SandboxGuard {
+                locks: self,
+                id: id.to_owned(),
+                guard: Some(guard),
+            }),
+            None => {
+                self.release(id);
+                None
+            }
+        }
+    }
+
     fn is_busy(&self, id: &str) -> bool {
         self.map().contains_key(id)
     }
@@ -238,6 +285,22 @@ pub const NEW_NETWORK_GRACE: Duration = Duration::from_secs(5);
 /// How long an attach waits for a known network's bridge to be created on the node.
 const BRIDGE_GRACE: Duration = Duration::from_secs(2);
 const GRACE_POLL: Duration = Duration::from_millis(25);
+
+/// The gateways of a network (per family), as pods route through them.
+fn gateways_of(spec: &NodeBridgeSpec) -> Vec<IpAddr> {
+    let mut gateways = vec![];
+    if let Ok(g) = spec.gateway.parse::<IpAddr>() {
+        gateways.push(g);
+    }
+    if let Some(g) = spec
+        .ipv6
+        .as_ref()
+        .and_then(|v6| v6.gateway.parse::<IpAddr>().ok())
+    {
+        gateways.push(g);
+    }
+    gateways
+}
 
 fn reject(pod: Option<&PodRef>, msg: String, details: &str) -> CniError {
     let who = pod.map(|p| format!("pod {p}: ")).unwrap_or_default();
@@ -642,39 +705,17 @@ impl<D: Directory> Engine<D> {
         let mut done = Vec::new();
         let mut failure = None;
         for (allocs, request, spec) in &reserved {
-            let Some(first) = allocs.first() else {
+            if allocs.is_empty() {
                 continue;
-            };
-            let mac = parse_mac(&first.mac).unwrap_or_else(attach::random_mac);
-            let mut gateways = vec![];
-            if let Ok(g) = spec.gateway.parse::<IpAddr>() {
-                gateways.push(g);
             }
-            if let Some(g) = spec
-                .ipv6
-                .as_ref()
-                .and_then(|v6| v6.gateway.parse::<IpAddr>().ok())
-            {
-                gateways.push(g);
-            }
+            let gateways = gateways_of(spec);
             let default_routes = if request.default_route {
                 gateways.clone()
             } else {
                 vec![]
             };
-            let addresses: Vec<(IpAddr, u8)> = allocs.iter().map(|a| (a.ip, a.prefix)).collect();
-            let spec_a = AttachSpec {
-                host_netns: self.host_netns.clone(),
-                pod_netns: target.netns.clone(),
-                host_veth: first.host_veth.clone(),
-                alias: attach::pod_alias(&target.container_id, &request.interface),
-                pod_ifname: request.interface.clone(),
-                bridge: spec.bridge.clone(),
-                mtu: spec.mtu,
-                mac,
-                addresses: addresses.clone(),
-                default_routes: default_routes.clone(),
-            };
+            let spec_a = self.attach_spec(spec, allocs, &target.netns, default_routes.clone());
+            let (mac, addresses) = (spec_a.mac, spec_a.addresses.clone());
             // The NodeBridge may be seconds old: its bridge may still be being created.
             let deadline = tokio::time::Instant::now() + BRIDGE_GRACE;
             let mut outcome = attach::attach(spec_a.clone()).await;
@@ -710,6 +751,32 @@ impl<D: Directory> Engine<D> {
         }
         tracing::info!(container = %target.container_id, pod = ?pod.map(ToString::to_string), attached = done.len(), "attached");
         Ok(done)
+    }
+
+    /// The interface one attachment (the allocations of one sandbox interface, both families)
+    /// gets in the pod at `netns`: what ADD creates and what repair re-creates, from the
+    /// journal's name, MAC and addresses.
+    fn attach_spec(
+        &self,
+        spec: &NodeBridgeSpec,
+        allocs: &[Allocation],
+        netns: &Path,
+        default_routes: Vec<IpAddr>,
+    ) -> AttachSpec {
+        let first = allocs.first();
+        let field = |f: fn(&Allocation) -> &String| first.map(f).cloned().unwrap_or_default();
+        AttachSpec {
+            host_netns: self.host_netns.clone(),
+            pod_netns: netns.to_owned(),
+            host_veth: field(|a| &a.host_veth),
+            alias: attach::pod_alias(&field(|a| &a.container_id), &field(|a| &a.ifname)),
+            pod_ifname: field(|a| &a.ifname),
+            bridge: spec.bridge.clone(),
+            mtu: spec.mtu,
+            mac: parse_mac(&field(|a| &a.mac)).unwrap_or_else(attach::random_mac),
+            addresses: allocs.iter().map(|a| (a.ip, a.prefix)).collect(),
+            default_routes,
+        }
     }
 
     /// Deletes the interfaces of `allocs`, then frees their addresses. An address whose
@@ -913,6 +980,159 @@ impl<D: Directory> Engine<D> {
             .filter(|a| a.network == network)
             .collect();
         self.remove_locked(&allocs).await
+    }
+
+    /// Puts every running pod's interfaces back on their networks, as the journal records them
+    /// (same interface name, MAC and addresses), after links were deleted by hand or by a host
+    /// network restart. Reads only when everything is in place.
+    ///
+    /// - A host veth not on its bridge (the bridge was deleted and re-created: the kernel
+    ///   released its ports), down, or without its marker is put back, up and marked.
+    /// - A host veth that is gone took the pod end with it (veth pairs die together): the
+    ///   pair is re-created in the pod's namespace, as hot-plug would, if the runtime runs the
+    ///   sandbox; a sandbox it does not run is left to DEL and the reconcile.
+    /// - A network whose bridge is missing is skipped: the data plane re-creates the bridge
+    ///   and triggers another pass.
+    ///
+    /// Sandboxes with a CNI call or hot-plug change in flight are skipped (their lock is held).
+    pub async fn repair<R: Runtime>(&self, runtime: &R) -> Result<Repaired, CniError> {
+        let mut interfaces: BTreeMap<(String, String), Vec<Allocation>> = BTreeMap::new();
+        for a in self.allocations().await {
+            interfaces
+                .entry((a.container_id.clone(), a.ifname.clone()))
+                .or_default()
+                .push(a);
+        }
+        if interfaces.is_empty() {
+            return Ok(Repaired::default());
+        }
+        let host = self.host_netns.as_deref();
+        let links = attach::host_links(host).await.map_err(attach_error)?;
+        let by_name: HashMap<&str, &attach::HostLink> =
+            links.iter().map(|l| (l.name.as_str(), l)).collect();
+        let mut done = Repaired::default();
+        for ((container, ifname), allocs) in interfaces {
+            let Some(first) = allocs.first() else {
+                continue;
+            };
+            let Some(spec) = self.dir.node_bridge(&first.network) else {
+                continue;
+            };
+            let Some(bridge) = by_name
+                .get(spec.bridge.as_str())
+                .filter(|l| l.kind == "bridge")
+            else {
+                continue;
+            };
+            let alias = attach::pod_alias(&container, &ifname);
+            let veth = by_name.get(first.host_veth.as_str());
+            if let Some(v) = veth {
+                if v.kind != "veth" {
+                    tracing::warn!(veth = %v.name, kind = %v.kind, pod = %first.pod, "a link that is not a veth has a pod veth's name; not touching it");
+                    continue;
+                }
+                if v.master == Some(bridge.index) && v.up && v.alias.as_deref() == Some(&alias) {
+                    continue;
+                }
+            }
+            let Some(_sandbox) = self.sandboxes.try_lock(&container) else {
+                continue;
+            };
+            // Still journaled now that the lock is ours: a DEL may have just finished.
+            if !self
+                .ipam
+                .lock()
+                .await
+                .of_container(&container)
+                .iter()
+                .any(|a| a.ifname == ifname)
+            {
+                continue;
+            }
+            let outcome = match veth {
+                Some(v) => attach::reattach(host, v.index, bridge.index, alias)
+                    .await
+                    .map(|()| metrics::Repair::Reattached),
+                None => match runtime.running_netns(&container).await {
+                    Ok(Some(netns)) => self
+                        .recreate(&spec, &allocs, &netns)
+                        .await
+                        .map(|()| metrics::Repair::Recreated),
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(container = %container, error = %e, "asking the runtime for a sandbox to repair");
+                        done.failed += 1;
+                        continue;
+                    }
+                },
+            };
+            match outcome {
+                Ok(what) => {
+                    metrics::repaired(what);
+                    match what {
+                        metrics::Repair::Reattached => done.reattached += 1,
+                        metrics::Repair::Recreated => done.recreated += 1,
+                    }
+                    tracing::info!(pod = %first.pod, container = %container, interface = %ifname, network = %first.network, bridge = %spec.bridge, action = ?what, "pod interface repaired");
+                }
+                Err(e) => {
+                    done.failed += 1;
+                    tracing::warn!(pod = %first.pod, container = %container, interface = %ifname, network = %first.network, error = %e, "repairing a pod interface failed; retrying at the next pass");
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Re-creates one pod interface in a running pod, with a default route if its annotation
+    /// still asks for one there.
+    async fn recreate(
+        &self,
+        spec: &NodeBridgeSpec,
+        allocs: &[Allocation],
+        netns: &Path,
+    ) -> Result<(), AttachError> {
+        let Some(first) = allocs.first() else {
+            return Ok(());
+        };
+        let default_route = match first.pod.split_once('/') {
+            Some((namespace, name)) => {
+                let pod = PodRef {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                };
+                match self.dir.pod(&pod).await {
+                    Ok(Some(info)) => info
+                        .annotations
+                        .get(bridgenet_crds::ANNOTATION_NETWORKS)
+                        .and_then(|v| annotation::parse(v).ok())
+                        .is_some_and(|requests| {
+                            // A sandbox has one interface per network (hot-plug keys on
+                            // it), whatever position the network has in the list now.
+                            requests
+                                .iter()
+                                .any(|r| r.name == first.network && r.default_route)
+                        }),
+                    _ => false,
+                }
+            }
+            None => false,
+        };
+        let routes = if default_route {
+            gateways_of(spec)
+        } else {
+            Vec::new()
+        };
+        let attach_spec = self.attach_spec(spec, allocs, netns, routes);
+        let host_veth = attach_spec.host_veth.clone();
+        let result = attach::attach(attach_spec).await;
+        if result.is_err() {
+            // Whatever half of it was made: the next pass starts clean.
+            if let Err(e) = attach::detach(self.host_netns.as_deref(), &host_veth).await {
+                tracing::warn!(veth = %host_veth, error = %e, "removing a half-repaired pod veth");
+            }
+        }
+        result
     }
 
     /// Deletes pod veths that bridgenet marked (kind `veth`, alias [`attach::POD_ALIAS_PREFIX`])
