@@ -75,10 +75,11 @@ bench-dataplane:
 	$(CARGO) bench -p bridgenet-agent --bench dataplane --bench dataplane_rss
 
 ## Pod attachment alone: CNI types/IPAM/install unit tests, the plugin exec tests, the crash tests
-## (agent killed at every step) and containerd's CRI path with hot-plug (all also run in `unit`).
+## (agent killed at every step of a call, and of an ADD up to its report), repair of pods' links
+## deleted by hand, and containerd's CRI path with hot-plug (all also run in `unit`).
 cni-test:
-	$(CARGO) test --locked -p bridgenet-agent --lib cni ipam
-	$(CARGO) test --locked -p bridgenet-agent --test cni_plugin --test cni_crash --test cni_containerd
+	$(CARGO) test --locked -p bridgenet-agent --lib -- cni ipam
+	$(CARGO) test --locked -p bridgenet-agent --test cni_plugin --test cni_crash --test cni_report_crash --test pod_repair --test cni_containerd
 
 ## CNI latency next to the reference bridge+host-local chain, agent and plugin RSS (root).
 bench-cni:

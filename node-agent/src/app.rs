@@ -48,6 +48,9 @@ pub struct Context {
     /// The one writer of NodeBridge status (conditions from the data plane, endpoints from
     /// attachment): every writer changes its part and the full status is applied.
     pub status: StatusWriter,
+    /// Notified by the data plane when a pass changed links (a bridge re-created has lost its
+    /// ports): the attachment side then repairs the pods' interfaces at once.
+    pub links_changed: Arc<tokio::sync::Notify>,
 }
 
 /// Runs the agent until a task fails or a termination signal arrives.
@@ -62,6 +65,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         client,
         readiness: Readiness::default(),
         status,
+        links_changed: Arc::default(),
     };
 
     // Uninstall or restart? Known from the agent's DaemonSet, watched from now on because
@@ -140,7 +144,14 @@ async fn run_dataplane(ctx: Context) -> anyhow::Result<()> {
     tracing::info!(node = %node.node_name, %underlay, port = node.vxlan_port, "data plane starting");
     let rtnl = Rtnl::connect().context("opening a netlink socket")?;
     let firewall = Firewall::new(Some(ctx.cli.nft.clone()));
-    let dataplane = Arc::new(Dataplane::new(rtnl, firewall, ctx.cli.resync_interval));
+    // Each NodeBridge's periodic pass comes one resync after its last; a check younger than
+    // half of that is trusted, so every periodic pass verifies the rules (the generation, one
+    // netlink request, when nothing committed since) and rules deleted by hand are back within
+    // one resync, not two.
+    let dataplane = Arc::new(
+        Dataplane::new(rtnl, firewall, ctx.cli.resync_interval / 2)
+            .with_change_signal(ctx.links_changed.clone()),
+    );
     nodebridge::run(
         ctx.client.clone(),
         node,

@@ -52,8 +52,8 @@ pub struct Cli {
     )]
     pub cri_endpoint: String,
 
-    /// Address of `/healthz` and `/readyz` (ready only when every NodeBridge of the node is
-    /// programmed).
+    /// Address of `/healthz`, `/readyz` (ready only when every NodeBridge of the node is
+    /// programmed) and `/metrics` (Prometheus: above all the count of writes to the kernel).
     #[arg(long, env = "BRIDGENET_HEALTH_ADDR", default_value = "0.0.0.0:9091")]
     pub health_addr: SocketAddr,
 

@@ -1,4 +1,4 @@
-//! `/healthz` and `/readyz`.
+//! `/healthz`, `/readyz` and `/metrics`.
 //!
 //! Live as long as the process serves HTTP. Ready only once the first list of this node's
 //! NodeBridges has been seen and every one of them is programmed, so that a DaemonSet rollout
@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
 
 /// Shared readiness of the node: which NodeBridges are programmed.
@@ -72,7 +73,19 @@ pub fn router(readiness: Readiness) -> Router {
     Router::new()
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(readiness)
+}
+
+/// The agent's counters ([`crate::metrics`]), above all its writes to the kernel.
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::global().render(),
+    )
 }
 
 async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, String) {
@@ -133,6 +146,12 @@ mod tests {
             out
         };
         assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
+        let metrics = get("/metrics").await;
+        assert!(
+            metrics.starts_with("HTTP/1.1 200")
+                && metrics.contains("bridgenet_agent_nftables_writes_total"),
+            "{metrics}"
+        );
         assert!(get("/readyz").await.starts_with("HTTP/1.1 503"));
         r.set_synced();
         assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));

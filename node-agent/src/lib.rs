@@ -9,5 +9,6 @@ pub mod cni;
 pub mod dataplane;
 pub mod health;
 pub mod ipam;
+pub mod metrics;
 pub mod nodebridge;
 pub mod uninstall;

@@ -712,3 +712,156 @@ async fn add_waits_for_a_network_that_arrives_moments_later() {
     assert!(run_plugin(&add.with_command("DEL")).await.ok);
     assert!(s.agent.engine.allocations().await.is_empty());
 }
+
+/// A name prefix is not ownership: the sweep of stray pod veths (part of the periodic
+/// reconcile against the runtime and of CNI GC) deletes only veths that carry bridgenet's pod
+/// marker and have no allocation. A network's VXLAN port (`bnvx-<vni>`, which shares the pod
+/// veths' `bnv` prefix), a bridge, a veth of someone else named `bnv…`, and a non-veth carrying
+/// the pod marker all survive it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_takes_only_marked_pod_veths_without_an_allocation() {
+    let red = TestNetwork::new("red", 20);
+    let s = setup("sweep", std::slice::from_ref(&red));
+    s.dir.set_pod("default/live", "red");
+    let conf = chained_config(&s.agent.socket, "1.1.0", None);
+    let add = Call::new(
+        "ADD",
+        "sb-live",
+        s.pod.path().to_str().unwrap(),
+        "default/live",
+        conf.clone(),
+    );
+    assert!(run_plugin(&add).await.ok);
+    let live_veth = s
+        .node
+        .links()
+        .into_iter()
+        .find(|l| l.starts_with("bnv"))
+        .expect("the live pod's host veth");
+    assert_eq!(
+        s.node.link_json(&live_veth).unwrap()["ifalias"],
+        "bridgenet-pod:sb-live/net1",
+        "a pod veth carries its owner's marker"
+    );
+    // What the data plane makes for a network: a VXLAN port on the bridge and the bridge,
+    // both marked `bridgenet:<network>`.
+    for args in [
+        &[
+            "link",
+            "add",
+            "bnvx-4242",
+            "type",
+            "vxlan",
+            "id",
+            "4242",
+            "dstport",
+            "4789",
+        ][..],
+        &["link", "set", "bnvx-4242", "alias", "bridgenet:red"],
+        &[
+            "link",
+            "set",
+            "bnvx-4242",
+            "master",
+            red.bridge.as_str(),
+            "up",
+        ],
+        &["link", "add", "bnvbr20", "type", "bridge"],
+        &["link", "set", "bnvbr20", "alias", "bridgenet:blue"],
+        // Someone else's veth pair whose names happen to start with `bnv`.
+        &[
+            "link",
+            "add",
+            "bnvforeign0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "bnvforeign1",
+        ],
+        // Not a veth, even though it carries the pod marker.
+        &["link", "add", "bnvbr21", "type", "bridge"],
+        &["link", "set", "bnvbr21", "alias", "bridgenet-pod:sb-x/net1"],
+        // A pod veth of bridgenet whose allocation is gone (the journal was lost).
+        &[
+            "link",
+            "add",
+            "bnv0123456789ab",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "orphanp",
+        ],
+        &[
+            "link",
+            "set",
+            "bnv0123456789ab",
+            "alias",
+            "bridgenet-pod:sb-gone/net1",
+        ],
+    ] {
+        s.node.ip(args);
+    }
+    let survivors = [
+        "bnvx-4242",
+        "bnvbr20",
+        "bnvforeign0",
+        "bnvforeign1",
+        "bnvbr21",
+        live_veth.as_str(),
+    ];
+    let live: std::collections::HashSet<String> = ["sb-live".to_owned()].into();
+    s.agent
+        .engine
+        .reconcile(&live, std::time::Duration::from_secs(120))
+        .await
+        .unwrap();
+    let links = s.node.links();
+    for name in survivors {
+        assert!(
+            links.iter().any(|l| l == name),
+            "the reconcile's sweep deleted {name}: {links:?}"
+        );
+    }
+    assert!(
+        !links.iter().any(|l| l == "bnv0123456789ab"),
+        "the marked orphan is swept: {links:?}"
+    );
+    assert!(
+        s.pod.link_json("net1").is_some(),
+        "the live pod is untouched"
+    );
+    // CNI GC runs the same sweep.
+    s.node.ip(&[
+        "link",
+        "add",
+        "bnv0123456789ac",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "orphanq",
+    ]);
+    s.node.ip(&[
+        "link",
+        "set",
+        "bnv0123456789ac",
+        "alias",
+        "bridgenet-pod:sb-gone/net2",
+    ]);
+    let mut gc = conf;
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "sb-live", "ifname": "eth0"}]);
+    let answer = run_plugin(&Call::new("GC", "", "", "x", gc)).await;
+    assert!(answer.ok, "{}", answer.raw);
+    let links = s.node.links();
+    for name in survivors {
+        assert!(
+            links.iter().any(|l| l == name),
+            "CNI GC's sweep deleted {name}: {links:?}"
+        );
+    }
+    assert!(!links.iter().any(|l| l == "bnv0123456789ac"), "{links:?}");
+    assert!(run_plugin(&add.with_command("DEL")).await.ok);
+    assert!(s.agent.engine.allocations().await.is_empty());
+}

@@ -18,13 +18,14 @@ use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use netlink_packet_route::link::{
-    InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage, State,
+    InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
 };
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use sha2::{Digest, Sha256};
 
 use crate::cni::annotation::format_mac;
 use crate::dataplane::rtnl::{errno, link_message};
+use crate::metrics::{self, Write};
 
 /// Errors of attaching and detaching.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +78,8 @@ pub struct AttachSpec {
     pub pod_netns: PathBuf,
     /// Host end of the veth (see [`host_veth_name`]).
     pub host_veth: String,
+    /// Its ownership marker (see [`pod_alias`]).
+    pub alias: String,
     /// Interface name in the pod.
     pub pod_ifname: String,
     /// Bridge to enslave the host end to.
@@ -91,8 +94,21 @@ pub struct AttachSpec {
     pub default_routes: Vec<IpAddr>,
 }
 
-/// Prefix of every host-side veth bridgenet creates.
+/// Prefix of every host-side veth bridgenet creates. A name, not ownership: the VXLAN ports
+/// (`bnvx-<vni>`) share it, and anyone may name a link so; see [`POD_ALIAS_PREFIX`].
 pub const HOST_VETH_PREFIX: &str = "bnv";
+
+/// Prefix of the alias (`IFLA_IFALIAS`) marking a host veth as bridgenet's pod interface:
+/// `bridgenet-pod:<containerId>/<ifname>`. It can never be a network's marker
+/// `bridgenet:<network>` (network names have no `:`), so whatever acts on pod veths (the
+/// sweep, repair) and whatever acts on a network's links (teardown, orphan collection) never
+/// take each other's links.
+pub const POD_ALIAS_PREFIX: &str = "bridgenet-pod:";
+
+/// The marker alias of the host veth of (sandbox, interface).
+pub fn pod_alias(container_id: &str, ifname: &str) -> String {
+    format!("{POD_ALIAS_PREFIX}{container_id}/{ifname}")
+}
 
 /// Deterministic host-side veth name for (sandbox, interface): lets DEL and GC find and delete
 /// it from the journal alone, after any crash. `bnv` + 12 hex digits = 15 bytes (IFNAMSIZ-1).
@@ -231,6 +247,7 @@ async fn host_side(handle: Handle, spec: AttachSpec, pod_ns: File) -> Result<(),
         .ok_or_else(|| AttachError::NoBridge(spec.bridge.clone()))?;
     // A retried ADD finds its own veth from the interrupted attempt: start clean.
     if let Some(old) = link_by_name(&handle, &spec.host_veth).await? {
+        metrics::netlink_write(Write::LinkDel);
         handle
             .link()
             .del(old.header.index)
@@ -252,6 +269,7 @@ async fn host_side(handle: Handle, spec: AttachSpec, pod_ns: File) -> Result<(),
         .controller(bridge.header.index)
         .up()
         .build();
+    metrics::netlink_write(Write::LinkAdd);
     handle.link().add(msg).execute().await.map_err(|e| {
         if errno(&e) == Some(EEXIST) {
             AttachError::Mismatch(format!(
@@ -268,7 +286,26 @@ async fn host_side(handle: Handle, spec: AttachSpec, pod_ns: File) -> Result<(),
         }
     })?;
     drop(pod_ns);
-    Ok(())
+    // The kernel ignores IFLA_IFALIAS when a link is created: the marker comes right after.
+    // A kill in between leaves an unmarked veth, which the sweep never takes; the journal
+    // names it, and DEL, GC and repair find it by that name.
+    let veth = link_by_name(&handle, &spec.host_veth)
+        .await?
+        .ok_or_else(|| AttachError::Mismatch(format!("{} vanished", spec.host_veth)))?;
+    set_link(
+        &handle,
+        LinkUnspec::new_with_index(veth.header.index)
+            .alias(spec.alias.clone())
+            .build(),
+        format!("marking {}", spec.host_veth),
+    )
+    .await
+}
+
+/// One `RTM_SETLINK`, counted as a kernel write.
+async fn set_link(handle: &Handle, msg: LinkMessage, op: String) -> Result<(), AttachError> {
+    metrics::netlink_write(Write::LinkSet);
+    handle.link().set(msg).execute().await.map_err(nl(op))
 }
 
 async fn pod_side(handle: &Handle, spec: &AttachSpec) -> Result<u32, AttachError> {
@@ -280,14 +317,13 @@ async fn pod_side(handle: &Handle, spec: &AttachSpec) -> Result<u32, AttachError
     let index = link.header.index;
     // The kernel announces the address itself when the link comes up with these set
     // (gratuitous ARP / unsolicited NA): no raw socket needed. IPv6 may be disabled in the pod.
-    let _ = std::fs::write(
+    for path in [
         format!("/proc/sys/net/ipv4/conf/{}/arp_notify", spec.pod_ifname),
-        "1",
-    );
-    let _ = std::fs::write(
         format!("/proc/sys/net/ipv6/conf/{}/ndisc_notify", spec.pod_ifname),
-        "1",
-    );
+    ] {
+        metrics::netlink_write(Write::Sysctl);
+        let _ = std::fs::write(path, "1");
+    }
     for (ip, prefix) in &spec.addresses {
         let mut req = handle.address().add(index, *ip, *prefix);
         if ip.is_ipv6() {
@@ -297,6 +333,7 @@ async fn pod_side(handle: &Handle, spec: &AttachSpec) -> Result<u32, AttachError
                 .attributes
                 .push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
+        metrics::netlink_write(Write::AddrAdd);
         match req.execute().await {
             Ok(()) => {}
             Err(e) if errno(&e) == Some(EEXIST) => {}
@@ -307,12 +344,12 @@ async fn pod_side(handle: &Handle, spec: &AttachSpec) -> Result<u32, AttachError
             }
         }
     }
-    handle
-        .link()
-        .set(LinkUnspec::new_with_index(index).up().build())
-        .execute()
-        .await
-        .map_err(nl(format!("setting {} up", spec.pod_ifname)))?;
+    set_link(
+        handle,
+        LinkUnspec::new_with_index(index).up().build(),
+        format!("setting {} up", spec.pod_ifname),
+    )
+    .await?;
     for gw in &spec.default_routes {
         let msg = match gw {
             IpAddr::V4(v4) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
@@ -324,6 +361,7 @@ async fn pod_side(handle: &Handle, spec: &AttachSpec) -> Result<u32, AttachError
                 .gateway(*v6)
                 .build(),
         };
+        metrics::netlink_write(Write::RouteAdd);
         match handle.route().add(msg).execute().await {
             Ok(()) => {}
             Err(e) if errno(&e) == Some(EEXIST) => {
@@ -356,15 +394,14 @@ async fn announce(
     if !(host_up && pod_up) {
         tracing::warn!(veth = %spec.host_veth, "veth not operational after 1s; announcing anyway");
     }
-    pod.link()
-        .set(
-            LinkUnspec::new_with_index(index)
-                .address(spec.mac.to_vec())
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(nl(format!("announcing {}", spec.pod_ifname)))
+    set_link(
+        pod,
+        LinkUnspec::new_with_index(index)
+            .address(spec.mac.to_vec())
+            .build(),
+        format!("announcing {}", spec.pod_ifname),
+    )
+    .await
 }
 
 enum LinkRef<'a> {
@@ -404,6 +441,7 @@ pub async fn detach(host_netns: Option<&Path>, host_veth: &str) -> Result<(), At
     let name = host_veth.to_owned();
     let result = in_netns(host_netns, move |handle| async move {
         if let Some(link) = link_by_name(&handle, &name).await? {
+            metrics::netlink_write(Write::LinkDel);
             match handle.link().del(link.header.index).execute().await {
                 Ok(()) => {}
                 Err(e) if errno(&e) == Some(ENODEV) => {}
@@ -421,6 +459,30 @@ pub async fn detach(host_netns: Option<&Path>, host_veth: &str) -> Result<(), At
         }
         other => other,
     }
+}
+
+/// Puts a pod's host veth (index `veth`) back on bridge `bridge`, up, with its marker: one
+/// request. A bridge deleted and re-created has lost its ports; this is all the pod needs,
+/// its own end being untouched.
+pub async fn reattach(
+    host_netns: Option<&Path>,
+    veth: u32,
+    bridge: u32,
+    alias: String,
+) -> Result<(), AttachError> {
+    in_netns(host_netns, move |handle| async move {
+        set_link(
+            &handle,
+            LinkUnspec::new_with_index(veth)
+                .controller(bridge)
+                .alias(alias)
+                .up()
+                .build(),
+            format!("putting veth {veth} back on bridge {bridge}"),
+        )
+        .await
+    })
+    .await
 }
 
 /// What CHECK compares.
@@ -501,23 +563,69 @@ pub async fn check(
     .await
 }
 
-/// Names of the links in `netns` starting with `prefix`.
-pub async fn list_links_with_prefix(
-    netns: Option<&Path>,
-    prefix: &str,
-) -> Result<Vec<String>, AttachError> {
-    let prefix = prefix.to_owned();
+/// A link of the host namespace as the sweep and repair see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostLink {
+    /// Interface index.
+    pub index: u32,
+    /// Name.
+    pub name: String,
+    /// `IFLA_INFO_KIND` (`veth`, `bridge`, `vxlan`, ...); empty when the kernel gives none.
+    pub kind: String,
+    /// `IFLA_IFALIAS`, the ownership marker.
+    pub alias: Option<String>,
+    /// Index of the bridge it is enslaved to.
+    pub master: Option<u32>,
+    /// Administratively up.
+    pub up: bool,
+}
+
+impl HostLink {
+    /// Whether this is a host veth bridgenet marked as a pod's (kind and marker, never the
+    /// name alone).
+    pub fn is_pod_veth(&self) -> bool {
+        self.kind == "veth"
+            && self
+                .alias
+                .as_deref()
+                .is_some_and(|a| a.starts_with(POD_ALIAS_PREFIX))
+    }
+}
+
+fn host_link(msg: LinkMessage) -> HostLink {
+    let mut link = HostLink {
+        index: msg.header.index,
+        name: String::new(),
+        kind: String::new(),
+        alias: None,
+        master: None,
+        up: msg.header.flags.contains(LinkFlags::Up),
+    };
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n,
+            LinkAttribute::IfAlias(a) if !a.is_empty() => link.alias = Some(a),
+            LinkAttribute::Controller(m) => link.master = Some(m),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Kind(k) = info {
+                        link.kind = k.to_string();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+/// Every link of `netns` (one dump).
+pub async fn host_links(netns: Option<&Path>) -> Result<Vec<HostLink>, AttachError> {
     in_netns(netns, move |handle| async move {
         let mut links = handle.link().get().execute();
         let mut out = Vec::new();
         while let Some(link) = links.try_next().await.map_err(nl("listing links"))? {
-            for attr in link.attributes {
-                if let LinkAttribute::IfName(name) = attr
-                    && name.starts_with(&prefix)
-                {
-                    out.push(name);
-                }
-            }
+            out.push(host_link(link));
         }
         Ok(out)
     })

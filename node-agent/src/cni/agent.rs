@@ -1,17 +1,20 @@
 //! The attachment side of the agent as one task: install the plugin, serve the CNI socket, keep
-//! the cluster caches, write results back, hot-plug, and reconcile against the runtime.
+//! the cluster caches, write results back, hot-plug, repair pods' interfaces, and reconcile
+//! against the runtime.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use crate::app::Context;
+use crate::attach;
 use crate::cni::cri::Cri;
 use crate::cni::engine::Engine;
 use crate::cni::kube::{KubeDirectory, status_loop};
 use crate::cni::{hotplug, install, server};
+use crate::nodebridge::dataplane::marked_link_losses;
 
 /// A sandbox must be unknown to the runtime for this long before reconcile frees its
 /// addresses (see [`Engine::reconcile`]).
@@ -94,6 +97,12 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
             }
         }
     };
+    let repair = repair_loop(
+        engine.clone(),
+        cri.clone(),
+        ctx.links_changed.clone(),
+        ctx.cli.resync_interval,
+    );
     let reconcile = {
         let engine = engine.clone();
         let every = ctx.cli.resync_interval.max(Duration::from_secs(10)) * 6;
@@ -124,9 +133,45 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
         () = status => anyhow::bail!("status writer ended"),
         () = hotplug => anyhow::bail!("hot-plug ended"),
         () = reconcile => anyhow::bail!("reconcile ended"),
+        () = repair => anyhow::bail!("repair ended"),
         () = rechain => anyhow::bail!("re-chaining ended"),
     }
     Ok(())
+}
+
+/// Repairs pods' interfaces ([`Engine::repair`]) at start, every `resync`, as soon as the data
+/// plane changed links (a bridge re-created after `ip link del` has lost its ports), and as soon
+/// as a pod's host veth is deleted or set down: drift is repaired within one resync, usually
+/// within a second, without restarting any pod. A burst of events (a host network restart
+/// deletes every link at once) makes one pass.
+async fn repair_loop(
+    engine: Arc<Engine<KubeDirectory>>,
+    cri: Cri,
+    links_changed: Arc<tokio::sync::Notify>,
+    resync: Duration,
+) {
+    let mut veths = marked_link_losses(attach::POD_ALIAS_PREFIX);
+    let mut tick = tokio::time::interval(resync);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = links_changed.notified() => {}
+            Some(()) = veths.next() => {}
+        }
+        while let Some(Some(())) = veths.next().now_or_never() {}
+        let started = std::time::Instant::now();
+        match engine.repair(&cri).await {
+            Ok(done) if done.is_empty() => {}
+            Ok(done) => tracing::info!(
+                reattached = done.reattached,
+                recreated = done.recreated,
+                failed = done.failed,
+                took_ms = started.elapsed().as_millis(),
+                "repair pass put pod interfaces back on their networks"
+            ),
+            Err(e) => tracing::warn!(error = %e.msg, "repair pass failed; retrying at the next"),
+        }
+    }
 }
 
 /// An unbounded receiver as a stream.

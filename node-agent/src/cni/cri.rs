@@ -1,6 +1,6 @@
 //! The container runtime, through CRI (`--cri-endpoint`): which pod sandboxes exist (for the
 //! reconcile that frees addresses of sandboxes that are gone) and where a running pod's network
-//! namespace is (for hot-plug) — read from the runtime, never guessed from paths.
+//! namespace is (for hot-plug and repair) — read from the runtime, never guessed from paths.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -13,6 +13,8 @@ use k8s_cri::v1::{
 };
 use serde_json::Value;
 use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::cni::engine::Runtime;
 
 /// Errors talking to the runtime.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +155,24 @@ impl Cri {
             .info
             .get("info")
             .and_then(|raw| netns_from_info(raw)))
+    }
+}
+
+impl Runtime for Cri {
+    type Error = CriError;
+
+    async fn running_netns(&self, container_id: &str) -> Result<Option<PathBuf>, CriError> {
+        // Only ready sandboxes: the runtime marks one ready after its CNI ADD has returned and
+        // unready before its DEL, so repair never races the plugin.
+        if !self
+            .ready_sandboxes()
+            .await?
+            .iter()
+            .any(|s| s.id == container_id)
+        {
+            return Ok(None);
+        }
+        self.netns_of(container_id).await
     }
 }
 

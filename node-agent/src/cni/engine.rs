@@ -6,17 +6,17 @@
 //! may not exist; the runtime's DEL, CNI GC or the periodic reconcile finds it by sandbox ID and
 //! removes both, and nothing else ever frees an address.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, PoisonError};
 use std::time::Duration;
 
 use bridgenet_crds::NodeBridgeSpec;
 use kube::core::{Selector, SelectorExt};
 use serde_json::Value;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::attach::{self, AttachError, AttachSpec};
 use crate::cni::annotation::{self, NetworkRequest, format_mac, parse_mac};
@@ -25,6 +25,7 @@ use crate::cni::types::{
     code, parse_cni_args, version_result,
 };
 use crate::ipam::{AllocRequest, Allocation, Ipam, IpamError, Pool};
+use crate::metrics;
 
 /// What the engine needs to know about a pod.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -48,7 +49,13 @@ impl std::fmt::Display for PodRef {
     }
 }
 
-/// Something the rest of the agent should know (Events, pod annotation, NodeBridge status).
+/// Something the rest of the agent should know right away: an Event for the user.
+///
+/// Results (the pod's `network-status`, NodeBridge endpoints and counts) are deliberately not
+/// notices: they are derived from the journal on every pass of the status writer, so that a
+/// crash between an ADD and its report loses nothing. A lost rejection notice is re-derived
+/// too, by the caller: the kubelet retries a refused sandbox, hot-plug re-evaluates every
+/// resync.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Notice {
     /// A pod's request was refused: an Event of type Warning on the pod.
@@ -59,11 +66,6 @@ pub enum Notice {
         reason: &'static str,
         /// What to do.
         message: String,
-    },
-    /// The pod's attachments changed (annotation `network-status`, endpoints).
-    Changed {
-        /// The pod.
-        pod: PodRef,
     },
 }
 
@@ -87,6 +89,37 @@ pub trait Directory: Send + Sync + 'static {
     fn notify(&self, notice: Notice);
 }
 
+/// The container runtime as repair needs it: where a running pod's network namespace is. The
+/// agent asks CRI; tests answer from their own namespaces.
+pub trait Runtime: Send + Sync {
+    /// Why the runtime could not answer.
+    type Error: std::fmt::Display;
+    /// The network namespace of sandbox `container_id` if the runtime runs it (ready);
+    /// `Ok(None)` when it does not know it or it is not ready (being created or torn down).
+    fn running_netns(
+        &self,
+        container_id: &str,
+    ) -> impl Future<Output = Result<Option<PathBuf>, Self::Error>> + Send;
+}
+
+/// What one repair pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Repaired {
+    /// Host veths put back on their bridge (re-created under them), set up, or marked.
+    pub reattached: usize,
+    /// Veth pairs re-created in running pods (host end deleted, or the whole node's links).
+    pub recreated: usize,
+    /// Interfaces that could not be repaired this pass (retried at the next).
+    pub failed: usize,
+}
+
+impl Repaired {
+    /// Whether the pass changed or tried to change anything.
+    pub fn is_empty(&self) -> bool {
+        *self == Repaired::default()
+    }
+}
+
 /// Names of the steps a failure can be injected at (environment `BRIDGENET_FAILPOINT`), for
 /// the crash tests: the process aborts there, like a `kill -9` at that instant.
 pub mod failpoint {
@@ -98,16 +131,32 @@ pub mod failpoint {
     pub const DEL_BEFORE_DETACH: &str = "del-before-detach";
     /// DEL: veth deleted, addresses not yet freed.
     pub const DEL_AFTER_DETACH: &str = "del-after-detach";
-    /// Every step, in order.
+    /// ADD: the result has reached the plugin (the runtime sees the pod networked), nothing
+    /// is reported yet.
+    pub const ADD_AFTER_REPLY: &str = "add-after-reply";
+    /// Reporting: a pod's `bridgenet.io/network-status` is about to be written.
+    pub const REPORT_BEFORE_ANNOTATION: &str = "report-before-annotation";
+    /// Reporting: a NodeBridge's endpoints are about to be written.
+    pub const REPORT_BEFORE_ENDPOINTS: &str = "report-before-endpoints";
+    /// Every step inside a CNI call, in order: a kill at any of them fails the call.
     pub const ALL: &[&str] = &[
         ADD_AFTER_RESERVE,
         ADD_AFTER_ATTACH,
         DEL_BEFORE_DETACH,
         DEL_AFTER_DETACH,
     ];
+    /// Every step from an ADD to its results being reported, in order.
+    pub const REPORTING: &[&str] = &[
+        ADD_AFTER_RESERVE,
+        ADD_AFTER_ATTACH,
+        ADD_AFTER_REPLY,
+        REPORT_BEFORE_ANNOTATION,
+        REPORT_BEFORE_ENDPOINTS,
+    ];
 }
 
-fn failpoint(name: &str) {
+/// Aborts the process if `name` is the armed failpoint (see [`failpoint`]).
+pub(crate) fn failpoint(name: &str) {
     static ARMED: OnceLock<Option<String>> = OnceLock::new();
     if ARMED
         .get_or_init(|| std::env::var("BRIDGENET_FAILPOINT").ok())
@@ -151,10 +200,82 @@ pub struct Target {
     pub cni_name: String,
 }
 
+/// One lock per sandbox: a CNI call, a hot-plug change and a repair of the same sandbox never
+/// interleave (a repair must not re-create an interface that a DEL is deleting, nor one that
+/// an ADD is still creating), while calls for different sandboxes run in parallel.
+#[derive(Default)]
+struct SandboxLocks {
+    /// Entries exist only while someone holds or waits for the lock.
+    held: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+/// A held sandbox lock; the map entry goes with its last holder.
+struct SandboxGuard<'a> {
+    locks: &'a SandboxLocks,
+    id: String,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl SandboxLocks {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Mutex<()>>>> {
+        // Every critical section is one map operation: a poisoned lock holds no torn state.
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn entry(&self, id: &str) -> Arc<Mutex<()>> {
+        self.map().entry(id.to_owned()).or_default().clone()
+    }
+
+    async fn lock(&self, id: &str) -> SandboxGuard<'_> {
+        let guard = self.entry(id).lock_owned().await;
+        SandboxGuard {
+            locks: self,
+            id: id.to_owned(),
+            guard: Some(guard),
+        }
+    }
+
+    fn try_lock(&self, id: &str) -> Option<SandboxGuard<'_>> {
+        let held = self.entry(id).try_lock_owned().ok();
+        match held {
+            Some(guard) => Some(SandboxGuard {
+                locks: self,
+                id: id.to_owned(),
+                guard: Some(guard),
+            }),
+            None => {
+                self.release(id);
+                None
+            }
+        }
+    }
+
+    fn is_busy(&self, id: &str) -> bool {
+        self.map().contains_key(id)
+    }
+
+    /// Drops the entry of `id` unless someone else still holds or awaits it.
+    fn release(&self, id: &str) {
+        let mut map = self.map();
+        if map.get(id).is_some_and(|m| Arc::strong_count(m) == 1) {
+            map.remove(id);
+        }
+    }
+}
+
+impl Drop for SandboxGuard<'_> {
+    fn drop(&mut self) {
+        // The guard holds a reference to the entry: release it before counting holders.
+        drop(self.guard.take());
+        self.locks.release(&self.id);
+    }
+}
+
 /// The agent's CNI logic.
 pub struct Engine<D> {
     dir: D,
     ipam: Mutex<Ipam>,
+    sandboxes: SandboxLocks,
     host_netns: Option<PathBuf>,
     network_grace: Duration,
 }
@@ -169,6 +290,22 @@ pub const NEW_NETWORK_GRACE: Duration = Duration::from_secs(5);
 /// How long an attach waits for a known network's bridge to be created on the node.
 const BRIDGE_GRACE: Duration = Duration::from_secs(2);
 const GRACE_POLL: Duration = Duration::from_millis(25);
+
+/// The gateways of a network (per family), as pods route through them.
+fn gateways_of(spec: &NodeBridgeSpec) -> Vec<IpAddr> {
+    let mut gateways = vec![];
+    if let Ok(g) = spec.gateway.parse::<IpAddr>() {
+        gateways.push(g);
+    }
+    if let Some(g) = spec
+        .ipv6
+        .as_ref()
+        .and_then(|v6| v6.gateway.parse::<IpAddr>().ok())
+    {
+        gateways.push(g);
+    }
+    gateways
+}
 
 fn reject(pod: Option<&PodRef>, msg: String, details: &str) -> CniError {
     let who = pod.map(|p| format!("pod {p}: ")).unwrap_or_default();
@@ -224,6 +361,7 @@ impl<D: Directory> Engine<D> {
         Ok(Self {
             dir,
             ipam: Mutex::new(Ipam::open(state_dir)?),
+            sandboxes: SandboxLocks::default(),
             host_netns,
             network_grace: NEW_NETWORK_GRACE,
         })
@@ -251,6 +389,12 @@ impl<D: Directory> Engine<D> {
     /// The directory.
     pub fn directory(&self) -> &D {
         &self.dir
+    }
+
+    /// Whether a CNI call, hot-plug change or repair of sandbox `container_id` is under way
+    /// (its interfaces and allocations may be half-made or half-gone).
+    pub fn is_busy(&self, container_id: &str) -> bool {
+        self.sandboxes.is_busy(container_id)
     }
 
     /// A copy of every live allocation.
@@ -496,6 +640,7 @@ impl<D: Directory> Engine<D> {
         target: &Target,
         requests: &[NetworkRequest],
     ) -> Result<Vec<Attached>, CniError> {
+        let _sandbox = self.sandboxes.lock(&target.container_id).await;
         let pod = target.pod.as_ref();
         let specs: Vec<Option<NodeBridgeSpec>> = requests
             .iter()
@@ -580,38 +725,17 @@ impl<D: Directory> Engine<D> {
         let mut done = Vec::new();
         let mut failure = None;
         for (allocs, request, spec) in &reserved {
-            let Some(first) = allocs.first() else {
+            if allocs.is_empty() {
                 continue;
-            };
-            let mac = parse_mac(&first.mac).unwrap_or_else(attach::random_mac);
-            let mut gateways = vec![];
-            if let Ok(g) = spec.gateway.parse::<IpAddr>() {
-                gateways.push(g);
             }
-            if let Some(g) = spec
-                .ipv6
-                .as_ref()
-                .and_then(|v6| v6.gateway.parse::<IpAddr>().ok())
-            {
-                gateways.push(g);
-            }
+            let gateways = gateways_of(spec);
             let default_routes = if request.default_route {
                 gateways.clone()
             } else {
                 vec![]
             };
-            let addresses: Vec<(IpAddr, u8)> = allocs.iter().map(|a| (a.ip, a.prefix)).collect();
-            let spec_a = AttachSpec {
-                host_netns: self.host_netns.clone(),
-                pod_netns: target.netns.clone(),
-                host_veth: first.host_veth.clone(),
-                pod_ifname: request.interface.clone(),
-                bridge: spec.bridge.clone(),
-                mtu: spec.mtu,
-                mac,
-                addresses: addresses.clone(),
-                default_routes: default_routes.clone(),
-            };
+            let spec_a = self.attach_spec(spec, allocs, &target.netns, default_routes.clone());
+            let (mac, addresses) = (spec_a.mac, spec_a.addresses.clone());
             // The NodeBridge may be seconds old: its bridge may still be being created.
             let deadline = tokio::time::Instant::now() + BRIDGE_GRACE;
             let mut outcome = attach::attach(spec_a.clone()).await;
@@ -640,21 +764,64 @@ impl<D: Directory> Engine<D> {
         if let Some(err) = failure {
             // All or nothing: undo this call's interfaces and addresses.
             let all: Vec<Allocation> = reserved.into_iter().flat_map(|r| r.0).collect();
-            if let Err(e) = self.remove(&all).await {
+            if let Err(e) = self.remove_locked(&all).await {
                 tracing::error!(error = %e.msg, "rolling back a failed ADD");
             }
             return Err(err);
-        }
-        if let Some(p) = pod {
-            self.dir.notify(Notice::Changed { pod: p.clone() });
         }
         tracing::info!(container = %target.container_id, pod = ?pod.map(ToString::to_string), attached = done.len(), "attached");
         Ok(done)
     }
 
+    /// The interface one attachment (the allocations of one sandbox interface, both families)
+    /// gets in the pod at `netns`: what ADD creates and what repair re-creates, from the
+    /// journal's name, MAC and addresses.
+    fn attach_spec(
+        &self,
+        spec: &NodeBridgeSpec,
+        allocs: &[Allocation],
+        netns: &Path,
+        default_routes: Vec<IpAddr>,
+    ) -> AttachSpec {
+        let first = allocs.first();
+        let field = |f: fn(&Allocation) -> &String| first.map(f).cloned().unwrap_or_default();
+        AttachSpec {
+            host_netns: self.host_netns.clone(),
+            pod_netns: netns.to_owned(),
+            host_veth: field(|a| &a.host_veth),
+            alias: attach::pod_alias(&field(|a| &a.container_id), &field(|a| &a.ifname)),
+            pod_ifname: field(|a| &a.ifname),
+            bridge: spec.bridge.clone(),
+            mtu: spec.mtu,
+            mac: parse_mac(&field(|a| &a.mac)).unwrap_or_else(attach::random_mac),
+            addresses: allocs.iter().map(|a| (a.ip, a.prefix)).collect(),
+            default_routes,
+        }
+    }
+
     /// Deletes the interfaces of `allocs`, then frees their addresses. An address whose
-    /// interface could not be deleted stays allocated (the next DEL/GC tries again).
+    /// interface could not be deleted stays allocated (the next DEL/GC tries again). Takes
+    /// each sandbox's lock in turn; every error is returned after all were tried.
     pub async fn remove(&self, allocs: &[Allocation]) -> Result<(), CniError> {
+        let mut by_sandbox: BTreeMap<&str, Vec<Allocation>> = BTreeMap::new();
+        for a in allocs {
+            by_sandbox
+                .entry(a.container_id.as_str())
+                .or_default()
+                .push(a.clone());
+        }
+        let mut first_error = None;
+        for (id, list) in by_sandbox {
+            let _sandbox = self.sandboxes.lock(id).await;
+            if let Err(e) = self.remove_locked(&list).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// [`Engine::remove`] for a caller that holds the sandboxes' locks.
+    async fn remove_locked(&self, allocs: &[Allocation]) -> Result<(), CniError> {
         failpoint(failpoint::DEL_BEFORE_DETACH);
         let veths: BTreeSet<&str> = allocs.iter().map(|a| a.host_veth.as_str()).collect();
         let mut failed = BTreeSet::new();
@@ -695,23 +862,13 @@ impl<D: Directory> Engine<D> {
     }
 
     async fn del(&self, conf: &NetConf, req: &Request) -> Result<(), CniError> {
+        let _sandbox = self.sandboxes.lock(&req.container_id).await;
         let allocs = self.ipam.lock().await.of_container(&req.container_id);
         let allocs = self.selected(conf, req, allocs);
         if allocs.is_empty() {
             return Ok(());
         }
-        self.remove(&allocs).await?;
-        let pods: BTreeSet<String> = allocs.iter().map(|a| a.pod.clone()).collect();
-        for pod in pods {
-            if let Some((ns, name)) = pod.split_once('/') {
-                self.dir.notify(Notice::Changed {
-                    pod: PodRef {
-                        namespace: ns.to_owned(),
-                        name: name.to_owned(),
-                    },
-                });
-            }
-        }
+        self.remove_locked(&allocs).await?;
         tracing::info!(container = %req.container_id, detached = allocs.len(), "detached");
         Ok(())
     }
@@ -833,6 +990,7 @@ impl<D: Directory> Engine<D> {
         container_id: &str,
         network: &str,
     ) -> Result<(), CniError> {
+        let _sandbox = self.sandboxes.lock(container_id).await;
         let allocs: Vec<Allocation> = self
             .ipam
             .lock()
@@ -841,11 +999,166 @@ impl<D: Directory> Engine<D> {
             .into_iter()
             .filter(|a| a.network == network)
             .collect();
-        self.remove(&allocs).await
+        self.remove_locked(&allocs).await
     }
 
-    /// Deletes host veths that carry our prefix but no allocation: only possible if the journal
-    /// was lost, but then they would hold a bridge port forever.
+    /// Puts every running pod's interfaces back on their networks, as the journal records them
+    /// (same interface name, MAC and addresses), after links were deleted by hand or by a host
+    /// network restart. Reads only when everything is in place.
+    ///
+    /// - A host veth not on its bridge (the bridge was deleted and re-created: the kernel
+    ///   released its ports), down, or without its marker is put back, up and marked.
+    /// - A host veth that is gone took the pod end with it (veth pairs die together): the
+    ///   pair is re-created in the pod's namespace, as hot-plug would, if the runtime runs the
+    ///   sandbox; a sandbox it does not run is left to DEL and the reconcile.
+    /// - A network whose bridge is missing is skipped: the data plane re-creates the bridge
+    ///   and triggers another pass.
+    ///
+    /// Sandboxes with a CNI call or hot-plug change in flight are skipped (their lock is held).
+    pub async fn repair<R: Runtime>(&self, runtime: &R) -> Result<Repaired, CniError> {
+        let mut interfaces: BTreeMap<(String, String), Vec<Allocation>> = BTreeMap::new();
+        for a in self.allocations().await {
+            interfaces
+                .entry((a.container_id.clone(), a.ifname.clone()))
+                .or_default()
+                .push(a);
+        }
+        if interfaces.is_empty() {
+            return Ok(Repaired::default());
+        }
+        let host = self.host_netns.as_deref();
+        let links = attach::host_links(host).await.map_err(attach_error)?;
+        let by_name: HashMap<&str, &attach::HostLink> =
+            links.iter().map(|l| (l.name.as_str(), l)).collect();
+        let mut done = Repaired::default();
+        for ((container, ifname), allocs) in interfaces {
+            let Some(first) = allocs.first() else {
+                continue;
+            };
+            let Some(spec) = self.dir.node_bridge(&first.network) else {
+                continue;
+            };
+            let Some(bridge) = by_name
+                .get(spec.bridge.as_str())
+                .filter(|l| l.kind == "bridge")
+            else {
+                continue;
+            };
+            let alias = attach::pod_alias(&container, &ifname);
+            let veth = by_name.get(first.host_veth.as_str());
+            if let Some(v) = veth {
+                if v.kind != "veth" {
+                    tracing::warn!(veth = %v.name, kind = %v.kind, pod = %first.pod, "a link that is not a veth has a pod veth's name; not touching it");
+                    continue;
+                }
+                if v.master == Some(bridge.index) && v.up && v.alias.as_deref() == Some(&alias) {
+                    continue;
+                }
+            }
+            let Some(_sandbox) = self.sandboxes.try_lock(&container) else {
+                continue;
+            };
+            // Still journaled now that the lock is ours: a DEL may have just finished.
+            if !self
+                .ipam
+                .lock()
+                .await
+                .of_container(&container)
+                .iter()
+                .any(|a| a.ifname == ifname)
+            {
+                continue;
+            }
+            let outcome = match veth {
+                Some(v) => attach::reattach(host, v.index, bridge.index, alias)
+                    .await
+                    .map(|()| metrics::Repair::Reattached),
+                None => match runtime.running_netns(&container).await {
+                    Ok(Some(netns)) => self
+                        .recreate(&spec, &allocs, &netns)
+                        .await
+                        .map(|()| metrics::Repair::Recreated),
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(container = %container, error = %e, "asking the runtime for a sandbox to repair");
+                        done.failed += 1;
+                        continue;
+                    }
+                },
+            };
+            match outcome {
+                Ok(what) => {
+                    metrics::repaired(what);
+                    match what {
+                        metrics::Repair::Reattached => done.reattached += 1,
+                        metrics::Repair::Recreated => done.recreated += 1,
+                    }
+                    tracing::info!(pod = %first.pod, container = %container, interface = %ifname, network = %first.network, bridge = %spec.bridge, action = ?what, "pod interface repaired");
+                }
+                Err(e) => {
+                    done.failed += 1;
+                    tracing::warn!(pod = %first.pod, container = %container, interface = %ifname, network = %first.network, error = %e, "repairing a pod interface failed; retrying at the next pass");
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Re-creates one pod interface in a running pod, with a default route if its annotation
+    /// still asks for one there.
+    async fn recreate(
+        &self,
+        spec: &NodeBridgeSpec,
+        allocs: &[Allocation],
+        netns: &Path,
+    ) -> Result<(), AttachError> {
+        let Some(first) = allocs.first() else {
+            return Ok(());
+        };
+        let default_route = match first.pod.split_once('/') {
+            Some((namespace, name)) => {
+                let pod = PodRef {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                };
+                match self.dir.pod(&pod).await {
+                    Ok(Some(info)) => info
+                        .annotations
+                        .get(bridgenet_crds::ANNOTATION_NETWORKS)
+                        .and_then(|v| annotation::parse(v).ok())
+                        .is_some_and(|requests| {
+                            // A sandbox has one interface per network (hot-plug keys on
+                            // it), whatever position the network has in the list now.
+                            requests
+                                .iter()
+                                .any(|r| r.name == first.network && r.default_route)
+                        }),
+                    _ => false,
+                }
+            }
+            None => false,
+        };
+        let routes = if default_route {
+            gateways_of(spec)
+        } else {
+            Vec::new()
+        };
+        let attach_spec = self.attach_spec(spec, allocs, netns, routes);
+        let host_veth = attach_spec.host_veth.clone();
+        let result = attach::attach(attach_spec).await;
+        if result.is_err() {
+            // Whatever half of it was made: the next pass starts clean.
+            if let Err(e) = attach::detach(self.host_netns.as_deref(), &host_veth).await {
+                tracing::warn!(veth = %host_veth, error = %e, "removing a half-repaired pod veth");
+            }
+        }
+        result
+    }
+
+    /// Deletes pod veths that bridgenet marked (kind `veth`, alias [`attach::POD_ALIAS_PREFIX`])
+    /// but that no allocation names: only possible if the journal was lost, but then they would
+    /// hold a bridge port forever. Never by name prefix: a network's VXLAN port shares the pod
+    /// veths' `bnv`, and a periodic sweep by prefix deleted the overlay of every network.
     async fn sweep_stray_veths(&self) -> Result<(), AttachError> {
         let known: HashSet<String> = self
             .ipam
@@ -854,16 +1167,23 @@ impl<D: Directory> Engine<D> {
             .all()
             .map(|a| a.host_veth.clone())
             .collect();
-        let names =
-            attach::list_links_with_prefix(self.host_netns.as_deref(), attach::HOST_VETH_PREFIX)
-                .await?;
-        for name in names.into_iter().filter(|n| !known.contains(n)) {
+        let links = attach::host_links(self.host_netns.as_deref()).await?;
+        for link in links
+            .into_iter()
+            .filter(|l| l.is_pod_veth() && !known.contains(&l.name))
+        {
             // Re-check under the lock: an ADD may have just journaled it.
-            if self.ipam.lock().await.all().any(|a| a.host_veth == name) {
+            if self
+                .ipam
+                .lock()
+                .await
+                .all()
+                .any(|a| a.host_veth == link.name)
+            {
                 continue;
             }
-            tracing::warn!(veth = %name, "deleting a stray pod veth with no allocation");
-            attach::detach(self.host_netns.as_deref(), &name).await?;
+            tracing::warn!(veth = %link.name, alias = ?link.alias, "deleting a stray pod veth with no allocation");
+            attach::detach(self.host_netns.as_deref(), &link.name).await?;
         }
         Ok(())
     }

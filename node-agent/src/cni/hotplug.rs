@@ -105,12 +105,7 @@ pub async fn sync_pod<D: Directory>(
     let plan = plan(&desired, &attached);
     for network in &plan.detach {
         match engine.detach_interface(&sandbox.id, network).await {
-            Ok(()) => {
-                tracing::info!(pod = %pod_ref, network, "hot-detached");
-                engine.directory().notify(Notice::Changed {
-                    pod: pod_ref.clone(),
-                });
-            }
+            Ok(()) => tracing::info!(pod = %pod_ref, network, "hot-detached"),
             Err(e) => tracing::warn!(pod = %pod_ref, network, error = %e.msg, "hot-detach failed"),
         }
     }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::cni::engine::{Directory, Engine};
-use crate::cni::types::{CniError, Request, Response, code};
+use crate::cni::engine::{Directory, Engine, failpoint};
+use crate::cni::types::{CniError, Command, Request, Response, code};
 
 /// Largest request accepted (a network config with a large prevResult stays far below).
 const MAX_REQUEST: u64 = 4 << 20;
@@ -87,6 +87,7 @@ async fn handle_conn<D: Directory>(
     engine: &Engine<D>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
+    let mut is_add = false;
     let read = tokio::time::timeout(
         READ_TIMEOUT,
         (&mut stream).take(MAX_REQUEST).read_to_end(&mut buf),
@@ -100,7 +101,10 @@ async fn handle_conn<D: Directory>(
         )),
         Ok(Err(e)) => return Err(e),
         Ok(Ok(_)) => match serde_json::from_slice::<Request>(&buf) {
-            Ok(req) => engine.handle(req).await,
+            Ok(req) => {
+                is_add = req.command == Command::Add;
+                engine.handle(req).await
+            }
             Err(e) => Response::Error(CniError::new(
                 code::DECODE_FAILURE,
                 format!("malformed request from the plugin: {e}"),
@@ -110,5 +114,9 @@ async fn handle_conn<D: Directory>(
     };
     let bytes = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
     stream.write_all(&bytes).await?;
-    stream.shutdown().await
+    stream.shutdown().await?;
+    if is_add && matches!(response, Response::Ok(_)) {
+        failpoint(failpoint::ADD_AFTER_REPLY);
+    }
+    Ok(())
 }

@@ -671,6 +671,7 @@ impl Firewall {
     pub fn replace(&self, rules: &[Rule], any_network: bool) -> Result<(), FirewallError> {
         let batch: nftables::schema::Nftables =
             serde_json::from_value(transaction(rules, any_network))?;
+        crate::metrics::nftables_write();
         nftables::helper::apply_ruleset_with_args(
             &batch,
             self.program(),

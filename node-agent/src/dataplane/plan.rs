@@ -768,8 +768,31 @@ mod tests {
                 up: true,
                 master: None,
             },
+            // A pod's host veth: its marker is not a network's, so no network is inferred
+            // from it (and nothing tears it down as a network's link).
+            Link {
+                index: 8,
+                name: "bnv0123456789ab".into(),
+                kind: LinkKind::Other("veth".into()),
+                alias: Some(crate::attach::pod_alias("sb-1", "net1")),
+                mtu: 1450,
+                mac: None,
+                up: true,
+                master: Some(5),
+            },
         ];
         let known = BTreeSet::from(["a".to_owned()]);
         assert_eq!(orphaned_networks(&links, &known), BTreeSet::from(["b"]));
+        let teardown = Teardown {
+            network: "a".into(),
+            bridge: "br-a".into(),
+            vxlan: None,
+        };
+        assert!(
+            !plan_teardown(&teardown, &links, &[])
+                .iter()
+                .any(|op| matches!(op, Op::DeleteLink { link } if link.starts_with("bnv"))),
+            "a network's teardown leaves pod veths to CNI DEL"
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! The real [`Netlink`]: rtnetlink requests on a socket opened in the caller's network
 //! namespace, and sysctls written through `/proc/sys` (per network namespace as well: the file
-//! is opened by the calling thread, so it belongs to that thread's namespace).
+//! is opened by the calling thread, so it belongs to that thread's namespace). Every request
+//! that changes kernel state is counted ([`crate::metrics`]): a no-change resync must count
+//! none on a real node, as it writes nothing through the recording fake.
 
 use std::net::IpAddr;
 
@@ -21,6 +23,7 @@ use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVxlan};
 
 use super::netlink::{Link, LinkChange, LinkKind, Netlink, NetlinkError, NewLink, VxlanConfig};
+use crate::metrics::{self, Write};
 
 /// rtnetlink-backed [`Netlink`].
 #[derive(Clone, Debug)]
@@ -270,6 +273,7 @@ impl Netlink for Rtnl {
     }
 
     async fn create_link(&mut self, link: &NewLink) -> Result<(), NetlinkError> {
+        metrics::netlink_write(Write::LinkAdd);
         let msg = match &link.kind {
             LinkKind::Bridge => {
                 let mut b = LinkBridge::new(&link.name).mtu(link.mtu);
@@ -307,6 +311,7 @@ impl Netlink for Rtnl {
     }
 
     async fn change_link(&mut self, index: u32, change: &LinkChange) -> Result<(), NetlinkError> {
+        metrics::netlink_write(Write::LinkSet);
         let mut b = LinkUnspec::new_with_index(index);
         if let Some(alias) = &change.alias {
             b = b.alias(alias.clone());
@@ -332,6 +337,7 @@ impl Netlink for Rtnl {
     }
 
     async fn delete_link(&mut self, index: u32) -> Result<(), NetlinkError> {
+        metrics::netlink_write(Write::LinkDel);
         self.handle
             .link()
             .del(index)
@@ -341,6 +347,7 @@ impl Netlink for Rtnl {
     }
 
     async fn add_address(&mut self, index: u32, addr: IpNet) -> Result<(), NetlinkError> {
+        metrics::netlink_write(Write::AddrAdd);
         let mut req = self
             .handle
             .address()
@@ -360,6 +367,7 @@ impl Netlink for Rtnl {
     }
 
     async fn delete_address(&mut self, index: u32, addr: IpNet) -> Result<(), NetlinkError> {
+        metrics::netlink_write(Write::AddrDel);
         let msg = match addr.addr() {
             IpAddr::V4(ip) => rtnetlink::AddressMessageBuilder::<std::net::Ipv4Addr>::new()
                 .index(index)
@@ -379,6 +387,7 @@ impl Netlink for Rtnl {
     }
 
     async fn append_flood(&mut self, index: u32, dst: IpAddr) -> Result<(), NetlinkError> {
+        metrics::netlink_write(Write::NeighAdd);
         // `bridge fdb append 00:00:00:00:00:00 dev <vxlan> dst <peer>`: NLM_F_APPEND adds one
         // more remote to the all-zeros entry instead of replacing it.
         let msg =
@@ -392,6 +401,7 @@ impl Netlink for Rtnl {
     }
 
     async fn delete_flood(&mut self, index: u32, dst: IpAddr) -> Result<(), NetlinkError> {
+        metrics::netlink_write(Write::NeighDel);
         let msg =
             NetlinkMessage::from(RouteNetlinkMessage::DelNeighbour(flood_message(index, dst)));
         self.send(
@@ -410,6 +420,7 @@ impl Netlink for Rtnl {
     }
 
     async fn write_sysctl(&mut self, key: &str, value: &str) -> Result<(), NetlinkError> {
+        metrics::netlink_write(Write::Sysctl);
         let path = sysctl_path(key);
         std::fs::write(&path, value).map_err(|e| {
             NetlinkError::new(format!("write {value} to {path}"), &e, e.raw_os_error())

@@ -3,13 +3,14 @@
 //! Every change goes through one lock, so concurrent reconciles never interleave their plans.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
+use tokio::sync::Notify;
 
 use crate::dataplane::apply::{Applier, ApplyError, TeardownError};
 use crate::dataplane::firewall::{Firewall, FirewallError, FirewallOutcome};
@@ -58,6 +59,9 @@ struct State {
 /// The kernel side of the agent.
 pub struct Dataplane {
     applier: tokio::sync::Mutex<Applier<Rtnl>>,
+    /// Told whenever a pass changed links: a re-created bridge has lost its ports, and the
+    /// attachment side puts the pods back on it (see [`crate::cni::engine::Engine::repair`]).
+    changed: Arc<Notify>,
     firewall: Firewall,
     state: Mutex<State>,
     /// How long a verified firewall is trusted before it is listed again.
@@ -71,6 +75,7 @@ impl Dataplane {
     pub fn new(rtnl: Rtnl, firewall: Firewall, firewall_check_interval: Duration) -> Self {
         Dataplane {
             applier: tokio::sync::Mutex::new(Applier::new(rtnl)),
+            changed: Arc::default(),
             firewall,
             state: Mutex::new(State {
                 networks: BTreeMap::new(),
@@ -79,6 +84,12 @@ impl Dataplane {
             }),
             firewall_check_interval,
         }
+    }
+
+    /// Notifies `changed` (instead of a private one) after every pass that changed links.
+    pub fn with_change_signal(mut self, changed: Arc<Notify>) -> Self {
+        self.changed = changed;
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -103,6 +114,10 @@ impl Dataplane {
     pub async fn realize(&self, desired: Desired) -> Result<Vec<Op>, DataplaneError> {
         let mut applier = self.applier.lock().await;
         let result = applier.apply(&desired).await;
+        let links_changed = result.as_ref().is_ok_and(|ops| !ops.is_empty());
+        if links_changed {
+            self.changed.notify_one();
+        }
         {
             let mut s = self.state();
             match &result {
@@ -121,16 +136,21 @@ impl Dataplane {
                 Err(_) => {}
             }
         }
-        let firewall = self.sync_firewall().await;
+        // Links that had to be re-created (deleted by hand, a host network restart) often went
+        // with the rules: check them now rather than when the last check expires.
+        let firewall = self.sync_firewall(links_changed).await;
         let ops = result?;
         firewall?;
         Ok(ops)
     }
 
-    async fn sync_firewall(&self) -> Result<FirewallOutcome, DataplaneError> {
+    /// Verifies (and if need be replaces) the node's rules; a check younger than
+    /// `firewall_check_interval` for the same networks is trusted unless `force`.
+    async fn sync_firewall(&self, force: bool) -> Result<FirewallOutcome, DataplaneError> {
         let (networks, version) = {
             let s = self.state();
             if let Some((at, v)) = s.verified
+                && !force
                 && v == s.version
                 && at.elapsed() < self.firewall_check_interval
             {
@@ -153,7 +173,7 @@ impl Dataplane {
             s.networks.remove(&teardown.network);
             s.version += 1;
         }
-        let firewall = self.sync_firewall().await;
+        let firewall = self.sync_firewall(false).await;
         let links = applier.teardown(teardown).await;
         firewall?;
         links?;
@@ -199,10 +219,17 @@ impl Dataplane {
     }
 }
 
-/// A stream that yields whenever a link carrying bridgenet's marker is deleted or set down
+/// A stream that yields whenever a link carrying a network's marker is deleted or set down
 /// (someone ran `ip link del` or `ip link set down` on a bridge or overlay port), so drift is
-/// repaired at once rather than at the next periodic resync. Empty (periodic resync only) when the monitor cannot be opened.
+/// repaired at once rather than at the next periodic resync. Empty (periodic resync only) when
+/// the monitor cannot be opened.
 pub fn link_deletions() -> impl Stream<Item = ()> + Send + 'static {
+    marked_link_losses(ALIAS_PREFIX)
+}
+
+/// Like [`link_deletions`], for links whose marker alias starts with `marker` (e.g. pod veths,
+/// [`crate::attach::POD_ALIAS_PREFIX`]).
+pub fn marked_link_losses(marker: &'static str) -> impl Stream<Item = ()> + Send + 'static {
     let (tx, rx) = futures::channel::mpsc::unbounded::<()>();
     match rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link]) {
         Ok((connection, _handle, mut messages)) => {
@@ -214,9 +241,9 @@ pub fn link_deletions() -> impl Stream<Item = ()> + Send + 'static {
                         NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => (l, false),
                         _ => continue,
                     };
-                    let ours = link.attributes.iter().any(|a| {
-                        matches!(a, LinkAttribute::IfAlias(alias) if alias.starts_with(ALIAS_PREFIX))
-                    });
+                    let ours = link.attributes.iter().any(
+                        |a| matches!(a, LinkAttribute::IfAlias(alias) if alias.starts_with(marker)),
+                    );
                     // Deleted, or set down by hand. (Our own changes never leave a marked
                     // link down for long, and a pass over unchanged state writes nothing, so
                     // this cannot feed itself.)

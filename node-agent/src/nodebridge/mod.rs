@@ -240,6 +240,17 @@ async fn apply(nb: &NodeBridge, ctx: &Context) -> Result<Action, ControllerError
         != Some((ok, reason));
     ctx.readiness
         .set(&name, (!ok).then(|| format!("{reason}: {message}")));
+    // The Event goes before the status that records the transition: killed in between, the
+    // restarted agent still sees the old condition and publishes the Event again (at least
+    // once), where the other order would lose it for good.
+    if changed_reason {
+        if ok {
+            publish(ctx, nb, EventType::Normal, reason, message.clone()).await;
+        } else {
+            tracing::warn!(nodebridge = %name, reason, %message, "NodeBridge not programmed");
+            publish(ctx, nb, EventType::Warning, reason, message.clone()).await;
+        }
+    }
     ctx.status
         .update(&name, |s| {
             status::set_condition(
@@ -257,14 +268,6 @@ async fn apply(nb: &NodeBridge, ctx: &Context) -> Result<Action, ControllerError
             op: format!("writing the status of NodeBridge {name}"),
             source,
         })?;
-    if changed_reason {
-        if ok {
-            publish(ctx, nb, EventType::Normal, reason, message).await;
-        } else {
-            tracing::warn!(nodebridge = %name, reason, %message, "NodeBridge not programmed");
-            publish(ctx, nb, EventType::Warning, reason, message).await;
-        }
-    }
     Ok(Action::requeue(ctx.resync))
 }
 

@@ -279,11 +279,10 @@ impl StaticDirectory {
             .lock()
             .unwrap()
             .iter()
-            .filter_map(|n| match n {
+            .map(|n| match n {
                 Notice::Rejected {
                     reason, message, ..
-                } => Some(((*reason).to_owned(), message.clone())),
-                Notice::Changed { .. } => None,
+                } => ((*reason).to_owned(), message.clone()),
             })
             .collect()
     }

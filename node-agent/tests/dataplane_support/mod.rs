@@ -233,6 +233,21 @@ impl Node {
         }
     }
 
+    /// Waits up to `timeout` for the agent to exit by itself (an armed failpoint aborts it);
+    /// returns how it ended, or `None` if it still runs.
+    pub fn wait_agent_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            let child = self.agent.as_mut()?;
+            if let Some(status) = child.try_wait().unwrap() {
+                self.agent = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// SIGTERM to the agent (what the kubelet sends) and its exit, within 30 s.
     pub fn terminate_agent(&mut self) -> std::process::ExitStatus {
         let mut child = self.agent.take().expect("no agent running");

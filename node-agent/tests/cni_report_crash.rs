@@ -1,0 +1,166 @@
+//! Results are level-triggered: the real agent binary, in a node namespace with the sandbox's
+//! Kubernetes API emulator (see `dataplane_support`), is aborted at every step from a pod's
+//! CNI ADD to the report of its results (`BRIDGENET_FAILPOINT`, like a `kill -9` at that
+//! instant) and started again. Whatever the step, the pod ends up with its
+//! `bridgenet.io/network-status` annotation naming the address and MAC its interface really
+//! has, and its NodeBridge lists it among the endpoints: nothing depends on a notice that lived
+//! only in the killed process. Needs root; skipped, saying why, otherwise.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cni_support;
+mod dataplane_support;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bridgenet_agent::cni::engine::failpoint;
+use bridgenet_crds::NodeBridge;
+use cni_support::{Call, Netns, chained_config, run_plugin};
+use dataplane_support::{Node, is_root, nodebridge};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{CustomResourceExt, ResourceExt};
+use serde_json::{Value, json};
+
+const NETWORK: &str = "net-r";
+
+/// The address and MAC of the pod's `net1`, as the kernel in the pod has them.
+fn interface(pod: &Netns) -> Option<(IpAddr, String)> {
+    let link = pod.link_json("net1")?;
+    let ip = link["addr_info"]
+        .as_array()?
+        .iter()
+        .find(|a| a["family"] == "inet")
+        .and_then(|a| a["local"].as_str()?.parse().ok())?;
+    Some((ip, link["address"].as_str()?.to_owned()))
+}
+
+/// The pod's `bridgenet.io/network-status` entry for [`NETWORK`]: (address, MAC).
+fn reported(node: &Node, name: &str) -> Option<(IpAddr, String)> {
+    let name = name.to_owned();
+    let pod = node.kube(move |c| async move {
+        Api::<Pod>::namespaced(c, "default")
+            .get_opt(&name)
+            .await
+            .unwrap()
+    })?;
+    let raw = pod
+        .annotations()
+        .get(bridgenet_crds::ANNOTATION_NETWORK_STATUS)?
+        .clone();
+    let status: Value = serde_json::from_str(&raw).ok()?;
+    let entry = status.as_array()?.iter().find(|e| e["name"] == NETWORK)?;
+    Some((
+        entry["ips"][0].as_str()?.parse().ok()?,
+        entry["mac"].as_str()?.to_owned(),
+    ))
+}
+
+/// Whether the NodeBridge lists `pod` at `ip` among its endpoints.
+fn endpoint_listed(node: &Node, pod: &str, ip: IpAddr) -> bool {
+    let nb = node.kube(|c| async move {
+        Api::<NodeBridge>::all(c)
+            .get_opt(&format!("{NETWORK}.n1"))
+            .await
+            .unwrap()
+    });
+    nb.and_then(|nb| nb.status).is_some_and(|s| {
+        s.endpoints
+            .iter()
+            .any(|e| e.pod == pod && e.ipv4.as_deref() == Some(&format!("{ip}/24")))
+    })
+}
+
+/// (Re)starts the agent, the previous one killed first, and waits until it serves CNI.
+fn start_agent(node: &mut Node, failpoint: Option<&str>) {
+    node.kill_agent();
+    let socket = node.dir().join("cni.sock");
+    let _ = std::fs::remove_file(&socket);
+    match failpoint {
+        Some(fp) => node.start_agent_with_env(&[("BRIDGENET_FAILPOINT", fp)]),
+        None => node.start_agent(),
+    }
+    node.eventually("the agent's CNI socket", || socket.exists());
+}
+
+#[test]
+fn results_are_reported_whichever_step_between_add_and_report_the_agent_dies_at() {
+    if !is_root() {
+        eprintln!("SKIP: the agent's crash test needs root (network namespaces, netlink)");
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut node = Node::new("report", env!("CARGO_BIN_EXE_bridgenet-agent"));
+    node.kube(|c| async move {
+        let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
+        let pp = PatchParams::apply("bridgenet-test").force();
+        for crd in [bridgenet_crds::BridgeNetwork::crd(), NodeBridge::crd()] {
+            crds.patch(&crd.name_any(), &pp, &Patch::Apply(&crd))
+                .await
+                .unwrap();
+        }
+        let mut nb = nodebridge(NETWORK, "bnt-rp", "172.20.5.0/24", "172.20.5.1", 310);
+        nb.spec.blocks = vec!["172.20.5.0/26".into()];
+        Api::<NodeBridge>::all(c)
+            .create(&PostParams::default(), &nb)
+            .await
+            .unwrap();
+    });
+    let socket = node.dir().join("cni.sock");
+    let mut pods = Vec::new();
+    for (round, fp) in failpoint::REPORTING.iter().enumerate() {
+        let name = format!("p{round}");
+        let n = name.clone();
+        node.kube(move |c| async move {
+            let pod: Pod = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": n, "namespace": "default",
+                             "annotations": {"bridgenet.io/networks": NETWORK}},
+                "spec": {"nodeName": "n1",
+                         "containers": [{"name": "main", "image": "busybox"}]},
+            }))
+            .unwrap();
+            Api::<Pod>::namespaced(c, "default")
+                .create(&PostParams::default(), &pod)
+                .await
+                .unwrap();
+        });
+        let pod_ns = Netns::new(&format!("report-p{round}"));
+        start_agent(&mut node, Some(fp));
+        let add = Call::new(
+            "ADD",
+            &format!("sb-{round}"),
+            pod_ns.path().to_str().unwrap(),
+            &format!("default/{name}"),
+            chained_config(&socket, "1.1.0", None),
+        );
+        let answer = rt.block_on(run_plugin(&add));
+        let status = node
+            .wait_agent_exit(Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("{fp}: the failpoint never fired:\n{}", node.agent_log()));
+        assert!(!status.success(), "{fp}: the agent aborted");
+        start_agent(&mut node, None);
+        if !answer.ok {
+            // Killed inside the ADD: the runtime cleans the sandbox up and retries with a new one.
+            assert_eq!(answer.code(), 11, "{fp}: try again later: {}", answer.raw);
+            assert!(rt.block_on(run_plugin(&add.with_command("DEL"))).ok);
+            let mut retry = add.clone();
+            retry.container_id = format!("sb-{round}-retry");
+            let answer = rt.block_on(run_plugin(&retry));
+            assert!(answer.ok, "{fp}: the retried ADD: {}", answer.raw);
+        }
+        let (ip, mac) = interface(&pod_ns).expect("the pod has its interface");
+        node.eventually(
+            &format!("{fp}: {name}'s network-status after the restart"),
+            || reported(&node, &name) == Some((ip, mac.clone())),
+        );
+        node.eventually(
+            &format!("{fp}: {name} among the NodeBridge's endpoints"),
+            || endpoint_listed(&node, &name, ip),
+        );
+        println!("report crash: failpoint {fp}: ok");
+        pods.push(pod_ns);
+    }
+    node.kill_agent();
+}
