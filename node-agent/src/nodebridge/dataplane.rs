@@ -144,6 +144,12 @@ impl Dataplane {
         Ok(ops)
     }
 
+    /// Forgets the last firewall check: the next pass verifies the rules whatever its age
+    /// (our tables were changed by someone, see [`crate::dataplane::nftmonitor`]).
+    pub fn firewall_changed(&self) {
+        self.state().verified = None;
+    }
+
     /// Verifies (and if need be replaces) the node's rules; a check younger than
     /// `firewall_check_interval` for the same networks is trusted unless `force`.
     async fn sync_firewall(&self, force: bool) -> Result<FirewallOutcome, DataplaneError> {

@@ -2,8 +2,9 @@
 //! realizes them through the [`crate::dataplane`], holds the `bridgenet.io/agent` finalizer
 //! until teardown, and reports `Ready` on the status.
 //!
-//! Drift is repaired two ways: every NodeBridge is requeued after `--resync-interval`, and a
-//! netlink link monitor triggers a full pass as soon as one of bridgenet's links is deleted.
+//! Drift is repaired two ways: every NodeBridge is requeued after `--resync-interval`, and
+//! monitors trigger a full pass as soon as one of bridgenet's links is deleted (rtnetlink) or
+//! one of its nftables tables changes (nf_tables notifications).
 
 pub mod dataplane;
 pub mod status;
@@ -159,7 +160,14 @@ pub async fn run(
         readiness: readiness.clone(),
         resync,
     });
-    let trigger = dataplane::link_deletions();
+    // A full pass at once when a marked link is deleted or a table of ours changes; the
+    // periodic resync catches the rest.
+    let firewall_drift = {
+        let dataplane = dataplane.clone();
+        crate::dataplane::nftmonitor::table_changes(crate::dataplane::firewall::TABLE)
+            .map(move |()| dataplane.firewall_changed())
+    };
+    let trigger = futures::stream::select(dataplane::link_deletions(), firewall_drift);
     let wc = watcher::Config::default().labels(&selector(&node.node_name));
     Controller::new(api, wc)
         .reconcile_all_on(trigger)
