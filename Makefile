@@ -16,6 +16,7 @@ demo: setup
 
 ## Everything CI checks: formatting, lints, generated CRDs, unit and root tests.
 test: setup lint crds-check unit sandbox-test sandbox-e2e chart-test real-apiserver-test
+	$(MAKE) soak SOAK_SECONDS=120
 
 lint:
 	$(CARGO) fmt --all -- --check

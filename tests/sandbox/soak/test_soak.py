@@ -58,13 +58,15 @@ class Stream:
     sequence k was sent `k` intervals after the `PING` line (the interval measured from the
     replies themselves, so a slow timer does not skew late sequence numbers)."""
 
-    def __init__(self, cluster, src: str, dst_ip: str, seconds: float, name: str) -> None:
+    def __init__(self, cluster, src: str, dst_ip: str, seconds: float, name: str,
+                 source_ip: str | None = None) -> None:
         self.name = name
         self.lines: list[tuple[float, str]] = []
         master, slave = pty.openpty()
+        bind = ["-I", source_ip] if source_ip else []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bnsandbox.podexec", "--state-dir", str(cluster.state), src, "--", "ping",
-             "-i", str(INTERVAL), "-W", "1", "-w", str(int(seconds)), dst_ip],
+             "-i", str(INTERVAL), "-W", "1", "-w", str(int(seconds)), *bind, dst_ip],
             cwd=SANDBOX, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
         os.close(slave)
         self.reader = threading.Thread(target=self._read, args=(master, cluster.state / f"ping-{name}.log"),
@@ -127,6 +129,8 @@ class Soak:
         self.churn: list[str] = []
         self.injected: list[tuple[float, str, str]] = []  # (time, kind, detail)
         self.duplicates: list[str] = []
+        # Probes whose interface was re-created: their hand-made route is put back.
+        self.rerouted: list[str] = []
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -140,21 +144,30 @@ class Soak:
                 self.probes[pod] = (key, node)
         self.c.wait_ready(*self.probes)
         self.ips = {pod: self.c.ip(pod, self.nets[key]) for pod, (key, _) in self.probes.items()}
-        # Each probe also routes the other network's subnet through its own gateway: without
-        # isolation those packets would be forwarded by the node to the other network.
-        for pod, (key, _) in self.probes.items():
-            other = "b" if key == "a" else "a"
-            gw = self.subnets[key].rsplit(".", 1)[0] + ".1"
-            self.c.exec(pod, "ip", "route", "add", self.subnets[other], "via", gw)
+        for pod in self.probes:
+            self.route_to_other_network(pod)
+
+    def route_to_other_network(self, pod: str) -> None:
+        """Each probe routes the other network's subnet through its own gateway: without
+        isolation those packets would be forwarded by the node to the other network. (A route
+        a user added by hand goes with the interface when the interface is re-created.)"""
+        key = self.probes[pod][0]
+        other = "b" if key == "a" else "a"
+        gw = self.subnets[key].rsplit(".", 1)[0] + ".1"
+        self.c.exec(pod, "ip", "route", "replace", self.subnets[other], "via", gw)
 
     def start_streams(self, seconds: float) -> list[Stream]:
         streams = []
         for pod, (key, node) in self.probes.items():
             peer = next(p for p, (k, n) in self.probes.items() if k == key and n != node)
             streams.append(Stream(self.c, pod, self.ips[peer], seconds, f"{pod}-to-{peer}"))
-            # The same node's probe of the other network: must never answer.
+            # The same node's probe of the other network: must never answer. Sent from the
+            # pod's address on its own network, so that a reply means a packet crossed from one
+            # network's bridge to the other's (not the primary pod network, which bridgenet
+            # does not fence).
             stranger = next(p for p, (k, n) in self.probes.items() if k != key and n == node)
-            streams.append(Stream(self.c, pod, self.ips[stranger], seconds, f"isolation-{pod}-to-{stranger}"))
+            streams.append(Stream(self.c, pod, self.ips[stranger], seconds, f"isolation-{pod}-to-{stranger}",
+                                  source_ip=self.ips[pod]))
         return streams
 
     # -- faults ---------------------------------------------------------------------------------
@@ -204,6 +217,7 @@ class Soak:
                 return f"{pod}: no endpoint listed"
             veth = host_veth(ep["containerId"], ep["interface"])
             self.ip_on(pnode, "link", "del", veth)
+            self.rerouted.append(pod)
             return f"{veth} of {pod} on {pnode}"
         if kind == "nft flush ruleset":
             subprocess.run(["ip", "netns", "exec", self.node_ns(node), "nft", "flush", "ruleset"], check=True)
@@ -294,6 +308,8 @@ def test_fault_soak(cluster):
             detail = soak.inject(kind)
             soak.injected.append((at, kind, detail))
             time.sleep(max(0.0, SPACING - (time.monotonic() - at)))
+            while soak.rerouted:
+                soak.route_to_other_network(soak.rerouted.pop())
             soak.check_duplicates()
         # Quiet time: the last fault gets its repair window too.
         time.sleep(quiet)
@@ -356,7 +372,8 @@ def test_fault_soak(cluster):
                f"pods missing network-status: {len(missing)}",
                f"isolation violations: {sum(len(v) for v in violations.values())}",
                f"probe streams with losses in their last 5 s: {sum(1 for v in tails.values() if v)}"]
-    report = "\n".join(["", *lines, "", *summary])
+    log = [f"  {at - started:6.1f} s  {kind}{': ' + detail if detail else ''}" for at, kind, detail in soak.injected]
+    report = "\n".join(["", *lines, "", *summary, "", "faults:", *log])
     print(report, flush=True)
     if REPORT:
         pathlib.Path(REPORT).write_text(report + "\n")
