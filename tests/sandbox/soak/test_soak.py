@@ -12,8 +12,9 @@ pod's `bridgenet.io/networks` annotation changed (hot attach and detach).
 Measured, and asserted where the answer must be zero: addresses held by two pods at once,
 allocations left in the agents' journals after every soak pod is deleted, pods whose
 `network-status` does not show every network they asked for, replies across the two networks
-(isolation), and per fault kind the pings lost and the time until every probe stream answers
-again. Traffic goes only to addresses of the sandbox's own pods, bounded in rate (5 packets a
+(isolation: none at all, except within FLUSH_WINDOW of an `nft flush ruleset`, when the
+isolation rules are gone until the agent restores them; those are counted and shown), and per
+fault kind the pings lost and the time until every probe stream answers again. Traffic goes only to addresses of the sandbox's own pods, bounded in rate (5 packets a
 second per stream) and in time (the soak's duration).
 """
 
@@ -40,6 +41,9 @@ SEED = int(os.environ.get("SOAK_SEED", str(random.randrange(1 << 30))))
 # resync every 10 s) to show as its own window.
 SPACING = float(os.environ.get("SOAK_SPACING", "7"))
 INTERVAL = 0.2
+# How long isolation may stay open after `nft flush ruleset` deletes every rule on a node: the
+# agent hears of it at once and restores its tables in one transaction (about 10 ms here).
+FLUSH_WINDOW = 0.5
 REPORT = os.environ.get("SOAK_REPORT")
 
 FAULTS = ["agent kill -9", "agent SIGTERM", "operator kill", "containerd restart", "bridge deleted",
@@ -334,13 +338,19 @@ def test_fault_soak(cluster):
                     row["lost"] += 1
                     last_lost = max(last_lost or 0.0, s.time_of(seq) + s.step - at)
         row["repair"].append(last_lost or 0.0)
-    violations = {}
+    violations: dict[str, list[str]] = {}
+    lasting: list[str] = []
     for s in streams:
         if s.name.startswith("isolation-"):
             for seq in s.got:
                 t = s.time_of(seq)
-                kind = next((k for at, k, until in windows if at <= t < until), "no fault")
-                violations.setdefault(kind, []).append(f"{s.name} seq={seq}")
+                at, kind = next(((at, k) for at, k, until in windows if at <= t < until), (t, "no fault"))
+                violations.setdefault(kind, []).append(f"{s.name} seq={seq} {t - at:.2f} s after the fault")
+                # Isolation is nftables: between a flush of the whole ruleset and the agent's
+                # repair (the nf_tables notification's pass, ~10 ms) it is open. That window is
+                # reported; a violation after it, or under any other fault, fails the soak.
+                if not (kind == "nft flush ruleset" and t - at < FLUSH_WINDOW):
+                    lasting.append(violations[kind][-1])
     lines = ["| fault | injected | pings lost | repair p50 | repair max | isolation violations |",
              "|---|---|---|---|---|---|"]
     if violations.get("no fault"):
@@ -370,7 +380,9 @@ def test_fault_soak(cluster):
                f"duplicate addresses: {len(soak.duplicates)}",
                f"leaked allocations after every pod was deleted: {len(leaked)}",
                f"pods missing network-status: {len(missing)}",
-               f"isolation violations: {sum(len(v) for v in violations.values())}",
+               f"isolation violations: {sum(len(v) for v in violations.values())} "
+               f"({sum(len(v) for v in violations.values()) - len(lasting)} within {FLUSH_WINDOW} s of an "
+               f"`nft flush ruleset`, before the agent restored its tables; {len(lasting)} otherwise)",
                f"probe streams with losses in their last 5 s: {sum(1 for v in tails.values() if v)}"]
     log = [f"  {at - started:6.1f} s  {kind}{': ' + detail if detail else ''}" for at, kind, detail in soak.injected]
     report = "\n".join(["", *lines, "", *summary, "", "faults:", *log])
@@ -380,5 +392,5 @@ def test_fault_soak(cluster):
     assert not soak.duplicates, soak.duplicates
     assert not leaked, leaked
     assert not missing, missing
-    assert not violations, violations
+    assert not lasting, violations
     assert not any(tails.values()), tails
