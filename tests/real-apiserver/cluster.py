@@ -22,16 +22,12 @@ import sys
 import time
 import urllib.request
 
-# The controllers pods need: namespaces and garbage collection (owner references, e.g.
-# NodeBridges owned by a BridgeNetwork), the `default` ServiceAccount and its token (the
-# ServiceAccount admission plugin refuses pods before it exists), pod GC (pods of deleted
-# nodes), `kube-root-ca.crt` (projected service-account volumes read it).
-CONTROLLERS = ["garbagecollector", "namespace", "serviceaccount", "serviceaccount-token", "podgc",
-               "root-ca-cert-publisher"]
-# Only with real kubelets: a real kubelet registers its Node with a not-ready taint that this
-# controller lifts, while the sandbox's kubelet stand-in renews no node Lease, so with it this
-# controller would soon taint its Nodes unreachable and evict every pod.
-REAL_KUBELET_CONTROLLERS = ["nodelifecycle"]
+REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "sandbox"))
+# The controllers the sandbox's pods need, the same list it uses when it runs a controller
+# manager of its own (see realk8s.controllers: with real kubelets also `nodelifecycle`).
+from bnsandbox import realk8s  # noqa: E402
+
 SERVICE_CIDR = "10.96.0.0/16"
 TOKEN = "bridgenet-real-apiserver-test-admin"
 
@@ -52,7 +48,8 @@ class Cluster:
     def __init__(self, state: pathlib.Path, apiserver: str, controller_manager: str | None, etcd: str,
                  real_kubelets: bool = False, log=print) -> None:
         self.state = state
-        self.controllers = CONTROLLERS + (REAL_KUBELET_CONTROLLERS if real_kubelets else [])
+        self.controllers = realk8s.controllers(controller_manager, real_kubelets, token_controller=True) \
+            if controller_manager else []
         self.bins = {"apiserver": apiserver, "controller-manager": controller_manager, "etcd": etcd}
         self.log = log
         self.procs: list[tuple[str, subprocess.Popen]] = []

@@ -139,9 +139,10 @@ class Node:
         self.procs.append(proc)
         return proc
 
-    def node_object(self) -> dict:
-        """The `Node` a kubelet would register for this namespace."""
-        return {
+    def node_object(self, allocatable: bool = False) -> dict:
+        """The `Node` a kubelet would register for this namespace; with `allocatable`, room
+        for pods as a real scheduler checks it (the stand-in scheduler does not)."""
+        obj = {
             "apiVersion": "v1",
             "kind": "Node",
             "metadata": {"name": self.name, "labels": {
@@ -157,6 +158,10 @@ class Node:
                              "bootID": ""},
             },
         }
+        if allocatable:
+            room = {"pods": "110", "cpu": str(os.cpu_count() or 1), "memory": "8Gi"}
+            obj["status"].update(capacity=room, allocatable=room)
+        return obj
 
 
 class Topology:
@@ -235,15 +240,20 @@ class Topology:
 
     # -- registration with the API server ----------------------------------------------------------
 
-    def register(self, kubectl: Sequence[str]) -> None:
+    def register(self, kubectl: Sequence[str], schedulable: bool = False) -> None:
         """Creates (or updates) a `Node` per namespace through kubectl, so it works against the
-        emulator and against a real API server alike; status goes through its subresource."""
+        emulator and against a real API server alike; status goes through its subresource.
+        `schedulable`: for a real scheduler, with room for pods and without the not-ready taint
+        a real API server's admission gives every new Node (a node lifecycle controller would
+        lift it, and soon taint the Node unreachable: no kubelet renews its Lease)."""
         for node in self.nodes:
-            obj = node.node_object()
+            obj = node.node_object(allocatable=schedulable)
             status = obj.pop("status")
             run(*kubectl, "apply", "-f", "-", input=json.dumps(obj))
             run(*kubectl, "patch", "node", node.name, "--subresource=status", "--type=merge",
                 "-p", json.dumps({"status": status}))
+            if schedulable:
+                run(*kubectl, "taint", "node", node.name, "node.kubernetes.io/not-ready:NoSchedule-", check=False)
 
     def unregister(self, kubectl: Sequence[str]) -> None:
         for node in self.nodes:

@@ -2,7 +2,8 @@
 N nodes as network namespaces registered as `Node`s — each with a private containerd, the
 reference `bridge` plugin as primary pod network and a kubelet stand-in — bridgenet's CRDs, and,
 when their binaries are given, the node agent on every node and the operator; then waits until
-SIGINT/SIGTERM and tears everything down.
+SIGINT/SIGTERM and tears everything down. With an existing API server, real kubelets,
+kube-scheduler and kube-controller-manager can replace the stand-ins (`bnsandbox.realk8s`).
 
     python3 -m bnsandbox.up --nodes 2 --state-dir /tmp/bnt-sb [--bin-dir target/debug]
     export KUBECONFIG=/tmp/bnt-sb/kubeconfig   # printed on start
@@ -11,6 +12,7 @@ SIGINT/SIGTERM and tears everything down.
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import pathlib
 import shutil
@@ -23,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from . import containerd, forward, images, netns
+from . import containerd, forward, images, netns, poll, realk8s
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 SANDBOX = REPO / "tests" / "sandbox"
@@ -55,7 +57,10 @@ class Sandbox:
 
     def __init__(self, nodes: int, state_dir: pathlib.Path, prefix: str = netns.DEFAULT_PREFIX,
                  kubeconfig: str | None = None, runtime: bool = True, bin_dir: pathlib.Path | None = None,
-                 log=print) -> None:
+                 log=print, real: realk8s.RealComponents | None = None) -> None:
+        self.real = real or realk8s.RealComponents()
+        # Before anything is started: real components need an existing API server.
+        self.real.check(existing_api_server=bool(kubeconfig), runtime=runtime)
         self.state = state_dir
         self.state.mkdir(parents=True, exist_ok=True)
         self.external = kubeconfig
@@ -64,6 +69,8 @@ class Sandbox:
         # How each process was started, so that it can be restarted the same way.
         self.recipes: dict[str, Any] = {}
         self.runtimes: list[containerd.Containerd] = []
+        self.kubelets: list[realk8s.RealKubelet] = []
+        self.host_state: realk8s.HostState | None = None
         self.topo: netns.Topology | None = None
         # Whether our operator created its leader Lease on an existing server (deleted at close).
         self.lease_created = False
@@ -71,24 +78,43 @@ class Sandbox:
         # What processes inside the node namespaces use: the same file with the emulator (it
         # listens on the host link), a copy pointing at the forwarder with an existing server.
         self.node_kubeconfig = self.kubeconfig
+        # The existing server's kubeconfig, flattened (its CA for a controller manager of ours).
+        self.flat_kubeconfig: dict = {}
         # A second sandbox with the same prefix waits here instead of tearing this one down as
         # "stale" (and fighting over 10.251.0.1).
         self.lock = netns.PrefixLock(prefix).__enter__()
         try:
             names = [f"node{i + 1}" for i in range(nodes)]
+            # Also kills whatever still runs in a killed run's namespaces: its kubelets too.
             self.topo = netns.Topology(names, prefix=prefix, internet=True, host_link=True)
+            if realk8s.STATE_FILE.exists():
+                # What real kubelets of a killed run with this prefix left on the host.
+                realk8s.HostState(prefix).release()
             if kubeconfig:
                 self._start_forwarder(kubeconfig)
             else:
                 self._start_emulator()
             self.kubectl = [shutil.which("kubectl") or "kubectl", "--kubeconfig", str(self.kubeconfig)]
-            self.topo.register(self.kubectl)
+            if not self.real.kubelet:
+                # A real kubelet registers its Node itself.
+                self.topo.register(self.kubectl, schedulable=bool(self.real.scheduler))
             netns.run(*self.kubectl, "apply", "-f", str(REPO / "crds" / "yaml"))
             netns.run(*self.kubectl, "wait", "--for=condition=Established", "crd", "--all", "--timeout=30s")
+            if self.real.controller_manager:
+                self._start_controller_manager(self.real.controller_manager)
             if runtime:
+                if self.real.kubelet:
+                    self.host_state = realk8s.HostState(prefix)
+                    self.host_state.acquire()
                 self._start_runtimes()
-                self._spawn("scheduler", [sys.executable, "-m", "bnsandbox.scheduler", "--kubeconfig",
-                                          str(self.kubeconfig)], "scheduler.log", cwd=SANDBOX)
+                if self.real.scheduler:
+                    self._spawn("scheduler", [self.real.scheduler, "--kubeconfig", str(self.kubeconfig),
+                                              "--leader-elect=false", "--secure-port=0", "--v=2"], "scheduler.log")
+                else:
+                    self._spawn("scheduler", [sys.executable, "-m", "bnsandbox.scheduler", "--kubeconfig",
+                                              str(self.kubeconfig)], "scheduler.log", cwd=SANDBOX)
+                if self.real.kubelet:
+                    self._wait_nodes_ready()
             if bin_dir is not None:
                 self._start_bridgenet(bin_dir)
         except BaseException:
@@ -138,6 +164,7 @@ class Sandbox:
         derived, _ = forward.node_kubeconfig(flat, netns.HOST_IP, port)
         self.node_kubeconfig = self.state / "node-kubeconfig"
         self._write_private(self.node_kubeconfig, yaml.safe_dump(derived, sort_keys=False))
+        self.flat_kubeconfig = flat
 
     @staticmethod
     def _write_private(path: pathlib.Path, text: str) -> None:
@@ -157,10 +184,91 @@ class Sandbox:
             ctr.start()
             ctr.import_images(archive)
             ctr.primary_network(f"10.250.{node.index + 1}.0/24")
+            if self.real.kubelet:
+                self._start_real_kubelet(self.real.kubelet, node, ctr)
+                continue
             self._spawn(f"kubelet/{node.name}", [
                 sys.executable, "-m", "bnsandbox.kubelet", "--node-name", node.name, "--node-ip", node.ip,
                 "--kubeconfig", str(self.kubeconfig), "--cri-endpoint", ctr.endpoint,
                 "--log-dir", str(ndir / "pods"), "--resync", "2"], f"{node.name}/kubelet.log", cwd=SANDBOX)
+
+    def _start_real_kubelet(self, binary: str, node: netns.Node, ctr: containerd.Containerd) -> None:
+        """Inside the node's namespace (its address, its containerd), so it reaches the API
+        server through the forwarder, with the node kubeconfig."""
+        assert self.host_state is not None
+        kubelet = realk8s.RealKubelet(binary, node, ctr.endpoint, self.state / node.name, self.node_kubeconfig)
+        kubelet.prepare()
+        self.kubelets.append(kubelet)
+        self.host_state.add_kubelet(kubelet)
+
+        def start(kubelet=kubelet, name=f"kubelet/{node.name}"):
+            proc = kubelet.start()
+            self.procs.append((name, proc))
+            return proc
+
+        start()
+        self.recipes[f"kubelet/{node.name}"] = start
+
+    def _wait_nodes_ready(self, timeout: float = 120) -> None:
+        """Until every kubelet's Node is Ready and rid of the not-ready taint it registered with
+        (lifted by the control plane's node lifecycle controller)."""
+        assert self.topo is not None
+        names = {n.name for n in self.topo.nodes}
+
+        def nodes() -> dict[str, dict]:
+            res = netns.run(*self.kubectl, "get", "nodes", "-o", "json", check=False)
+            items = yaml.safe_load(res.stdout)["items"] if res.returncode == 0 else []
+            return {n["metadata"]["name"]: n for n in items if n["metadata"]["name"] in names}
+
+        def ready(node: dict) -> bool:
+            return any(c.get("type") == "Ready" and c.get("status") == "True"
+                       for c in (node.get("status") or {}).get("conditions") or [])
+
+        def tainted(node: dict) -> bool:
+            return any(t.get("key") == realk8s.NOT_READY_TAINT for t in (node.get("spec") or {}).get("taints") or [])
+
+        def exited() -> str:
+            return ", ".join(n for n, p in self.procs if n.startswith("kubelet/") and p.poll() is not None)
+
+        def all_ready() -> bool:
+            found = nodes()
+            return len(found) == len(names) and all(map(ready, found.values()))
+
+        try:
+            poll.until(lambda: exited() or all_ready(), timeout, 0.5, "the real kubelets' Nodes to be Ready")
+            if exited():
+                raise RuntimeError(f"kubelet exited: {exited()} (see {self.state}/node*/kubelet.log)")
+            poll.until(lambda: not any(map(tainted, nodes().values())), 60, 0.5,
+                       f"the {realk8s.NOT_READY_TAINT} taint to be lifted")
+        except AssertionError as err:
+            still = {name: (ready(n), tainted(n)) for name, n in nodes().items()}
+            hint = (" — the control plane's kube-controller-manager must run the nodelifecycle controller "
+                    f"(or set {realk8s.ENV['controller_manager']})" if any(t for _, t in still.values()) else "")
+            raise RuntimeError(f"{err}; Nodes (ready, tainted): {still}{hint}; "
+                               f"see {self.state}/node*/kubelet.log") from None
+
+    def _start_controller_manager(self, binary: str) -> None:
+        """For a control plane without one: the controllers real nodes need, on the host."""
+        args = [binary, "--kubeconfig", str(self.kubeconfig), "--leader-elect=false", "--secure-port=0",
+                "--use-service-account-credentials=false", "--v=2",
+                "--controllers", ",".join(realk8s.controllers(binary, real_kubelets=bool(self.real.kubelet),
+                                                              token_controller=False))]
+        ca = _cluster_of(self.flat_kubeconfig).get("certificate-authority-data")
+        if ca:
+            # What the root CA publisher puts into every namespace's kube-root-ca.crt.
+            path = self.state / "cluster-ca.crt"
+            path.write_bytes(base64.b64decode(ca))
+            args += ["--root-ca-file", str(path)]
+        proc = self._spawn("controller-manager", args, "controller-manager.log")
+        # Admission refuses every pod of a namespace until its `default` ServiceAccount exists.
+        try:
+            poll.until(lambda: proc.poll() is not None or netns.run(
+                *self.kubectl, "get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0,
+                60, 0.5, "the default ServiceAccount")
+        except AssertionError as err:
+            raise RuntimeError(f"{err} (see {self.state / 'controller-manager.log'})") from None
+        if proc.poll() is not None:
+            raise RuntimeError(f"kube-controller-manager exited (see {self.state / 'controller-manager.log'})")
 
     def _start_bridgenet(self, bin_dir: pathlib.Path) -> None:
         assert self.topo is not None
@@ -225,6 +333,9 @@ class Sandbox:
         for ctr in [c for c in self.runtimes if c.node.name == name]:
             ctr.stop()
             self.runtimes.remove(ctr)
+        for kubelet in [k for k in self.kubelets if k.node.name == name]:
+            kubelet.cleanup()
+            self.kubelets.remove(kubelet)
         self.topo.remove_node(name)
         netns.run(*self.kubectl, "delete", "node", name, "--wait=false")
 
@@ -247,6 +358,13 @@ class Sandbox:
         for ctr in self.runtimes:
             ctr.stop()
         self.runtimes = []
+        # Real kubelets' mounts and files, once nothing uses them; the host's tunables last.
+        for kubelet in self.kubelets:
+            kubelet.cleanup()
+        self.kubelets = []
+        if self.host_state is not None:
+            self.host_state.release()
+            self.host_state = None
         if self.topo is not None:
             if self.external:
                 self.topo.unregister(self.kubectl)
@@ -274,6 +392,12 @@ class Sandbox:
         self.close()
 
 
+def _cluster_of(flat: dict) -> dict:
+    """The current context's cluster entry of a flattened, minified kubeconfig."""
+    ctx = next((c["context"] for c in flat.get("contexts") or [] if c["name"] == flat.get("current-context")), {})
+    return next((c["cluster"] for c in flat.get("clusters") or [] if c["name"] == ctx.get("cluster")), {})
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m bnsandbox.up", description=__doc__.splitlines()[0])
     p.add_argument("--nodes", type=int, default=2)
@@ -286,9 +410,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-runtime", action="store_true", help="nodes without containerd and kubelet stand-in")
     p.add_argument("--bin-dir", help="start bridgenet-operator, bridgenet-agent and the bridgenet plugin from here")
     p.add_argument("--ready-file", help="write the kubeconfig path here once everything is up")
+    helps = {"kubelet": "run this kubelet on every node instead of the stand-in",
+             "scheduler": "run this kube-scheduler instead of the stand-in",
+             "controller_manager": "also run this kube-controller-manager, for a control plane without one"}
+    for field, var in realk8s.ENV.items():
+        p.add_argument(f"--real-{field.replace('_', '-')}", dest=field, default=os.environ.get(var) or None,
+                       help=f"{helps[field]} (default: ${var}; only with an existing API server)")
     args = p.parse_args(argv)
 
     external = args.kubeconfig or (None if args.emulator else os.environ.get("KUBECONFIG"))
+    real = realk8s.RealComponents(args.kubelet, args.scheduler, args.controller_manager)
+    try:
+        real.check(existing_api_server=bool(external), runtime=not args.no_runtime)
+    except realk8s.RealComponentError as err:
+        p.error(str(err))
     stop = {"now": False}
 
     def on_signal(signum, frame):
@@ -298,12 +433,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     sandbox = Sandbox(args.nodes, pathlib.Path(args.state_dir), args.prefix, external, not args.no_runtime,
                       pathlib.Path(args.bin_dir) if args.bin_dir else None,
-                      log=lambda m: print(m, flush=True))
+                      log=lambda m: print(m, flush=True), real=real)
     try:
         assert sandbox.topo is not None
         nodes = ", ".join(f"{n.name}={n.ip}" for n in sandbox.topo.nodes)
-        print(f"sandbox up: {args.nodes} nodes ({nodes}), API server {'given' if external else 'emulated'}; "
-              f"export KUBECONFIG={sandbox.kubeconfig}", flush=True)
+        print(f"sandbox up: {args.nodes} nodes ({nodes}), API server {'given' if external else 'emulated'}"
+              f"{'; real ' + real.describe() if real else ''}; export KUBECONFIG={sandbox.kubeconfig}", flush=True)
         if external:
             print(f"nodes reach it through the forwarder on {netns.HOST_IP}: {sandbox.node_kubeconfig}", flush=True)
         if args.ready_file:

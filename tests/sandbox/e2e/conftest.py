@@ -1,12 +1,13 @@
 """End-to-end fixtures: one two-node sandbox with the real operator and agents per session.
 
 The sandbox runs the API emulator unless `SANDBOX_KUBECONFIG` names an existing API server's
-kubeconfig (as for `make demo`). Either way, every object the tests create carries this run's
-`RUN_LABEL`, and at the end of the session the suite deletes them by that label — Pods, then
-BridgeNetworks, then Namespaces — while the operator and agents still run, and fails naming
-whatever is left; then the sandbox's Nodes are unregistered. Plain `KUBECONFIG` is deliberately
-not enough: the suite registers Nodes and creates objects, which must not happen to whatever
-cluster a shell happens to point at."""
+kubeconfig (as for `make demo`); with one, `SANDBOX_REAL_KUBELET`, `SANDBOX_REAL_SCHEDULER` and
+`SANDBOX_REAL_CONTROLLER_MANAGER` put real Kubernetes components in place of the stand-ins.
+Either way, every object the tests create carries this run's `RUN_LABEL`, and at the end of the
+session the suite deletes them by that label — Pods, then BridgeNetworks, then Namespaces — while
+the operator and agents still run, and fails naming whatever is left; then the sandbox's Nodes
+are unregistered. Plain `KUBECONFIG` is deliberately not enough: the suite registers Nodes and
+creates objects, which must not happen to whatever cluster a shell happens to point at."""
 
 from __future__ import annotations
 
@@ -28,16 +29,19 @@ SANDBOX = pathlib.Path(__file__).resolve().parents[1]
 REPO = SANDBOX.parents[1]
 sys.path.insert(0, str(SANDBOX))
 
-from bnsandbox import poll, up  # noqa: E402
+from bnsandbox import poll, realk8s, up  # noqa: E402
 
 BIN_DIR = pathlib.Path(os.environ.get("BRIDGENET_BIN_DIR", REPO / "target" / "debug"))
 EXTERNAL = os.environ.get("SANDBOX_KUBECONFIG") or None
+REAL = realk8s.RealComponents.from_env()
 PREFIX = "bnt-sb-e2e-"
 # On every object `Cluster.apply` creates (all the suite's Pods, BridgeNetworks and Namespaces),
 # valued with the run's id: the end of the session deletes by this selector, so nothing needs
 # tracking, and whatever a test already deleted itself is simply not found.
 RUN_LABEL = "e2e.bnsandbox.io/run"
 # The normal deletion path must finish within this; a slower one is a bug, not a tight bound.
+# It takes about 5 s on the emulator, 10–11 s on a real control plane (with the stand-ins or real
+# kubelets, which honour the test pods' 5 s grace period: they exit at SIGTERM).
 CLEANUP_SECONDS = 30.0
 # After it, what is left gets the last resort (force) for this long, and the suite still fails.
 FORCE_SECONDS = 15.0
@@ -234,12 +238,17 @@ def unique(prefix: str) -> str:
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
+    try:
+        # A wrong setting fails, even where the suite would skip: it was asked for explicitly.
+        REAL.check(existing_api_server=bool(EXTERNAL))
+    except realk8s.RealComponentError as err:
+        pytest.fail(str(err), pytrace=False)
     reason = _missing()
     if reason:
         pytest.skip(reason)
     # Sandbox holds the prefix's lock: a concurrent run waits for this one.
     sandbox = up.Sandbox(2, tmp_path_factory.mktemp("sandbox"), prefix=PREFIX, kubeconfig=EXTERNAL, bin_dir=BIN_DIR,
-                         log=lambda m: None)
+                         log=lambda m: None, real=REAL)
     nodes = [n.name for n in sandbox.topo.nodes] if sandbox.topo else []
     problems: list[str] = []
     try:
