@@ -9,10 +9,8 @@ mod dataplane_support;
 use std::time::Instant;
 
 use bridgenet_crds::NodeBridge;
-use dataplane_support::{Node, is_root, nodebridge};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::{CustomResourceExt, ResourceExt};
+use dataplane_support::{Node, install_crds, is_root, nodebridge};
+use kube::api::{Api, ListParams, PostParams};
 
 const NETWORKS: u32 = 50;
 
@@ -23,13 +21,7 @@ fn main() {
     }
     let mut node = Node::new("rss", env!("CARGO_BIN_EXE_bridgenet-agent"));
     node.kube(|c| async move {
-        let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
-        let pp = PatchParams::apply("bridgenet-bench").force();
-        for crd in [bridgenet_crds::BridgeNetwork::crd(), NodeBridge::crd()] {
-            crds.patch(&crd.name_any(), &pp, &Patch::Apply(&crd))
-                .await
-                .unwrap();
-        }
+        install_crds(&c).await;
         let api: Api<NodeBridge> = Api::all(c);
         for i in 0..NETWORKS {
             let nb = nodebridge(

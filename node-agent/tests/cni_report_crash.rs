@@ -16,11 +16,10 @@ use std::time::Duration;
 use bridgenet_agent::cni::engine::failpoint;
 use bridgenet_crds::NodeBridge;
 use cni_support::{Call, Netns, chained_config, run_plugin};
-use dataplane_support::{Node, is_root, nodebridge};
+use dataplane_support::{Node, install_crds, is_root, nodebridge};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::{CustomResourceExt, ResourceExt};
+use kube::ResourceExt;
+use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
 const NETWORK: &str = "net-r";
@@ -93,13 +92,7 @@ fn results_are_reported_whichever_step_between_add_and_report_the_agent_dies_at(
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut node = Node::new("report", env!("CARGO_BIN_EXE_bridgenet-agent"));
     node.kube(|c| async move {
-        let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
-        let pp = PatchParams::apply("bridgenet-test").force();
-        for crd in [bridgenet_crds::BridgeNetwork::crd(), NodeBridge::crd()] {
-            crds.patch(&crd.name_any(), &pp, &Patch::Apply(&crd))
-                .await
-                .unwrap();
-        }
+        install_crds(&c).await;
         let mut nb = nodebridge(NETWORK, "bnt-rp", "172.20.5.0/24", "172.20.5.1", 310);
         nb.spec.blocks = vec!["172.20.5.0/26".into()];
         Api::<NodeBridge>::all(c)

@@ -15,11 +15,10 @@ use std::time::Duration;
 
 use bridgenet_crds::NodeBridge;
 use cni_support::{Answer, Call, Netns, chained_config, run_plugin};
-use dataplane_support::{Node, is_root, nodebridge, run};
+use dataplane_support::{Node, install_crds, is_root, nodebridge, run};
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Pod};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{CustomResourceExt, ResourceExt};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 
 fn ready(nb: &NodeBridge) -> Option<(String, String)> {
     nb.status
@@ -28,17 +27,6 @@ fn ready(nb: &NodeBridge) -> Option<(String, String)> {
         .iter()
         .find(|c| c.type_ == "Ready")
         .map(|c| (c.status.clone(), c.reason.clone()))
-}
-
-/// bridgenet's CRDs, applied as `kubectl apply` would.
-async fn install_crds(c: &kube::Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
-    let pp = PatchParams::apply("bridgenet-test").force();
-    for crd in [bridgenet_crds::BridgeNetwork::crd(), NodeBridge::crd()] {
-        crds.patch(&crd.name_any(), &pp, &Patch::Apply(&crd))
-            .await
-            .unwrap();
-    }
 }
 
 fn get(node: &Node, name: &'static str) -> Option<NodeBridge> {

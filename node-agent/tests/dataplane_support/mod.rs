@@ -22,6 +22,20 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// bridgenet's CRDs applied to the emulator, as `kubectl apply` would.
+pub async fn install_crds(c: &kube::Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, Patch, PatchParams};
+    use kube::{CustomResourceExt, ResourceExt};
+    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
+    let pp = PatchParams::apply("bridgenet-test").force();
+    for crd in [bridgenet_crds::BridgeNetwork::crd(), NodeBridge::crd()] {
+        crds.patch(&crd.name_any(), &pp, &Patch::Apply(&crd))
+            .await
+            .unwrap();
+    }
+}
+
 /// Runs a command to completion; panics with its output unless it succeeds.
 pub fn run(args: &[&str]) -> String {
     let out = Command::new(args[0])
