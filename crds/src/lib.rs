@@ -2,6 +2,7 @@
 //! agree on: label and annotation keys, default bridge names, and address arithmetic.
 #![forbid(unsafe_code)]
 
+pub mod conditions;
 pub mod crdgen;
 pub mod names;
 pub mod net;
