@@ -8,8 +8,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use bridgenet_crds::net::{AddressPlan, Family};
+use bridgenet_crds::net::{AddressPlan, Family, ResolvedNetwork};
+use bridgenet_crds::v1alpha1::{BridgeNetworkStatus, NodeBridge};
 use ipnet::IpNet;
+
+use crate::plan::children::{Membership, node_of};
+use crate::status;
 
 /// Blocks of one address family, by node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -115,6 +119,169 @@ pub fn nearly_full(plan: &AddressPlan, free_addresses: i64) -> bool {
     let block_size = 1u64 << u32::from(plan.range.max_prefix_len() - plan.block_prefix).min(63);
     let low_water = (block_size / 8).max(1);
     free_addresses >= 0 && u64::try_from(free_addresses).unwrap_or(0) <= low_water
+}
+
+/// The blocks of one accepted network, by family.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlockPlan {
+    /// IPv4 blocks.
+    pub v4: Assignment,
+    /// IPv6 blocks, for dual-stack networks.
+    pub v6: Option<Assignment>,
+}
+
+impl BlockPlan {
+    /// Blocks assigned, both families.
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.as_ref().map_or(0, Assignment::len)
+    }
+
+    /// Whether no block is assigned.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Members that got fewer blocks than they need, sorted, once each.
+    pub fn unmet(&self) -> Vec<String> {
+        let mut unmet = self.v4.unmet.clone();
+        if let Some(v6) = &self.v6 {
+            unmet.extend(v6.unmet.iter().cloned());
+        }
+        unmet.sort();
+        unmet.dedup();
+        unmet
+    }
+}
+
+/// The IPv4 blocks a NodeBridge's spec lists (what its agent's address counts describe).
+pub(crate) fn v4_blocks_of(nb: &NodeBridge) -> Vec<IpNet> {
+    nb.spec
+        .blocks
+        .iter()
+        .filter_map(|b| b.parse::<IpNet>().ok())
+        .filter(|b| Family::of_net(b) == Family::V4)
+        .collect()
+}
+
+/// Decides every member's blocks: what the status and the NodeBridge specs record is kept,
+/// nodes that left keep theirs while pods still hold addresses in them, members without one
+/// get one, and members whose agent reports few free addresses get one more.
+pub(crate) fn decide(
+    resolved: &ResolvedNetwork,
+    prev: &BridgeNetworkStatus,
+    membership: &Membership<'_>,
+) -> BlockPlan {
+    // Nodes the network left keep their blocks while their NodeBridge still lists endpoints:
+    // those pods hold addresses from the blocks until they are detached.
+    let retained: BTreeSet<String> = membership
+        .by_node
+        .iter()
+        .filter(|(node, nbs)| {
+            !membership.member_set.contains(**node)
+                && nbs.iter().any(|nb| status::endpoint_count(nb) > 0)
+        })
+        .map(|(node, _)| (*node).to_owned())
+        .collect();
+
+    // Claims: the status record first (the source of truth), then NodeBridge specs, which
+    // cover a crash between writing a NodeBridge and writing the status.
+    let mut claims: Vec<(IpNet, String)> = prev
+        .blocks
+        .iter()
+        .filter_map(|b| b.cidr.parse().ok().map(|c| (c, b.node.clone())))
+        .collect();
+    for nb in &membership.mine {
+        let node = node_of(nb);
+        claims.extend(
+            nb.spec
+                .blocks
+                .iter()
+                .filter_map(|b| b.parse().ok().map(|c| (c, node.to_owned()))),
+        );
+    }
+
+    // One more IPv4 block for nodes whose agent reports few free addresses, but only when that
+    // report describes the node's current blocks: otherwise every reconcile until the agent
+    // catches up would add another.
+    let v4 = &resolved.v4;
+    let mut grow: HashMap<String, usize> = HashMap::new();
+    for node in &membership.names {
+        let Some(nb) = membership.live(node) else {
+            continue;
+        };
+        let Some(st) = &nb.status else { continue };
+        let spec_v4 = v4_blocks_of(nb);
+        // The report must add up to exactly the capacity of the node's current blocks. The
+        // data plane and the endpoint writer fill one status separately, so observedGeneration
+        // alone can be current while the counts are still the defaults (0 free) or describe
+        // the blocks before the last growth; either would read as "full" and add a block on
+        // every reconcile.
+        let capacity: u64 = spec_v4.iter().map(|b| v4.assignable_in_block(b)).sum();
+        let counts_current = st.allocated_addresses >= 0
+            && st.free_addresses >= 0
+            && st
+                .allocated_addresses
+                .checked_add(st.free_addresses)
+                .and_then(|total| u64::try_from(total).ok())
+                == Some(capacity);
+        let generation_current = match nb.metadata.generation {
+            Some(g) => st.observed_generation == Some(g),
+            None => true,
+        };
+        let fresh = counts_current && generation_current;
+        if fresh && !spec_v4.is_empty() && nearly_full(v4, st.free_addresses) {
+            grow.insert(node.clone(), spec_v4.len());
+        }
+    }
+    let a4 = assign(
+        v4,
+        claims.iter().cloned(),
+        &membership.names,
+        &retained,
+        |node, held| {
+            if grow.get(node) == Some(&held) {
+                held + 1
+            } else {
+                held.max(1)
+            }
+        },
+    );
+    // IPv6 blocks follow the IPv4 count: pods take one address of each family, and both
+    // default block sizes hold 64 addresses.
+    let a6: Option<Assignment> = resolved.v6.as_ref().map(|v6| {
+        assign(
+            v6,
+            claims.iter().cloned(),
+            &membership.names,
+            &retained,
+            |node, held| held.max(a4.of(node).len().max(1)),
+        )
+    });
+    BlockPlan { v4: a4, v6: a6 }
+}
+
+/// Free IPv4 addresses of the whole range: unassigned blocks count in full; a node's blocks
+/// count what its agent reports when the report is for those blocks, else in full.
+pub(crate) fn free_v4(
+    resolved: &ResolvedNetwork,
+    assigned: &Assignment,
+    membership: &Membership<'_>,
+) -> i128 {
+    let v4 = &resolved.v4;
+    let mut free = i128::from(v4.assignable_total());
+    for (node, blocks) in &assigned.by_node {
+        let capacity: u64 = blocks.iter().map(|b| v4.assignable_in_block(b)).sum();
+        let reported = membership
+            .live(node)
+            .filter(|nb| v4_blocks_of(nb).len() == blocks.len())
+            .and_then(|nb| nb.status.as_ref())
+            .map(|s| i128::from(s.free_addresses.max(0)));
+        free = free - i128::from(capacity)
+            + reported
+                .unwrap_or(i128::from(capacity))
+                .min(i128::from(capacity));
+    }
+    free
 }
 
 #[cfg(test)]

@@ -28,7 +28,8 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result, is_not_found};
 use crate::metrics::{Health, Metrics, NetworkLabel};
-use crate::plan::{self, Member, PlanInput, Settings};
+use crate::plan::orphans::{self, BoundPods};
+use crate::plan::{self, CleanupWait, Member, PlanInput, Settings};
 use crate::status::PlannedEvent;
 
 /// Field manager of every write, so server-side apply sees one owner.
@@ -278,10 +279,11 @@ async fn cleanup(net: Arc<BridgeNetwork>, ctx: &Context) -> Result<Action> {
         patch_status(ctx, &net, status).await?;
     }
     publish(ctx, &net, &plan.events).await;
-    if !plan.blocked_by.is_empty() {
+    let waiting = plan.waiting_for();
+    if let Some(CleanupWait::Blocked(message)) = waiting {
         return Err(Error::DeletionBlocked {
             network: name,
-            message: crate::status::name_list(&plan.blocked_by, 5),
+            message,
         });
     }
     for nb in &plan.deletes {
@@ -290,10 +292,10 @@ async fn cleanup(net: Arc<BridgeNetwork>, ctx: &Context) -> Result<Action> {
     for nb in &plan.release_agent_finalizer {
         release_agent_finalizer(ctx, nb).await?;
     }
-    if plan.remaining > 0 {
+    if let Some(CleanupWait::Teardown(remaining)) = waiting {
         return Err(Error::WaitingForTeardown {
             network: name,
-            remaining: plan.remaining,
+            remaining,
         });
     }
     ctx.metrics.blocks_used.remove(&NetworkLabel {
@@ -303,80 +305,26 @@ async fn cleanup(net: Arc<BridgeNetwork>, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
-/// The NodeBridges as the planner should see them: a node that no longer exists has no agent
-/// to report its pods detached, so its NodeBridge can list endpoints for good, holding the
-/// node's blocks and any deletion of the network. Such endpoints count only while their pods
-/// are still bound to that node; once the pods are gone (Kubernetes' pod garbage collector
-/// deletes the pods of a deleted node) the NodeBridge is planned as listing none: its blocks
-/// are released, its agent finalizer let go, and deleting the network is not held by pods that
-/// no longer exist. One metadata list per such node (field selector `spec.nodeName`), only
-/// while such a NodeBridge exists; when in doubt (an error, a truncated endpoint list next to
-/// remaining pods) the endpoints stay. Also says whether any such endpoint stayed: nothing
-/// the controller watches changes when the pod garbage collector runs, so the caller looks again
-/// soon.
+/// The NodeBridges as the planner should see them, with the endpoints of deleted nodes whose
+/// pods are gone dropped (see [`plan::orphans`]): one metadata list of pods per such node (field
+/// selector `spec.nodeName`), only while such a NodeBridge exists. Also says whether any of them
+/// kept its endpoints, so that the caller looks again soon.
 async fn without_orphaned_endpoints(
     ctx: &Context,
     network: &str,
     nodes: &[Arc<Node>],
     existing: Vec<Arc<NodeBridge>>,
 ) -> (Vec<Arc<NodeBridge>>, bool) {
-    let mut waiting = false;
-    let live_nodes: std::collections::HashSet<String> =
-        nodes.iter().map(|n| n.name_any()).collect();
-    let mut pods_on: HashMap<String, Option<std::collections::HashSet<(String, String)>>> =
-        HashMap::new();
-    let mut out = Vec::with_capacity(existing.len());
-    for nb in existing {
-        let node = plan::node_of(&nb).to_owned();
-        // Only this network's: the planner looks at no other, so neither do the pod lists.
-        if plan::labels_of(&nb).0 != Some(network)
-            || live_nodes.contains(&node)
-            || crate::status::endpoint_count(&nb) == 0
-        {
-            out.push(nb);
-            continue;
-        }
-        if !pods_on.contains_key(&node) {
-            let bound = pods_bound_to(ctx, &node).await;
-            pods_on.insert(node.clone(), bound);
-        }
-        let Some(Some(bound)) = pods_on.get(&node) else {
-            waiting = true;
-            out.push(nb);
-            continue;
-        };
-        let Some(status) = &nb.status else {
-            out.push(nb);
-            continue;
-        };
-        let listed_all =
-            usize::try_from(status.endpoint_count).unwrap_or(0) <= status.endpoints.len();
-        let any_live = status
-            .endpoints
-            .iter()
-            .any(|e| bound.contains(&(e.namespace.clone(), e.pod.clone())));
-        if any_live || (!listed_all && !bound.is_empty()) {
-            waiting = true;
-            out.push(nb);
-            continue;
-        }
-        tracing::info!(nodebridge = %nb.name_any(), %node, endpoints = status.endpoint_count,
-            "node no longer exists and none of its listed pods is bound to it; planning without them");
-        let mut view = (*nb).clone();
-        if let Some(st) = view.status.as_mut() {
-            st.endpoints.clear();
-            st.endpoint_count = 0;
-        }
-        out.push(Arc::new(view));
+    let mut pods_on = HashMap::new();
+    for node in orphans::nodes_to_check(network, nodes, &existing) {
+        let bound = pods_bound_to(ctx, &node).await;
+        pods_on.insert(node, bound);
     }
-    (out, waiting)
+    orphans::without_orphaned_endpoints(network, nodes, existing, &pods_on)
 }
 
 /// `(namespace, name)` of the pods bound to `node`; `None` when the API could not say.
-async fn pods_bound_to(
-    ctx: &Context,
-    node: &str,
-) -> Option<std::collections::HashSet<(String, String)>> {
+async fn pods_bound_to(ctx: &Context, node: &str) -> Option<BoundPods> {
     let api: Api<Pod> = Api::all(ctx.client.clone());
     let params = ListParams::default().fields(&format!("spec.nodeName={node}"));
     match api.list_metadata(&params).await {
@@ -544,32 +492,17 @@ fn related_networks(
     settings: &Settings,
 ) -> Vec<ObjectRef<BridgeNetwork>> {
     let name = changed.name_any();
-    let Ok(mine) = bridgenet_crds::net::resolve_with(&name, &changed.spec, settings.block_defaults)
-    else {
+    let resolve = |net: &BridgeNetwork, name: &str| {
+        bridgenet_crds::net::resolve_with(name, &net.spec, settings.block_defaults).ok()
+    };
+    let Some(mine) = resolve(changed, &name) else {
         return Vec::new();
     };
     store
         .state()
         .iter()
         .filter(|other| other.name_any() != name)
-        .filter(|other| {
-            match bridgenet_crds::net::resolve_with(
-                &other.name_any(),
-                &other.spec,
-                settings.block_defaults,
-            ) {
-                Ok(r) => {
-                    r.bridge == mine.bridge
-                        || r.plans().any(|p| {
-                            mine.plans().any(|q| {
-                                p.subnet.contains(&q.subnet.network())
-                                    || q.subnet.contains(&p.subnet.network())
-                            })
-                        })
-                }
-                Err(_) => false,
-            }
-        })
+        .filter(|other| resolve(other, &other.name_any()).is_some_and(|r| plan::contend(&r, &mine)))
         .map(|other| ObjectRef::from_obj(&**other))
         .collect()
 }

@@ -1,82 +1,20 @@
-//! What users read in `kubectl get/describe bridgenetwork`: conditions with stable
-//! `lastTransitionTime`, and the Events that go with condition changes.
+//! What users read in `kubectl get/describe bridgenetwork`: the status a plan aggregates from
+//! the blocks, the children and the agents' reports, its conditions (with stable
+//! `lastTransitionTime`, see [`set_condition`]), and the Events that go with condition changes.
 
-use bridgenet_crds::v1alpha1::{BridgeNetworkStatus, NodeBridge};
+use bridgenet_crds::net::{Family, ResolvedNetwork};
+use bridgenet_crds::v1alpha1::{BlockAssignment, BridgeNetworkStatus, NodeBridge};
+use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-/// Condition type: the spec is valid and collides with nothing.
-pub const ACCEPTED: &str = "Accepted";
-/// Condition type: every selected node has programmed the network.
-pub const READY: &str = "Ready";
+use crate::blocks::{self, BlockPlan};
+use crate::plan::RejectReason;
+use crate::plan::children::{Children, Membership};
 
-/// Reasons of the `Ready` condition.
-pub mod reason {
-    /// Every selected node is ready.
-    pub const ALL_NODES_READY: &str = "AllNodesReady";
-    /// Some selected nodes are not ready yet.
-    pub const NODES_NOT_READY: &str = "NodesNotReady";
-    /// The node selector matches no node.
-    pub const NO_MATCHING_NODES: &str = "NoMatchingNodes";
-    /// The range has no block left for some node.
-    pub const ADDRESSES_EXHAUSTED: &str = "AddressesExhausted";
-    /// The network is not accepted, so nothing is programmed.
-    pub const NOT_ACCEPTED: &str = "NotAccepted";
-    /// Deletion waits for attached pods.
-    pub const DELETION_BLOCKED: &str = "DeletionBlocked";
-    /// Deletion waits for node agents to tear down.
-    pub const DELETING: &str = "Deleting";
-    /// `Accepted=True`.
-    pub const ACCEPTED: &str = "Accepted";
-}
+pub use bridgenet_crds::conditions::{ACCEPTED, READY, Reason, condition, set_condition};
 
-/// A condition to set; `lastTransitionTime` is filled in by [`set_condition`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Cond {
-    /// Condition type.
-    pub type_: &'static str,
-    /// `True` or `False`.
-    pub status: bool,
-    /// CamelCase reason.
-    pub reason: &'static str,
-    /// Human-readable message.
-    pub message: String,
-}
-
-/// Sets `cond` in `conditions` (a list map keyed on type). `lastTransitionTime` moves to `now`
-/// only when the status flips; reason, message and observedGeneration are always refreshed.
-pub fn set_condition(
-    conditions: &mut Vec<Condition>,
-    cond: Cond,
-    generation: Option<i64>,
-    now: &Time,
-) {
-    let status = if cond.status { "True" } else { "False" }.to_owned();
-    let new = |ltt: Time| Condition {
-        type_: cond.type_.to_owned(),
-        status: status.clone(),
-        reason: cond.reason.to_owned(),
-        message: cond.message.clone(),
-        observed_generation: generation,
-        last_transition_time: ltt,
-    };
-    match conditions.iter_mut().find(|c| c.type_ == cond.type_) {
-        Some(existing) => {
-            let ltt = if existing.status == status {
-                existing.last_transition_time.clone()
-            } else {
-                now.clone()
-            };
-            *existing = new(ltt);
-        }
-        None => conditions.push(new(now.clone())),
-    }
-    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
-}
-
-/// Finds a condition by type.
-pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
-    conditions.iter().find(|c| c.type_ == type_)
-}
+/// A condition to set: type, status, reason and message.
+pub type Cond = bridgenet_crds::conditions::Cond<'static>;
 
 /// An Event to publish about the network.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,7 +50,7 @@ pub fn transition_events(before: &[Condition], after: &[Condition]) -> Vec<Plann
         } else if b.is_some_and(|b| b.status == "False") {
             events.push(PlannedEvent {
                 warning: false,
-                reason: reason::ACCEPTED.to_owned(),
+                reason: Reason::Accepted.as_str().to_owned(),
                 note: a.message.clone(),
             });
         }
@@ -120,8 +58,8 @@ pub fn transition_events(before: &[Condition], after: &[Condition]) -> Vec<Plann
     if let Some((_, a)) = changed(READY)
         && a.status == "False"
         && matches!(
-            a.reason.as_str(),
-            reason::ADDRESSES_EXHAUSTED | reason::DELETION_BLOCKED
+            a.reason.parse(),
+            Ok(Reason::AddressesExhausted | Reason::DeletionBlocked)
         )
     {
         events.push(PlannedEvent {
@@ -175,9 +113,198 @@ pub fn name_list(names: &[String], max: usize) -> String {
     s
 }
 
-/// Status semantically equal apart from condition timestamps, which [`set_condition`] keeps.
-pub fn same_status(a: Option<&BridgeNetworkStatus>, b: &BridgeNetworkStatus) -> bool {
-    a == Some(b)
+/// The status of a refused network: `Accepted=False` with the refusal, `Ready=False`; the rest
+/// (blocks included) stays as it was, for NodeBridges that may still exist from before.
+pub(crate) fn rejected(
+    prev: &BridgeNetworkStatus,
+    why: RejectReason,
+    message: &str,
+    generation: Option<i64>,
+    now: &Time,
+) -> BridgeNetworkStatus {
+    let mut status = prev.clone();
+    status.observed_generation = generation;
+    set_condition(
+        &mut status.conditions,
+        Cond {
+            type_: ACCEPTED,
+            status: false,
+            reason: why.as_str(),
+            message: message.to_owned(),
+        },
+        generation,
+        now,
+    );
+    set_condition(
+        &mut status.conditions,
+        Cond {
+            type_: READY,
+            status: false,
+            reason: Reason::NotAccepted.as_str(),
+            message: format!("not programmed on any node: {}", why.as_str()),
+        },
+        generation,
+        now,
+    );
+    status
+}
+
+/// What the status of an accepted network is aggregated from.
+pub(crate) struct AcceptedFacts<'a> {
+    /// The spec with defaults filled in.
+    pub resolved: &'a ResolvedNetwork,
+    /// Its VNI.
+    pub vni: u32,
+    /// The generation the status describes.
+    pub generation: Option<i64>,
+    /// The time to stamp on conditions that change.
+    pub now: &'a Time,
+    /// Members and NodeBridges (with the agents' reports).
+    pub membership: &'a Membership<'a>,
+    /// The planned blocks.
+    pub blocks: &'a BlockPlan,
+    /// The planned NodeBridges.
+    pub children: &'a Children,
+}
+
+/// The status of an accepted network: what is in effect, the blocks, the counts, and the
+/// `Accepted` and `Ready` conditions. A member is ready when its agent reports the NodeBridge
+/// programmed and nothing is left to write to it.
+pub(crate) fn accepted(prev: &BridgeNetworkStatus, f: &AcceptedFacts<'_>) -> BridgeNetworkStatus {
+    let v4 = &f.resolved.v4;
+    let vni = f.vni;
+    let children = f.children;
+    let total = children.members.len();
+    let mut not_ready = Vec::new();
+    for (i, m) in children.members.iter().enumerate() {
+        let ready = !m.waiting
+            && m.existing.as_ref().is_some_and(|nb| node_bridge_ready(nb))
+            && !children.needs_write(i);
+        if !ready {
+            not_ready.push(m.node.clone());
+        }
+    }
+    let ready = total - not_ready.len();
+    let endpoints: i32 = f.membership.mine.iter().map(|nb| endpoint_count(nb)).sum();
+    let free = blocks::free_v4(f.resolved, &f.blocks.v4, f.membership);
+
+    let mut assigned: Vec<(IpNet, String)> = f
+        .blocks
+        .v4
+        .by_node
+        .iter()
+        .chain(f.blocks.v6.iter().flat_map(|a| a.by_node.iter()))
+        .flat_map(|(node, blocks)| blocks.iter().map(move |b| (*b, node.clone())))
+        .collect();
+    assigned.sort_by_key(|(b, _)| (Family::of_net(b), b.network()));
+
+    let mut status = prev.clone();
+    status.observed_generation = f.generation;
+    status.gateway = Some(v4.gateway.to_string());
+    status.gateway_v6 = f.resolved.v6.as_ref().map(|p| p.gateway.to_string());
+    status.bridge = Some(f.resolved.bridge.clone());
+    status.vni = Some(vni);
+    status.total_nodes = i32::try_from(total).unwrap_or(i32::MAX);
+    status.ready_nodes = i32::try_from(ready).unwrap_or(i32::MAX);
+    status.ready_summary = Some(ready_summary(status.ready_nodes, status.total_nodes));
+    status.endpoints = endpoints;
+    status.free_addresses = Some(i64::try_from(free.max(0)).unwrap_or(i64::MAX));
+    status.blocks = assigned
+        .iter()
+        .map(|(b, node)| BlockAssignment {
+            cidr: b.to_string(),
+            node: node.clone(),
+        })
+        .collect();
+
+    let mut summary = format!(
+        "subnet {}, gateway {}, bridge {}, VNI {vni}",
+        v4.subnet, v4.gateway, f.resolved.bridge
+    );
+    if let Some(v6) = &f.resolved.v6 {
+        summary.push_str(&format!(
+            ", IPv6 subnet {} gateway {}",
+            v6.subnet, v6.gateway
+        ));
+    }
+    set_condition(
+        &mut status.conditions,
+        Cond {
+            type_: ACCEPTED,
+            status: true,
+            reason: Reason::Accepted.as_str(),
+            message: summary,
+        },
+        f.generation,
+        f.now,
+    );
+    let unmet = f.blocks.unmet();
+    let ready_cond = if total == 0 {
+        Cond {
+            type_: READY,
+            status: false,
+            reason: Reason::NoMatchingNodes.as_str(),
+            message: "the nodeSelector matches no node".to_owned(),
+        }
+    } else if !unmet.is_empty() {
+        Cond {
+            type_: READY,
+            status: false,
+            reason: Reason::AddressesExhausted.as_str(),
+            message: format!(
+                "{} has no free /{} block left for: {} ({} blocks in use); pods on those nodes get no address until blocks are released or a larger network is used",
+                v4.range,
+                v4.block_prefix,
+                name_list(&unmet, 5),
+                status.blocks.len()
+            ),
+        }
+    } else if not_ready.is_empty() {
+        Cond {
+            type_: READY,
+            status: true,
+            reason: Reason::AllNodesReady.as_str(),
+            message: format!("{ready}/{total} nodes ready"),
+        }
+    } else {
+        Cond {
+            type_: READY,
+            status: false,
+            reason: Reason::NodesNotReady.as_str(),
+            message: format!(
+                "{ready}/{total} nodes ready; waiting for {}",
+                name_list(&not_ready, 5)
+            ),
+        }
+    };
+    set_condition(&mut status.conditions, ready_cond, f.generation, f.now);
+    status
+}
+
+/// The `Ready` condition of a network being deleted: held by the pods in `blocked_by`, else
+/// waiting for `remaining` NodeBridges to be torn down.
+pub(crate) fn deleting(blocked_by: &[String], remaining: usize) -> Cond {
+    if !blocked_by.is_empty() {
+        Cond {
+            type_: READY,
+            status: false,
+            reason: Reason::DeletionBlocked.as_str(),
+            message: format!(
+                "deletion waits for {} attached pod interfaces: {}; detach them (remove the network from the pods' {} annotation) or annotate the network {}=true",
+                blocked_by.len(),
+                name_list(blocked_by, 5),
+                bridgenet_crds::ANNOTATION_NETWORKS,
+                bridgenet_crds::ANNOTATION_FORCE_DELETE,
+            ),
+        }
+    } else {
+        Cond {
+            type_: READY,
+            status: false,
+            reason: Reason::Deleting.as_str(),
+            message: format!("waiting for {remaining} nodes to tear the network down"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -204,29 +331,29 @@ mod tests {
         let mut c = Vec::new();
         set_condition(
             &mut c,
-            cond(READY, false, reason::NODES_NOT_READY),
+            cond(READY, false, Reason::NodesNotReady.as_str()),
             Some(1),
             &t(10),
         );
         set_condition(
             &mut c,
-            cond(READY, false, reason::NO_MATCHING_NODES),
+            cond(READY, false, Reason::NoMatchingNodes.as_str()),
             Some(2),
             &t(20),
         );
         assert_eq!(c[0].last_transition_time, t(10));
-        assert_eq!(c[0].reason, reason::NO_MATCHING_NODES);
+        assert_eq!(c[0].reason, Reason::NoMatchingNodes.as_str());
         assert_eq!(c[0].observed_generation, Some(2));
         set_condition(
             &mut c,
-            cond(READY, true, reason::ALL_NODES_READY),
+            cond(READY, true, Reason::AllNodesReady.as_str()),
             Some(2),
             &t(30),
         );
         assert_eq!(c[0].last_transition_time, t(30));
         set_condition(
             &mut c,
-            cond(ACCEPTED, true, reason::ACCEPTED),
+            cond(ACCEPTED, true, Reason::Accepted.as_str()),
             Some(2),
             &t(40),
         );
@@ -239,7 +366,7 @@ mod tests {
         let mut before = Vec::new();
         set_condition(
             &mut before,
-            cond(ACCEPTED, true, reason::ACCEPTED),
+            cond(ACCEPTED, true, Reason::Accepted.as_str()),
             None,
             &t(1),
         );
@@ -256,7 +383,7 @@ mod tests {
         assert_eq!(ev[0].reason, "SubnetOverlap");
         assert!(transition_events(&after, &after).is_empty());
         let back = transition_events(&after, &before);
-        assert_eq!(back[0].reason, reason::ACCEPTED);
+        assert_eq!(back[0].reason, Reason::Accepted.as_str());
         assert!(!back[0].warning);
         // A brand-new network that is accepted needs no event.
         assert!(transition_events(&[], &before).is_empty());
