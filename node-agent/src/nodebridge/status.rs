@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use bridgenet_crds::conditions;
 use bridgenet_crds::{NodeBridge, NodeBridgeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -22,7 +23,7 @@ use kube::api::{Patch, PatchParams};
 pub const FIELD_MANAGER: &str = "bridgenet-agent";
 
 /// Type of the condition the data plane reports.
-pub const CONDITION_READY: &str = "Ready";
+pub const CONDITION_READY: &str = conditions::READY;
 
 /// Keeps the full status of each NodeBridge of this node and applies it.
 #[derive(Clone)]
@@ -119,8 +120,8 @@ impl StatusWriter {
     }
 }
 
-/// Sets condition `type_` in `conditions`; `lastTransitionTime` moves only when the status
-/// (True/False) changes, as the Kubernetes API conventions ask.
+/// Sets condition `type_` in `conditions` (see [`conditions::set_condition`]), stamping a
+/// status flip with the current time.
 pub fn set_condition(
     conditions: &mut Vec<Condition>,
     type_: &str,
@@ -129,24 +130,13 @@ pub fn set_condition(
     message: &str,
     generation: Option<i64>,
 ) {
-    let status = if ok { "True" } else { "False" };
-    let previous = conditions.iter().position(|c| c.type_ == type_);
-    let last_transition_time = match previous.map(|i| &conditions[i]) {
-        Some(c) if c.status == status => c.last_transition_time.clone(),
-        _ => Time(Timestamp::now()),
-    };
-    let condition = Condition {
-        type_: type_.to_owned(),
-        status: status.to_owned(),
-        reason: reason.to_owned(),
+    let cond = conditions::Cond {
+        type_,
+        status: ok,
+        reason,
         message: message.to_owned(),
-        observed_generation: generation,
-        last_transition_time,
     };
-    match previous {
-        Some(i) => conditions[i] = condition,
-        None => conditions.push(condition),
-    }
+    conditions::set_condition(conditions, cond, generation, &Time(Timestamp::now()));
 }
 
 #[cfg(test)]
