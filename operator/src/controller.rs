@@ -109,32 +109,30 @@ impl Context {
     }
 }
 
-/// Reconciles one BridgeNetwork (the controller's entry point).
+/// Reconciles one BridgeNetwork (the controller's entry point). Waiting states (see
+/// [`Error::is_waiting`]) come back as errors for `error_policy` to requeue, but count as
+/// neither failures in the metric nor steps of the backoff.
+#[tracing::instrument(skip_all, fields(network = %net.name_any()))]
 pub async fn reconcile(net: Arc<BridgeNetwork>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let name = net.name_any();
     let result = reconcile_inner(net, &ctx).await;
-    ctx.metrics.observe(
-        started.elapsed(),
-        result.as_ref().err().map(Error::metric_label),
-    );
-    ctx.record_outcome(&name, result.is_err());
+    let failure = result.as_ref().err().filter(|e| !e.is_waiting());
+    ctx.metrics
+        .observe(started.elapsed(), failure.map(Error::metric_label));
+    ctx.record_outcome(&name, failure.is_some());
     result
 }
 
 /// Invalid or refused specs wait for a change; transient failures back off exponentially.
+#[tracing::instrument(skip_all, fields(network = %net.name_any()))]
 pub fn error_policy(net: Arc<BridgeNetwork>, err: &Error, ctx: Arc<Context>) -> Action {
     let name = net.name_any();
     let after = err.retry_after(ctx.consecutive_failures(&name).saturating_sub(1));
-    match err.inner() {
-        Error::Rejected { .. }
-        | Error::DeletionBlocked { .. }
-        | Error::WaitingForTeardown { .. } => {
-            tracing::info!(network = %name, reason = err.metric_label(), "{err}")
-        }
-        _ => {
-            tracing::warn!(network = %name, reason = err.metric_label(), error = %err, "reconcile failed")
-        }
+    if err.is_waiting() {
+        tracing::info!(reason = err.metric_label(), "{err}")
+    } else {
+        tracing::warn!(reason = err.metric_label(), error = %err, "reconcile failed")
     }
     match after {
         Some(d) => Action::requeue(d),
@@ -301,7 +299,7 @@ async fn cleanup(net: Arc<BridgeNetwork>, ctx: &Context) -> Result<Action> {
     ctx.metrics.blocks_used.remove(&NetworkLabel {
         network: name.clone(),
     });
-    tracing::info!(network = %name, "network torn down on every node; releasing finalizer");
+    tracing::info!("network torn down on every node; releasing finalizer");
     Ok(Action::await_change())
 }
 
@@ -389,7 +387,7 @@ async fn write_node_bridge(
         if labels.get(LABEL_NETWORK) != Some(&network)
             || labels.get(LABEL_NODE) != Some(&member.node)
         {
-            tracing::warn!(network = %network, node = %member.node, nodebridge = %member.name,
+            tracing::warn!(node = %member.node, nodebridge = %member.name,
                 "a NodeBridge of that name belongs to something else; not overwriting it");
             return Ok(());
         }
@@ -401,7 +399,7 @@ async fn write_node_bridge(
         // Only servers that keep no uid (the test emulator) get here; a real API server always
         // sets one.
         None => {
-            tracing::warn!(network = %network, "network has no uid; NodeBridge written without owner reference")
+            tracing::warn!("network has no uid; NodeBridge written without owner reference")
         }
     }
     let api: Api<NodeBridge> = Api::all(ctx.client.clone());
@@ -412,7 +410,7 @@ async fn write_node_bridge(
     )
     .await
     .map_err(|e| Error::kube("apply", "NodeBridge", &member.name, e))?;
-    tracing::info!(network = %network, node = %member.node, nodebridge = %member.name,
+    tracing::info!(node = %member.node, nodebridge = %member.name,
         created = member.existing.is_none(), "applied NodeBridge");
     Ok(())
 }
@@ -479,7 +477,7 @@ async fn publish(ctx: &Context, net: &BridgeNetwork, events: &[PlannedEvent]) {
         // An Event that cannot be written must not fail the reconcile: the condition
         // already says the same thing.
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-            tracing::warn!(network = %net.name_any(), reason = %ev.reason, error = %e, "publishing event");
+            tracing::warn!(reason = %ev.reason, error = %e, "publishing event");
         }
     }
 }

@@ -123,6 +123,19 @@ impl Error {
         }
     }
 
+    /// Whether this is a state the network waits in rather than a failure: a refused spec,
+    /// deletion held by attached pods, or agents still tearing down. Each is already told to
+    /// the user by a condition (and an Event where it starts), and `error_policy` requeues it,
+    /// so it is neither counted in the failure metric nor a step of the failure backoff.
+    pub fn is_waiting(&self) -> bool {
+        matches!(
+            self.inner(),
+            Error::Rejected { .. }
+                | Error::DeletionBlocked { .. }
+                | Error::WaitingForTeardown { .. }
+        )
+    }
+
     /// Short label for the `reason` of the failure metric.
     pub fn metric_label(&self) -> &'static str {
         match self.inner() {
