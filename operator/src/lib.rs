@@ -14,6 +14,7 @@ pub mod error;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
+#[cfg(feature = "testing")]
 pub mod scale;
 pub mod status;
 
