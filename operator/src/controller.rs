@@ -40,30 +40,28 @@ pub const RESYNC: Duration = Duration::from_secs(300);
 /// (pod deletions are not watched).
 pub const ORPHAN_RECHECK: Duration = Duration::from_secs(10);
 
-/// What every reconcile shares.
+/// What every reconcile shares: the client, the watch caches the planner reads, and the
+/// failure count each network's backoff grows with.
 pub struct Context {
-    /// API client.
-    pub client: Client,
-    /// Planner settings.
-    pub settings: Settings,
-    /// All BridgeNetworks (the controller's own cache).
-    pub networks: Store<BridgeNetwork>,
-    /// All Nodes.
-    pub nodes: Store<Node>,
-    /// All NodeBridges the operator manages.
-    pub node_bridges: Store<NodeBridge>,
-    /// Event publisher.
-    pub recorder: Recorder,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Consecutive failures by network, for backoff.
-    pub failures: Mutex<HashMap<String, u32>>,
+    client: Client,
+    settings: Settings,
+    /// The controller's own cache of BridgeNetworks.
+    networks: Store<BridgeNetwork>,
+    nodes: Store<Node>,
+    /// NodeBridges labelled as managed by the operator, their peer lists reduced to a digest
+    /// ([`plan::strip_peers`]).
+    node_bridges: Store<NodeBridge>,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    /// Consecutive failures by network (waiting states do not count).
+    failures: Mutex<HashMap<String, u32>>,
     /// How long a reconcile waits for the caches' first full list.
-    pub sync_timeout: Duration,
+    sync_timeout: Duration,
 }
 
 impl Context {
-    /// A context over the given caches.
+    /// A context over the caches of BridgeNetworks, Nodes and NodeBridges, in that order;
+    /// Events are reported as `identity` of the operator.
     pub fn new(
         client: Client,
         settings: Settings,

@@ -210,4 +210,38 @@ mod tests {
         let cache = Error::CachesNotSynced { what: "nodes" };
         assert_eq!(cache.retry_after(2), Some(Duration::from_secs(4)));
     }
+
+    #[test]
+    fn waiting_states_are_not_failures() {
+        let waiting = [
+            Error::Rejected {
+                network: "a".into(),
+                reason: "SubnetOverlap",
+                message: "m".into(),
+            },
+            Error::DeletionBlocked {
+                network: "a".into(),
+                message: "shop/cart on n1".into(),
+            },
+            Error::WaitingForTeardown {
+                network: "a".into(),
+                remaining: 2,
+            },
+        ];
+        for e in &waiting {
+            assert!(e.is_waiting(), "{e}");
+        }
+        assert!(!Error::CachesNotSynced { what: "nodes" }.is_waiting());
+        let conflict = Error::kube(
+            "patch status of",
+            "BridgeNetwork",
+            "a",
+            kube::Error::Api(
+                kube::core::Status::failure("modified", "Conflict")
+                    .with_code(409)
+                    .boxed(),
+            ),
+        );
+        assert!(!conflict.is_waiting());
+    }
 }

@@ -2,9 +2,12 @@
 //! (bridge, gateway, address blocks, overlay peers), refuses networks that collide, and reports
 //! status users can trust.
 //!
-//! Modules are named for what they decide: [`plan`] (the pure planner), [`blocks`] (per-node
-//! address blocks), [`status`] (conditions and events), [`controller`] (executes plans),
-//! [`leader`] (one active replica), [`metrics`] (Prometheus and health endpoints).
+//! Modules are named for what they decide: [`plan`] (the pure planner: admission and VNIs,
+//! the NodeBridges and their digests, deletion, orphaned endpoints), [`blocks`] (per-node
+//! address blocks), [`status`] (the status, its conditions and events), [`controller`]
+//! (executes plans), [`leader`] (one active replica), [`metrics`] (Prometheus and health
+//! endpoints). With the `testing` feature, `scale` builds synthetic clusters for tests and
+//! benchmarks.
 #![forbid(unsafe_code)]
 
 pub mod blocks;

@@ -38,7 +38,7 @@ pub struct Metrics {
     registry: Registry,
     /// Reconciles run.
     pub reconciles: Counter,
-    /// Failed reconciles, by reason.
+    /// Failed reconciles by `Error::metric_label`; states a network waits in are not failures.
     pub failures: Family<ReasonLabel, Counter>,
     /// Reconcile duration.
     pub duration: Histogram,

@@ -1,5 +1,5 @@
-//! Synthetic clusters for the planning benchmark and the scale example: `n` networks with
-//! disjoint /16 subnets and `m` nodes with an InternalIP each.
+//! Synthetic clusters for the tests, the planning benchmark and the scale example: networks
+//! with disjoint /16 subnets and nodes with an InternalIP each. Behind the `testing` feature.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -61,8 +61,7 @@ pub fn node(name: &str, address: &str, labels: &[(&str, &str)]) -> Node {
 }
 
 /// `networks` networks (`net-000` on 10.0.0.0/16, `net-001` on 10.1.0.0/16, ...; at most
-/// 256 are disjoint) and `nodes`
-/// nodes (`node-0000` at 192.168.x.y).
+/// 256 are disjoint) and `nodes` nodes (`node-0000` at 192.168.x.y).
 pub fn cluster(networks: usize, nodes: usize) -> (Vec<Arc<BridgeNetwork>>, Vec<Arc<Node>>) {
     let nets = (0..networks)
         .map(|i| {
