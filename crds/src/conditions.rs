@@ -191,6 +191,7 @@ mod tests {
         }
     }
 
+    // Moved here from the operator's status.rs with set_condition itself.
     #[test]
     fn transition_time_moves_only_when_status_flips() {
         let mut c = Vec::new();
@@ -202,14 +203,14 @@ mod tests {
         );
         set_condition(
             &mut c,
-            cond(READY, false, Reason::Deleting),
+            cond(READY, false, Reason::NoMatchingNodes),
             Some(2),
             &t(20),
         );
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].last_transition_time, t(10));
-        assert_eq!(c[0].reason, "Deleting");
-        assert_eq!(c[0].message, "Deleting message");
+        assert_eq!(c[0].reason, Reason::NoMatchingNodes.as_str());
+        assert_eq!(c[0].message, "NoMatchingNodes message");
         assert_eq!(c[0].observed_generation, Some(2));
         set_condition(
             &mut c,
@@ -219,7 +220,12 @@ mod tests {
         );
         assert_eq!(c[0].last_transition_time, t(30));
         assert_eq!(c[0].status, "True");
-        set_condition(&mut c, cond(ACCEPTED, true, Reason::Accepted), None, &t(40));
+        set_condition(
+            &mut c,
+            cond(ACCEPTED, true, Reason::Accepted),
+            Some(2),
+            &t(40),
+        );
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].type_, ACCEPTED, "sorted by type");
         assert_eq!(

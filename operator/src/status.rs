@@ -327,41 +327,6 @@ mod tests {
     }
 
     #[test]
-    fn transition_time_moves_only_when_status_flips() {
-        let mut c = Vec::new();
-        set_condition(
-            &mut c,
-            cond(READY, false, Reason::NodesNotReady.as_str()),
-            Some(1),
-            &t(10),
-        );
-        set_condition(
-            &mut c,
-            cond(READY, false, Reason::NoMatchingNodes.as_str()),
-            Some(2),
-            &t(20),
-        );
-        assert_eq!(c[0].last_transition_time, t(10));
-        assert_eq!(c[0].reason, Reason::NoMatchingNodes.as_str());
-        assert_eq!(c[0].observed_generation, Some(2));
-        set_condition(
-            &mut c,
-            cond(READY, true, Reason::AllNodesReady.as_str()),
-            Some(2),
-            &t(30),
-        );
-        assert_eq!(c[0].last_transition_time, t(30));
-        set_condition(
-            &mut c,
-            cond(ACCEPTED, true, Reason::Accepted.as_str()),
-            Some(2),
-            &t(40),
-        );
-        assert_eq!(c.len(), 2);
-        assert_eq!(c[0].type_, ACCEPTED, "sorted by type");
-    }
-
-    #[test]
     fn events_only_on_transitions() {
         let mut before = Vec::new();
         set_condition(
