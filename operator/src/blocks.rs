@@ -12,8 +12,7 @@ use bridgenet_crds::net::{AddressPlan, Family, ResolvedNetwork};
 use bridgenet_crds::v1alpha1::{BridgeNetworkStatus, NodeBridge};
 use ipnet::IpNet;
 
-use crate::plan::children::{Membership, node_of};
-use crate::status;
+use crate::observed::{Membership, endpoint_count, node_of};
 
 /// Blocks of one address family, by node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -177,8 +176,7 @@ pub(crate) fn decide(
         .by_node
         .iter()
         .filter(|(node, nbs)| {
-            !membership.member_set.contains(**node)
-                && nbs.iter().any(|nb| status::endpoint_count(nb) > 0)
+            !membership.member_set.contains(**node) && nbs.iter().any(|nb| endpoint_count(nb) > 0)
         })
         .map(|(node, _)| (*node).to_owned())
         .collect();

@@ -4,7 +4,8 @@
 //!
 //! Modules are named for what they decide: [`plan`] (the pure planner: admission and VNIs,
 //! the NodeBridges and their digests, deletion, orphaned endpoints), [`blocks`] (per-node
-//! address blocks), [`status`] (the status, its conditions and events), [`controller`]
+//! address blocks), [`status`] (the status, its conditions and events), [`observed`] (the
+//! nodes and NodeBridges of a network as the API holds them), [`controller`]
 //! (executes plans), [`leader`] (one active replica), [`metrics`] (Prometheus and health
 //! endpoints). With the `testing` feature, `scale` builds synthetic clusters for tests and
 //! benchmarks.
@@ -16,6 +17,7 @@ pub mod controller;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod observed;
 pub mod plan;
 #[cfg(feature = "testing")]
 pub mod scale;

@@ -3,13 +3,12 @@
 //! `lastTransitionTime`, see [`set_condition`]), and the Events that go with condition changes.
 
 use bridgenet_crds::net::{Family, ResolvedNetwork};
-use bridgenet_crds::v1alpha1::{BlockAssignment, BridgeNetworkStatus, NodeBridge};
+use bridgenet_crds::v1alpha1::{BlockAssignment, BridgeNetworkStatus};
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::blocks::{self, BlockPlan};
-use crate::plan::RejectReason;
-use crate::plan::children::{Children, Membership};
+use crate::observed::{Membership, endpoint_count};
 
 pub use bridgenet_crds::conditions::{ACCEPTED, READY, Reason, condition, set_condition};
 
@@ -71,29 +70,6 @@ pub fn transition_events(before: &[Condition], after: &[Condition]) -> Vec<Plann
     events
 }
 
-/// Whether a NodeBridge's agent reports it programmed for its current spec.
-pub fn node_bridge_ready(nb: &NodeBridge) -> bool {
-    let Some(status) = &nb.status else {
-        return false;
-    };
-    let ready = condition(&status.conditions, READY).is_some_and(|c| c.status == "True");
-    // Servers that keep no generation (the test emulator) leave both unset: then the
-    // condition alone counts.
-    let current = match nb.metadata.generation {
-        Some(generation) => status.observed_generation == Some(generation),
-        None => true,
-    };
-    ready && current
-}
-
-/// Endpoints a NodeBridge reports (the list, or the count if the agent only sends that).
-pub fn endpoint_count(nb: &NodeBridge) -> i32 {
-    nb.status.as_ref().map_or(0, |s| {
-        s.endpoint_count
-            .max(i32::try_from(s.endpoints.len()).unwrap_or(i32::MAX))
-    })
-}
-
 /// `ready/total`, the READY NODES column.
 pub fn ready_summary(ready: i32, total: i32) -> String {
     format!("{ready}/{total}")
@@ -117,7 +93,7 @@ pub fn name_list(names: &[String], max: usize) -> String {
 /// (blocks included) stays as it was, for NodeBridges that may still exist from before.
 pub(crate) fn rejected(
     prev: &BridgeNetworkStatus,
-    why: RejectReason,
+    why: Reason,
     message: &str,
     generation: Option<i64>,
     now: &Time,
@@ -163,27 +139,17 @@ pub(crate) struct AcceptedFacts<'a> {
     pub membership: &'a Membership<'a>,
     /// The planned blocks.
     pub blocks: &'a BlockPlan,
-    /// The planned NodeBridges.
-    pub children: &'a Children,
+    /// Members whose NodeBridge is not ready (see `Children::not_ready`).
+    pub not_ready: Vec<String>,
 }
 
 /// The status of an accepted network: what is in effect, the blocks, the counts, and the
-/// `Accepted` and `Ready` conditions. A member is ready when its agent reports the NodeBridge
-/// programmed and nothing is left to write to it.
+/// `Accepted` and `Ready` conditions.
 pub(crate) fn accepted(prev: &BridgeNetworkStatus, f: &AcceptedFacts<'_>) -> BridgeNetworkStatus {
     let v4 = &f.resolved.v4;
     let vni = f.vni;
-    let children = f.children;
-    let total = children.members.len();
-    let mut not_ready = Vec::new();
-    for (i, m) in children.members.iter().enumerate() {
-        let ready = !m.waiting
-            && m.existing.as_ref().is_some_and(|nb| node_bridge_ready(nb))
-            && !children.needs_write(i);
-        if !ready {
-            not_ready.push(m.node.clone());
-        }
-    }
+    let total = f.membership.names.len();
+    let not_ready = &f.not_ready;
     let ready = total - not_ready.len();
     let endpoints: i32 = f.membership.mine.iter().map(|nb| endpoint_count(nb)).sum();
     let free = blocks::free_v4(f.resolved, &f.blocks.v4, f.membership);
@@ -273,7 +239,7 @@ pub(crate) fn accepted(prev: &BridgeNetworkStatus, f: &AcceptedFacts<'_>) -> Bri
             reason: Reason::NodesNotReady.as_str(),
             message: format!(
                 "{ready}/{total} nodes ready; waiting for {}",
-                name_list(&not_ready, 5)
+                name_list(not_ready, 5)
             ),
         }
     };

@@ -15,7 +15,7 @@ use bridgenet_operator::plan::{
     plan_cleanup,
 };
 use bridgenet_operator::scale::{network, node};
-use bridgenet_operator::status;
+use bridgenet_operator::{observed, status};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -489,7 +489,7 @@ fn nearly_full_node_gets_one_more_block_once() {
         .iter()
         .position(|m| m.node == "a")
         .unwrap();
-    assert!(!status::node_bridge_ready(
+    assert!(!observed::node_bridge_ready(
         p3.children.as_ref().unwrap().members[ia]
             .existing
             .as_ref()

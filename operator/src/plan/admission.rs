@@ -13,7 +13,7 @@ use kube::ResourceExt;
 use kube::core::Selector;
 use sha2::{Digest, Sha256};
 
-use super::Settings;
+use super::settings::Settings;
 
 /// Why a network is refused (the `Accepted=False` reason).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,22 +6,21 @@
 //! list, and materializes a node's spec ([`Children::spec_for`]) only when it is written;
 //! [`Children::matches`] compares an existing spec without building the planned one.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use bridgenet_crds::net::{AddressPlan, Family, ResolvedNetwork};
 use bridgenet_crds::v1alpha1::{BridgeNetwork, NodeBridge, NodeBridgeIpv6, NodeBridgeSpec, Peer};
-use bridgenet_crds::{FINALIZER_AGENT, LABEL_NETWORK, LABEL_NODE, names};
+use bridgenet_crds::{FINALIZER_AGENT, names};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
-use kube::core::{Selector, SelectorExt};
 use sha2::{Digest, Sha256};
 
 use crate::blocks::BlockPlan;
-use crate::status;
+use crate::observed::{Membership, endpoint_count, is_deleting, labels_of, node_bridge_ready};
 
 /// Name of the NodeBridge of `network` on `node`.
 ///
@@ -48,19 +47,6 @@ pub fn node_address(node: &Node) -> Option<String> {
         .find(|a| a.address.parse::<std::net::Ipv4Addr>().is_ok())
         .or_else(|| internal.clone().next())
         .map(|a| a.address.clone())
-}
-
-pub(crate) fn labels_of(nb: &NodeBridge) -> (Option<&str>, Option<&str>) {
-    let l = nb.metadata.labels.as_ref();
-    (
-        l.and_then(|l| l.get(LABEL_NETWORK)).map(String::as_str),
-        l.and_then(|l| l.get(LABEL_NODE)).map(String::as_str),
-    )
-}
-
-/// The node a NodeBridge is for (its label, else its spec).
-pub(crate) fn node_of(nb: &NodeBridge) -> &str {
-    labels_of(nb).1.unwrap_or(&nb.spec.node)
 }
 
 /// Annotation the operator's own NodeBridge cache puts on objects whose peer list it dropped
@@ -95,78 +81,6 @@ pub fn strip_peers(nb: &mut NodeBridge) {
         .annotations
         .get_or_insert_default()
         .insert(PEERS_DIGEST_ANNOTATION.to_owned(), digest);
-}
-
-/// Whether the NodeBridge is terminating.
-pub(crate) fn is_deleting(nb: &NodeBridge) -> bool {
-    nb.metadata.deletion_timestamp.is_some()
-}
-
-/// The nodes an accepted network is on, and the NodeBridges it has.
-pub(crate) struct Membership<'a> {
-    /// Every node in the cluster, terminating or not.
-    pub all_nodes: BTreeSet<&'a str>,
-    /// Nodes the selector matches that are not terminating, sorted by name.
-    pub selected: Vec<&'a Node>,
-    /// Names of `selected`, in the same order.
-    pub names: Vec<String>,
-    /// `names` as a set.
-    pub member_set: BTreeSet<String>,
-    /// The NodeBridges labelled for this network.
-    pub mine: Vec<&'a Arc<NodeBridge>>,
-    /// `mine` by the node each is for.
-    pub by_node: BTreeMap<&'a str, Vec<&'a Arc<NodeBridge>>>,
-}
-
-impl<'a> Membership<'a> {
-    /// Selects the members of network `name` among `nodes`, and its NodeBridges among `existing`.
-    pub fn new(
-        name: &str,
-        node_selector: &Selector,
-        nodes: &'a [Arc<Node>],
-        existing: &'a [Arc<NodeBridge>],
-    ) -> Self {
-        let all_nodes: BTreeSet<&str> = nodes
-            .iter()
-            .map(|n| n.metadata.name.as_deref().unwrap_or(""))
-            .collect();
-        let mut selected: Vec<&Node> = nodes
-            .iter()
-            .map(AsRef::as_ref)
-            .filter(|n| n.metadata.deletion_timestamp.is_none())
-            .filter(|n| {
-                node_selector.matches(n.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()))
-            })
-            .collect();
-        selected.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        let names: Vec<String> = selected.iter().map(|n| n.name_any()).collect();
-        let member_set = names.iter().cloned().collect();
-
-        let mine: Vec<&Arc<NodeBridge>> = existing
-            .iter()
-            .filter(|nb| labels_of(nb).0 == Some(name))
-            .collect();
-        let mut by_node: BTreeMap<&str, Vec<&Arc<NodeBridge>>> = BTreeMap::new();
-        for nb in &mine {
-            by_node.entry(node_of(nb)).or_default().push(nb);
-        }
-        Self {
-            all_nodes,
-            selected,
-            names,
-            member_set,
-            mine,
-            by_node,
-        }
-    }
-
-    /// The live (not terminating) NodeBridge of `node`, the one its agent reports on.
-    pub fn live(&self, node: &str) -> Option<&'a Arc<NodeBridge>> {
-        self.by_node
-            .get(node)
-            .and_then(|v| v.iter().find(|nb| !is_deleting(nb)))
-            .copied()
-    }
 }
 
 /// One node the network is on.
@@ -316,6 +230,21 @@ impl Children {
         }
     }
 
+    /// Members whose agent does not report their NodeBridge programmed for what it should say:
+    /// waiting for a terminating one to go, missing, not Ready, or about to be rewritten.
+    pub fn not_ready(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| {
+                m.waiting
+                    || !m.existing.as_ref().is_some_and(|nb| node_bridge_ready(nb))
+                    || self.needs_write(*i)
+            })
+            .map(|(_, m)| m.node.clone())
+            .collect()
+    }
+
     /// Whether member `i`'s NodeBridge must be written: missing, or saying something else.
     /// Computed once when the plan is made (the comparison is quadratic in the node count).
     pub fn needs_write(&self, i: usize) -> bool {
@@ -449,7 +378,7 @@ pub(crate) fn plan_children(
             if !is_deleting(nb) {
                 deletes.push(nb.name_any());
             } else if !membership.all_nodes.contains(node)
-                && status::endpoint_count(nb) == 0
+                && endpoint_count(nb) == 0
                 && nb.finalizers().iter().any(|f| f == FINALIZER_AGENT)
             {
                 release_agent_finalizer.push((*nb).clone());

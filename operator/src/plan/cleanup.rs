@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
-use super::children::{is_deleting, labels_of, node_of};
+use crate::observed::{is_deleting, labels_of, node_of};
 use crate::status::{self, PlannedEvent};
 
 /// What deleting a network takes.

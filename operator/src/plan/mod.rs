@@ -5,18 +5,19 @@
 //! Each decision has its module: [`admission`] (accepted or refused, and the VNI),
 //! [`children`] (the NodeBridges and their digests), [`crate::blocks`] (each node's address
 //! blocks), [`crate::status`] (the status aggregated from all of them), [`cleanup`] (deleting a
-//! network) and [`orphans`] (endpoints of deleted nodes).
+//! network) and [`orphans`] (endpoints of deleted nodes). All of them read what the API holds
+//! through [`crate::observed`]; none imports this module back.
 
 pub mod admission;
 pub mod children;
 pub mod cleanup;
 pub mod orphans;
+mod settings;
 
 use std::sync::Arc;
 
-use bridgenet_crds::net::{BlockDefaults, ResolvedNetwork};
+use bridgenet_crds::net::ResolvedNetwork;
 use bridgenet_crds::v1alpha1::{BridgeNetwork, BridgeNetworkStatus, NodeBridge};
-use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -27,31 +28,11 @@ pub use children::{
     strip_peers,
 };
 pub use cleanup::{CleanupPlan, CleanupWait, force_delete, plan_cleanup};
+pub use settings::Settings;
 
 use crate::blocks;
+use crate::observed::Membership;
 use crate::status::{self, PlannedEvent};
-use children::Membership;
-
-/// Operator-wide settings the planner needs (from the command line).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Settings {
-    /// MTU for networks whose spec has none.
-    pub default_mtu: u32,
-    /// Block sizes for networks whose spec has none.
-    pub block_defaults: BlockDefaults,
-    /// The cluster's pod and service CIDRs; no network may overlap them.
-    pub cluster_cidrs: Vec<IpNet>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            default_mtu: 1450,
-            block_defaults: BlockDefaults::default(),
-            cluster_cidrs: Vec::new(),
-        }
-    }
-}
 
 /// Everything the planner reads about one network.
 pub struct PlanInput<'a> {
@@ -92,7 +73,7 @@ pub fn plan_network(input: &PlanInput<'_>) -> NetworkPlan {
     let generation = net.metadata.generation;
     match input.verdict {
         Verdict::Rejected { reason, message } => {
-            let status = status::rejected(&prev, *reason, message, generation, input.now);
+            let status = status::rejected(&prev, reason.reason(), message, generation, input.now);
             NetworkPlan {
                 events: status::transition_events(&prev.conditions, &status.conditions),
                 blocks_used: status.blocks.len(),
@@ -134,7 +115,7 @@ fn plan_accepted(
             now: input.now,
             membership: &membership,
             blocks: &blocks,
-            children: &children,
+            not_ready: children.not_ready(),
         },
     );
     NetworkPlan {

@@ -16,8 +16,7 @@ use bridgenet_crds::v1alpha1::NodeBridge;
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 
-use super::children::{labels_of, node_of};
-use crate::status;
+use crate::observed::{endpoint_count, labels_of, node_of};
 
 /// `(namespace, name)` of the pods bound to one node.
 pub type BoundPods = HashSet<(String, String)>;
@@ -45,9 +44,7 @@ pub fn nodes_to_check(
 /// Only this network's NodeBridges of deleted nodes that list endpoints: the planner looks at
 /// no other, so neither do the pod lists.
 fn is_candidate(nb: &NodeBridge, network: &str, live_nodes: &HashSet<String>) -> bool {
-    labels_of(nb).0 == Some(network)
-        && !live_nodes.contains(node_of(nb))
-        && status::endpoint_count(nb) != 0
+    labels_of(nb).0 == Some(network) && !live_nodes.contains(node_of(nb)) && endpoint_count(nb) != 0
 }
 
 /// The NodeBridges as the planner should see them, given the pods bound to each node of
