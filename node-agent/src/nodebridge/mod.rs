@@ -7,6 +7,7 @@
 //! one of its nftables tables changes (nf_tables notifications).
 
 pub mod dataplane;
+pub mod specs;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -27,6 +28,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use crate::dataplane::{Desired, NodeContext, Teardown};
 use crate::health::Readiness;
 pub use dataplane::{Dataplane, DataplaneError};
+pub use specs::{SpecCache, SpecError};
 pub use status::StatusWriter;
 
 /// Why the controller could not start or a reconcile failed outside the data plane.
@@ -59,6 +61,8 @@ pub struct Context {
     pub api: Api<NodeBridge>,
     /// Node-wide facts (name, underlay address, VXLAN port).
     pub node: NodeContext,
+    /// Each NodeBridge's spec, resolved once per change.
+    pub specs: SpecCache,
     /// The kernel side.
     pub dataplane: Arc<Dataplane>,
     /// Status book and writer.
@@ -124,13 +128,15 @@ pub async fn run(
             op: format!("listing NodeBridges of node {}", node.node_name),
             source,
         })?;
+    let specs = SpecCache::default();
     let mut known = BTreeMap::new();
     let mut names = std::collections::BTreeSet::new();
     for nb in &existing.items {
         names.insert(nb.spec.network.clone());
         if nb.meta().deletion_timestamp.is_none()
-            && let Ok(d) = Desired::from_spec(&nb.spec, &node)
+            && let Ok(resolved) = specs.resolve(&nb.name_any(), &nb.spec)
         {
+            let d = Desired::from_resolved(&resolved, &node);
             known.insert(d.network.clone(), d);
         }
     }
@@ -155,6 +161,7 @@ pub async fn run(
         api: api.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         node: node.clone(),
+        specs,
         dataplane: dataplane.clone(),
         status,
         readiness: readiness.clone(),
@@ -218,11 +225,12 @@ async fn apply(nb: &NodeBridge, ctx: &Context) -> Result<Action, ControllerError
     let name = nb.name_any();
     let generation = nb.meta().generation;
     ctx.status.seed(&name, nb.status.as_ref());
-    let outcome = match Desired::from_spec(&nb.spec, &ctx.node) {
+    let resolution = ctx.specs.resolve(&name, &nb.spec);
+    let outcome = match &resolution {
         Err(e) => Err((e.reason(), e.to_string())),
-        Ok(desired) => ctx
+        Ok(resolved) => ctx
             .dataplane
-            .realize(desired)
+            .realize(Desired::from_resolved(resolved, &ctx.node))
             .await
             .map_err(|e| (e.reason(), e.to_string())),
     };
@@ -288,6 +296,7 @@ async fn cleanup(nb: &NodeBridge, ctx: &Context) -> Result<Action, ControllerErr
     }
     ctx.status.forget(&name);
     ctx.readiness.remove(&name);
+    ctx.specs.forget(&name);
     tracing::info!(nodebridge = %name, network = %nb.spec.network, "torn down; releasing finalizer");
     Ok(Action::await_change())
 }
