@@ -197,6 +197,7 @@ fn error_policy(nb: Arc<NodeBridge>, error: &ReconcileError, _ctx: Arc<Context>)
     Action::requeue(Duration::from_secs(5))
 }
 
+#[tracing::instrument(skip_all, fields(nodebridge = %nb.name_any(), network = %nb.spec.network))]
 async fn reconcile(nb: Arc<NodeBridge>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let api = ctx.api.clone();
     finalizer(&api, FINALIZER_AGENT, nb, |event| async {
@@ -217,7 +218,7 @@ async fn publish(ctx: &Context, nb: &NodeBridge, type_: EventType, reason: &str,
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&event, &nb.object_ref(&())).await {
-        tracing::warn!(nodebridge = %nb.name_any(), error = %e, "could not publish event");
+        tracing::warn!(error = %e, "could not publish event");
     }
 }
 
@@ -263,7 +264,7 @@ async fn apply(nb: &NodeBridge, ctx: &Context) -> Result<Action, ControllerError
         if ok {
             publish(ctx, nb, EventType::Normal, reason, message.clone()).await;
         } else {
-            tracing::warn!(nodebridge = %name, reason, %message, "NodeBridge not programmed");
+            tracing::warn!(reason, %message, "NodeBridge not programmed");
             publish(ctx, nb, EventType::Warning, reason, message.clone()).await;
         }
     }
@@ -284,6 +285,11 @@ async fn apply(nb: &NodeBridge, ctx: &Context) -> Result<Action, ControllerError
             op: format!("writing the status of NodeBridge {name}"),
             source,
         })?;
+    if resolution.is_err() {
+        // The condition says what to fix; resolving the same spec again cannot succeed, so
+        // wait for the spec to change instead of polling it (or counting it as a failure).
+        return Ok(Action::await_change());
+    }
     Ok(Action::requeue(ctx.resync))
 }
 
@@ -297,6 +303,6 @@ async fn cleanup(nb: &NodeBridge, ctx: &Context) -> Result<Action, ControllerErr
     ctx.status.forget(&name);
     ctx.readiness.remove(&name);
     ctx.specs.forget(&name);
-    tracing::info!(nodebridge = %name, network = %nb.spec.network, "torn down; releasing finalizer");
+    tracing::info!("torn down; releasing finalizer");
     Ok(Action::await_change())
 }
