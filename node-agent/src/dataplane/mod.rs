@@ -59,7 +59,7 @@ pub struct NodeContext {
 pub struct Desired {
     /// The BridgeNetwork's name (owner tag on links and rules).
     pub network: String,
-    /// Bridge name.
+    /// Linux bridge the network's pods attach to; carries the gateway addresses.
     pub bridge: String,
     /// VXLAN port name, derived from the VNI.
     pub vxlan: String,
@@ -69,25 +69,25 @@ pub struct Desired {
     pub mac: [u8; 6],
     /// MTU of the bridge and the VXLAN port.
     pub mtu: u32,
-    /// IPv4 subnet.
+    /// IPv4 subnet: the scope of the masquerade and isolation rules.
     pub subnet4: IpNet,
     /// IPv4 gateway with the subnet's prefix, as put on the bridge.
     pub gateway4: IpNet,
     /// IPv6 subnet and gateway (with prefix), when dual stack.
     pub v6: Option<(IpNet, IpNet)>,
-    /// VXLAN network identifier.
+    /// VXLAN network identifier, the same on every node of the network.
     pub vni: u32,
     /// Local VXLAN endpoint address.
     pub underlay: IpAddr,
-    /// VXLAN UDP port.
+    /// VXLAN UDP destination port, from the node's flags.
     pub vxlan_port: u16,
     /// Underlay addresses of the other nodes of the network.
     pub peers: BTreeSet<IpAddr>,
     /// No traffic leaves the network.
     pub internal: bool,
-    /// Masquerade egress.
+    /// Masquerade pod traffic leaving the subnet through the node.
     pub masquerade: bool,
-    /// Pods may talk to each other.
+    /// Pods may talk to each other; off, the bridge drops pod-to-pod frames.
     pub inter_pod_traffic: bool,
 }
 
@@ -154,9 +154,9 @@ impl Desired {
 pub struct Teardown {
     /// Network name (alias / rule owner).
     pub network: String,
-    /// Bridge name.
+    /// Bridge to delete, if it carries this network's alias.
     pub bridge: String,
-    /// VXLAN port name, when known.
+    /// VXLAN port name, when the spec's VNI is valid.
     pub vxlan: Option<String>,
 }
 

@@ -60,7 +60,7 @@ pub enum IpamError {
     /// Every address of the node's blocks is in use.
     #[error("network {network}: no free {family} address left in this node's blocks {blocks}")]
     Exhausted {
-        /// Network.
+        /// The BridgeNetwork asked for.
         network: String,
         /// `IPv4`/`IPv6`.
         family: &'static str,
@@ -70,7 +70,7 @@ pub enum IpamError {
     /// A requested address is held by another pod.
     #[error("network {network}: address {ip} is already in use by {holder}")]
     Taken {
-        /// Network.
+        /// The BridgeNetwork asked for.
         network: String,
         /// The address.
         ip: IpAddr,
@@ -82,7 +82,7 @@ pub enum IpamError {
         "network {network}: address {ip} is not available on this node (blocks {blocks}, excluding gateway and reserved addresses)"
     )]
     OutOfRange {
-        /// Network.
+        /// The BridgeNetwork asked for.
         network: String,
         /// The address.
         ip: IpAddr,
@@ -139,13 +139,13 @@ pub struct Allocation {
 /// address plans (`bridgenet_crds::net`) restricted to the node's blocks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pool {
-    /// Network name.
+    /// The BridgeNetwork, named in allocations and errors.
     pub network: String,
     /// IPv4 addresses of the network.
     pub v4: AddressPlan,
     /// IPv6 addresses, for dual stack.
     pub v6: Option<AddressPlan>,
-    /// The node's blocks (both families).
+    /// The node's blocks, IPv4 first; allocation never leaves them.
     pub blocks: Vec<IpNet>,
 }
 

@@ -1,6 +1,7 @@
 //! The NodeBridge controller: watches this node's NodeBridges (label `bridgenet.io/node`),
 //! realizes them through the [`crate::dataplane`], holds the `bridgenet.io/agent` finalizer
-//! until teardown, and reports `Ready` on the status.
+//! until teardown, and reports `Ready` on the status. Each spec is resolved once per change
+//! ([`specs`]); one that does not resolve is reported (`InvalidSpec`) and waits for an edit.
 //!
 //! Drift is repaired two ways: every NodeBridge is requeued after `--resync-interval`, and
 //! monitors trigger a full pass as soon as one of bridgenet's links is deleted (rtnetlink) or
@@ -57,17 +58,17 @@ pub enum ControllerError {
 
 /// What every reconcile shares.
 pub struct Context {
-    /// NodeBridges API (cluster-scoped).
+    /// NodeBridges API (cluster-scoped), for the finalizer.
     pub api: Api<NodeBridge>,
     /// Node-wide facts (name, underlay address, VXLAN port).
     pub node: NodeContext,
     /// Each NodeBridge's spec, resolved once per change.
     pub specs: SpecCache,
-    /// The kernel side.
+    /// Realizes and removes networks in the kernel.
     pub dataplane: Arc<Dataplane>,
-    /// Status book and writer.
+    /// Writes `Ready` and the other status fields, shared with the CNI status loop.
     pub status: StatusWriter,
-    /// Event recorder.
+    /// Publishes Events on the NodeBridge as this node's agent.
     pub recorder: Recorder,
     /// `/readyz` state.
     pub readiness: Readiness,
