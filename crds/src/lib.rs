@@ -4,10 +4,14 @@
 
 pub mod conditions;
 pub mod crdgen;
+pub mod mac;
 pub mod names;
 pub mod net;
+pub mod resolved;
 pub mod v1alpha1;
 
+pub use mac::Mac;
+pub use resolved::{ResolvedNodeBridge, resolve_node_bridge};
 pub use v1alpha1::{
     BridgeNetwork, BridgeNetworkSpec, BridgeNetworkStatus, NodeBridge, NodeBridgeSpec,
     NodeBridgeStatus,

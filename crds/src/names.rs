@@ -37,10 +37,7 @@ pub fn is_valid_ifname(name: &str) -> bool {
 pub fn gateway_mac(network: &str) -> String {
     let digest = Sha256::digest(format!("bridgenet-gateway/{network}").as_bytes());
     let first = (digest[0] & 0b1111_1100) | 0b0000_0010;
-    format!(
-        "{first:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        digest[1], digest[2], digest[3], digest[4], digest[5]
-    )
+    crate::Mac::new([first, digest[1], digest[2], digest[3], digest[4], digest[5]]).to_string()
 }
 
 #[cfg(test)]

@@ -33,6 +33,8 @@ pub const MIN_MTU: u32 = 576;
 pub const MAX_MTU: u32 = 65535;
 /// IPv6's minimum link MTU (RFC 8200); a dual-stack network must not go below it.
 pub const MIN_MTU_IPV6: u32 = 1280;
+/// Largest VXLAN network identifier (24 bits); 0 is not used.
+pub const MAX_VNI: u32 = 0x00ff_ffff;
 /// Shortest IPv4 block prefix the CRD accepts (`blockSize` minimum).
 pub const MIN_BLOCK_PREFIX_V4: u8 = 8;
 /// Shortest IPv6 block prefix the CRD accepts (`ipv6.blockSize` minimum).
@@ -220,6 +222,30 @@ pub enum NetError {
         /// The MTU.
         mtu: u32,
     },
+    /// Not a MAC address, or not one an interface may carry.
+    #[error(
+        "{field} {value:?} is not a unicast MAC address: write six hex pairs such as 02:42:ac:14:00:01"
+    )]
+    InvalidMac {
+        /// Spec field.
+        field: &'static str,
+        /// What the user wrote.
+        value: String,
+    },
+    /// VXLAN network identifier outside 24 bits, or 0.
+    #[error("vni {vni} is out of bounds: use a value from 1 to {MAX_VNI}")]
+    VniOutOfBounds {
+        /// The VNI.
+        vni: u32,
+    },
+    /// A NodeBridge block in neither subnet.
+    #[error(
+        "blocks entry {block} is not inside subnet (or ipv6.subnet): blocks are carved from the network's addresses"
+    )]
+    BlockOutsideSubnet {
+        /// The block.
+        block: IpNet,
+    },
     /// Not a usable Linux interface name.
     #[error(
         "bridge {name:?} is not a Linux interface name: use 1-15 characters of letters, digits, '_', '.', '-', starting with a letter or digit"
@@ -252,7 +278,7 @@ pub fn parse_cidr(value: &str) -> Result<IpNet, NetError> {
     parse_cidr_field("subnet", value)
 }
 
-fn parse_ip_field(field: &'static str, value: &str) -> Result<IpAddr, NetError> {
+pub(crate) fn parse_ip_field(field: &'static str, value: &str) -> Result<IpAddr, NetError> {
     value.parse().map_err(|_| NetError::InvalidAddress {
         field,
         value: value.to_owned(),

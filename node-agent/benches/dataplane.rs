@@ -14,7 +14,7 @@ use bridgenet_agent::dataplane::apply::Applier;
 use bridgenet_agent::dataplane::firewall::Firewall;
 use bridgenet_agent::dataplane::rtnl::Rtnl;
 use bridgenet_agent::dataplane::{Desired, NodeContext, Teardown};
-use bridgenet_crds::NodeBridgeSpec;
+use bridgenet_crds::{NodeBridgeSpec, resolve_node_bridge};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
 fn spec(i: u32) -> NodeBridgeSpec {
@@ -85,7 +85,7 @@ fn bench(c: &mut Criterion) {
         underlay: "192.0.2.1".parse().unwrap(),
         vxlan_port: 4789,
     };
-    let desired = Desired::from_spec(&spec(1), &node).unwrap();
+    let desired = Desired::from_resolved(&resolve_node_bridge(&spec(1)).unwrap(), &node);
     let teardown = Teardown::from_spec(&spec(1));
     let firewall = Firewall::default();
     let applier =
@@ -136,7 +136,7 @@ fn bench(c: &mut Criterion) {
     );
 
     let fifty: Vec<Desired> = (1..=50)
-        .map(|i| Desired::from_spec(&spec(i), &node).unwrap())
+        .map(|i| Desired::from_resolved(&resolve_node_bridge(&spec(i)).unwrap(), &node))
         .collect();
     for d in &fifty {
         rt.block_on(applier.borrow_mut().apply(d)).unwrap();

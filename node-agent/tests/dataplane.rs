@@ -19,7 +19,7 @@ use bridgenet_agent::dataplane::netlink::{Link, LinkChange, Netlink, NetlinkErro
 use bridgenet_agent::dataplane::netns::run_in;
 use bridgenet_agent::dataplane::rtnl::Rtnl;
 use bridgenet_agent::dataplane::{Desired, NodeContext, Teardown};
-use bridgenet_crds::NodeBridgeSpec;
+use bridgenet_crds::{NodeBridgeSpec, resolve_node_bridge};
 use dataplane_support::{is_root, run, spec};
 use ipnet::IpNet;
 
@@ -152,7 +152,7 @@ fn realize(ns: &str, node: NodeContext, specs: Vec<NodeBridgeSpec>) -> (usize, F
         let mut desired = Vec::new();
         let mut ops = 0;
         for s in &specs {
-            let d = Desired::from_spec(s, &node).unwrap();
+            let d = Desired::from_resolved(&resolve_node_bridge(s).unwrap(), &node);
             ops += applier.apply(&d).await.unwrap().len();
             desired.push(d);
         }
@@ -549,7 +549,7 @@ fn idempotent_repairs_drift_refuses_foreign_and_tears_down_completely() {
     let (first, second, foreign) = {
         let (a, taken, node) = (a.clone(), taken.clone(), node.clone());
         run_in(&path, move || async move {
-            let d = Desired::from_spec(&a, &node).unwrap();
+            let d = Desired::from_resolved(&resolve_node_bridge(&a).unwrap(), &node);
             let mut applier = Applier::new(Counting::new(Rtnl::connect().unwrap()));
             applier.apply(&d).await.unwrap();
             let first = applier.netlink().writes.values().sum::<usize>();
@@ -559,7 +559,10 @@ fn idempotent_repairs_drift_refuses_foreign_and_tears_down_completely() {
             assert!(ops.is_empty(), "{ops:?}");
             let second = applier.netlink().writes.clone();
             let foreign = applier
-                .apply(&Desired::from_spec(&taken, &node).unwrap())
+                .apply(&Desired::from_resolved(
+                    &resolve_node_bridge(&taken).unwrap(),
+                    &node,
+                ))
                 .await
                 .unwrap_err();
             (first, second, foreign)
@@ -759,7 +762,7 @@ fn realize_fw(ns: &str, specs: Vec<NodeBridgeSpec>, node: &NodeContext) -> Firew
     run_in(&Topology::path(ns), move || async move {
         let desired: Vec<Desired> = specs
             .iter()
-            .map(|s| Desired::from_spec(s, &node).unwrap())
+            .map(|s| Desired::from_resolved(&resolve_node_bridge(s).unwrap(), &node))
             .collect();
         Firewall::default().reconcile(&desired).unwrap()
     })
@@ -792,11 +795,19 @@ fn firewall_lists_the_tables_again_only_after_an_nftables_commit() {
             .unwrap_or(0)
     };
     let node = ctx("n1", "192.0.2.1");
-    let desired = Desired::from_spec(
-        &spec("red", "br-red", "10.77.0.0/24", "10.77.0.1", 77, "n1", &[]),
+    let desired = Desired::from_resolved(
+        &resolve_node_bridge(&spec(
+            "red",
+            "br-red",
+            "10.77.0.0/24",
+            "10.77.0.1",
+            77,
+            "n1",
+            &[],
+        ))
+        .unwrap(),
         &node,
-    )
-    .unwrap();
+    );
     run_in(&Topology::path(&n), move || async move {
         let fw = Firewall::new(Some(nft));
         let wanted = std::slice::from_ref(&desired);

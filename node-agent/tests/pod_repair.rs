@@ -19,6 +19,7 @@ use bridgenet_agent::dataplane::netns::run_in;
 use bridgenet_agent::dataplane::rtnl::Rtnl;
 use bridgenet_agent::dataplane::{Desired, NodeContext};
 use bridgenet_agent::metrics;
+use bridgenet_crds::resolve_node_bridge;
 use cni_support::{
     Call, InProcessAgent, Netns, StaticDirectory, TestNetwork, World, chained_config, run_plugin,
 };
@@ -97,7 +98,7 @@ async fn repair_puts_running_pods_back_after_links_are_deleted_by_hand() {
         underlay: "192.0.2.1".parse().unwrap(),
         vxlan_port: 4789,
     };
-    let desired = Desired::from_spec(&red.spec(), &ctx).unwrap();
+    let desired = Desired::from_resolved(&resolve_node_bridge(&red.spec()).unwrap(), &ctx);
     assert!(program(&node, &desired) > 0);
     assert_eq!(program(&node, &desired), 0, "the data plane is settled");
 

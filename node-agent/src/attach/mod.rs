@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use bridgenet_crds::Mac;
 use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
@@ -23,7 +24,6 @@ use netlink_packet_route::link::{
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use sha2::{Digest, Sha256};
 
-use crate::cni::annotation::format_mac;
 use crate::dataplane::rtnl::{errno, link_message};
 use crate::metrics::{self, Write};
 
@@ -281,7 +281,7 @@ async fn host_side(handle: Handle, spec: AttachSpec, pod_ns: File) -> Result<(),
                 "creating veth {} (pod end {} with MAC {})",
                 spec.host_veth,
                 spec.pod_ifname,
-                format_mac(&spec.mac)
+                Mac::new(spec.mac)
             ))(e)
         }
     })?;

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
+use bridgenet_crds::Mac;
 use bridgenet_crds::names::is_valid_ifname;
 use serde::{Deserialize, Serialize};
 
@@ -148,29 +149,15 @@ fn is_valid_network_name(name: &str) -> bool {
             .is_some_and(|b| b.is_ascii_alphanumeric())
 }
 
-/// Parses `aa:bb:cc:dd:ee:ff`; only unicast addresses (a pod interface cannot be multicast).
+/// Parses a pod interface's MAC as users write it in the annotation or `runtimeConfig`:
+/// [`Mac`]'s colon form, or with hyphens (`02-42-ac-14-00-09`); only unicast addresses (a pod
+/// interface cannot be multicast).
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split([':', '-']);
-    for byte in &mut mac {
-        let part = parts.next()?;
-        if part.len() != 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    if parts.next().is_some() || mac[0] & 1 == 1 || mac == [0; 6] {
-        return None;
-    }
-    Some(mac)
-}
-
-/// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(mac: &[u8]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    s.replace('-', ":")
+        .parse::<Mac>()
+        .ok()
+        .filter(|mac| mac.is_unicast())
+        .map(Mac::octets)
 }
 
 #[cfg(test)]
@@ -238,7 +225,7 @@ mod tests {
     #[test]
     fn mac_round_trip() {
         let mac = parse_mac("02:aa:bb:cc:dd:0e").unwrap();
-        assert_eq!(format_mac(&mac), "02:aa:bb:cc:dd:0e");
+        assert_eq!(Mac::new(mac).to_string(), "02:aa:bb:cc:dd:0e");
         assert!(parse_mac("02:aa:bb:cc:dd").is_none());
         assert!(parse_mac("02:aa:bb:cc:dd:ee:ff").is_none());
     }

@@ -13,13 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, PoisonError};
 use std::time::Duration;
 
-use bridgenet_crds::NodeBridgeSpec;
+use bridgenet_crds::{Mac, ResolvedNodeBridge};
 use kube::core::{Selector, SelectorExt};
 use serde_json::Value;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::attach::{self, AttachError, AttachSpec};
-use crate::cni::annotation::{self, NetworkRequest, format_mac, parse_mac};
+use crate::cni::annotation::{self, NetworkRequest, parse_mac};
 use crate::cni::types::{
     CniError, CniResult, Command, Interface, IpConfig, NetConf, Request, Response, RouteConfig,
     code, parse_cni_args, version_result,
@@ -72,8 +72,9 @@ pub enum Notice {
 /// The cluster as the engine sees it. The agent implements it with kube reflectors; tests with
 /// fixed data.
 pub trait Directory: Send + Sync + 'static {
-    /// This node's NodeBridge for `network`, if the network exists here.
-    fn node_bridge(&self, network: &str) -> Option<NodeBridgeSpec>;
+    /// This node's NodeBridge for `network`, resolved, if the network exists here and its spec
+    /// resolves (an unresolvable one is reported on the NodeBridge and not used).
+    fn node_bridge(&self, network: &str) -> Option<Arc<ResolvedNodeBridge>>;
     /// The pod; `Ok(None)` if the pod does not exist.
     fn pod(&self, pod: &PodRef) -> impl Future<Output = Result<Option<PodInfo>, String>> + Send;
     /// The labels of `namespace`, for a network with a `namespaceSelector`. Asked only once
@@ -290,22 +291,6 @@ pub const NEW_NETWORK_GRACE: Duration = Duration::from_secs(5);
 /// How long an attach waits for a known network's bridge to be created on the node.
 const BRIDGE_GRACE: Duration = Duration::from_secs(2);
 const GRACE_POLL: Duration = Duration::from_millis(25);
-
-/// The gateways of a network (per family), as pods route through them.
-fn gateways_of(spec: &NodeBridgeSpec) -> Vec<IpAddr> {
-    let mut gateways = vec![];
-    if let Ok(g) = spec.gateway.parse::<IpAddr>() {
-        gateways.push(g);
-    }
-    if let Some(g) = spec
-        .ipv6
-        .as_ref()
-        .and_then(|v6| v6.gateway.parse::<IpAddr>().ok())
-    {
-        gateways.push(g);
-    }
-    gateways
-}
 
 fn reject(pod: Option<&PodRef>, msg: String, details: &str) -> CniError {
     let who = pod.map(|p| format!("pod {p}: ")).unwrap_or_default();
@@ -538,10 +523,10 @@ impl<D: Directory> Engine<D> {
     /// selector (`labels`: the pod's namespace labels, read when some spec has a selector).
     fn admit(
         request: &NetworkRequest,
-        spec: Option<NodeBridgeSpec>,
+        spec: Option<Arc<ResolvedNodeBridge>>,
         pod: Option<&PodRef>,
         labels: &BTreeMap<String, String>,
-    ) -> Result<NodeBridgeSpec, (&'static str, String, &'static str)> {
+    ) -> Result<Arc<ResolvedNodeBridge>, (&'static str, String, &'static str)> {
         let Some(spec) = spec else {
             return Err((
                 "UnknownNetwork",
@@ -642,7 +627,7 @@ impl<D: Directory> Engine<D> {
     ) -> Result<Vec<Attached>, CniError> {
         let _sandbox = self.sandboxes.lock(&target.container_id).await;
         let pod = target.pod.as_ref();
-        let specs: Vec<Option<NodeBridgeSpec>> = requests
+        let specs: Vec<Option<Arc<ResolvedNodeBridge>>> = requests
             .iter()
             .map(|r| self.dir.node_bridge(&r.name))
             .collect();
@@ -680,25 +665,24 @@ impl<D: Directory> Engine<D> {
             return Ok(Vec::new());
         }
         // Reserve everything first (one journal write each), then build interfaces.
-        let mut reserved: Vec<(Vec<Allocation>, &NetworkRequest, NodeBridgeSpec)> = Vec::new();
+        let mut reserved: Vec<(Vec<Allocation>, &NetworkRequest, Arc<ResolvedNodeBridge>)> =
+            Vec::new();
         {
             let mut ipam = self.ipam.lock().await;
             for (request, spec) in planned {
                 let host_veth = attach::host_veth_name(&target.container_id, &request.interface);
-                let alloc = Pool::from_spec(&spec).and_then(|pool| {
-                    ipam.allocate(
-                        &pool,
-                        &AllocRequest {
-                            container_id: target.container_id.clone(),
-                            ifname: request.interface.clone(),
-                            pod: pod.map(ToString::to_string).unwrap_or_default(),
-                            cni_name: target.cni_name.clone(),
-                            host_veth,
-                            mac: format_mac(&request.mac.unwrap_or_else(attach::random_mac)),
-                            ip: request.ip,
-                        },
-                    )
-                });
+                let alloc = ipam.allocate(
+                    &Pool::from_resolved(&spec),
+                    &AllocRequest {
+                        container_id: target.container_id.clone(),
+                        ifname: request.interface.clone(),
+                        pod: pod.map(ToString::to_string).unwrap_or_default(),
+                        cni_name: target.cni_name.clone(),
+                        host_veth,
+                        mac: Mac::new(request.mac.unwrap_or_else(attach::random_mac)).to_string(),
+                        ip: request.ip,
+                    },
+                );
                 match alloc {
                     Ok(a) => reserved.push((a, request, spec)),
                     Err(e) => {
@@ -728,7 +712,7 @@ impl<D: Directory> Engine<D> {
             if allocs.is_empty() {
                 continue;
             }
-            let gateways = gateways_of(spec);
+            let gateways = spec.gateways();
             let default_routes = if request.default_route {
                 gateways.clone()
             } else {
@@ -749,7 +733,7 @@ impl<D: Directory> Engine<D> {
                 Ok(()) => done.push(Attached {
                     network: request.name.clone(),
                     interface: request.interface.clone(),
-                    mac: format_mac(&mac),
+                    mac: Mac::new(mac).to_string(),
                     mtu: spec.mtu,
                     addresses,
                     gateways,
@@ -778,7 +762,7 @@ impl<D: Directory> Engine<D> {
     /// journal's name, MAC and addresses.
     fn attach_spec(
         &self,
-        spec: &NodeBridgeSpec,
+        spec: &ResolvedNodeBridge,
         allocs: &[Allocation],
         netns: &Path,
         default_routes: Vec<IpAddr>,
@@ -897,7 +881,7 @@ impl<D: Directory> Engine<D> {
             let bridge = self
                 .dir
                 .node_bridge(&network)
-                .map(|s| s.bridge)
+                .map(|s| s.bridge.clone())
                 .ok_or_else(|| {
                     CniError::new(
                         code::CHECK_FAILED,
@@ -1108,7 +1092,7 @@ impl<D: Directory> Engine<D> {
     /// still asks for one there.
     async fn recreate(
         &self,
-        spec: &NodeBridgeSpec,
+        spec: &ResolvedNodeBridge,
         allocs: &[Allocation],
         netns: &Path,
     ) -> Result<(), AttachError> {
@@ -1139,7 +1123,7 @@ impl<D: Directory> Engine<D> {
             None => false,
         };
         let routes = if default_route {
-            gateways_of(spec)
+            spec.gateways()
         } else {
             Vec::new()
         };

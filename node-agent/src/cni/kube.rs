@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bridgenet_crds::v1alpha1::Endpoint;
-use bridgenet_crds::{NodeBridge, NodeBridgeSpec};
+use bridgenet_crds::{NodeBridge, ResolvedNodeBridge};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -18,13 +18,13 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::cni::engine::{Directory, Engine, Notice, PodInfo, PodRef, failpoint};
 use crate::ipam::{Allocation, Pool};
-use crate::nodebridge::StatusWriter;
+use crate::nodebridge::{SpecCache, StatusWriter};
 
 /// The cluster through reflector caches.
 #[derive(Clone)]
@@ -32,6 +32,7 @@ pub struct KubeDirectory {
     client: Client,
     node: String,
     bridges: Store<NodeBridge>,
+    specs: SpecCache,
     pods: Store<Pod>,
     ready: Arc<AtomicBool>,
     notices: mpsc::UnboundedSender<Notice>,
@@ -52,6 +53,8 @@ impl KubeDirectory {
     pub fn new(client: Client, node: &str) -> (Self, Feeds) {
         let (bridges, bridge_writer) = reflector::store();
         let (pods, pod_writer) = reflector::store();
+        let specs = SpecCache::default();
+        let (store, cache) = (bridges.clone(), specs.clone());
         let bridge_stream = reflector::reflector(
             bridge_writer,
             watcher(
@@ -61,10 +64,17 @@ impl KubeDirectory {
             ),
         )
         .default_backoff()
-        .map(|ev| {
-            if let Err(e) = ev {
-                tracing::warn!(error = %e, "watching NodeBridges");
+        .map(move |ev| match ev {
+            // Resolved as they arrive (the store already holds them), and dropped when gone.
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {
+                let current: Vec<Arc<NodeBridge>> = store.state();
+                for nb in &current {
+                    let _ = cache.resolve(&nb.name_any(), &nb.spec);
+                }
+                cache.retain(|name| current.iter().any(|nb| nb.name_any() == name));
             }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "watching NodeBridges"),
         });
         let pod_stream = reflector::reflector(
             pod_writer,
@@ -90,6 +100,7 @@ impl KubeDirectory {
             client,
             node: node.to_owned(),
             bridges,
+            specs,
             pods,
             ready: Arc::default(),
             notices: tx,
@@ -130,14 +141,20 @@ impl KubeDirectory {
             .filter(|nb| nb.spec.node == self.node)
             .collect()
     }
+
+    /// `nb` resolved, or `None` when its spec does not resolve (the NodeBridge controller
+    /// reports why on its status).
+    pub fn resolved(&self, nb: &NodeBridge) -> Option<Arc<ResolvedNodeBridge>> {
+        self.specs.resolve(&nb.name_any(), &nb.spec).ok()
+    }
 }
 
 impl Directory for KubeDirectory {
-    fn node_bridge(&self, network: &str) -> Option<NodeBridgeSpec> {
+    fn node_bridge(&self, network: &str) -> Option<Arc<ResolvedNodeBridge>> {
         self.bridges()
             .into_iter()
             .find(|nb| nb.spec.network == network && nb.metadata.deletion_timestamp.is_none())
-            .map(|nb| nb.spec.clone())
+            .and_then(|nb| self.resolved(&nb))
     }
 
     async fn pod(&self, pod: &PodRef) -> Result<Option<PodInfo>, String> {
@@ -321,10 +338,10 @@ const WRITE_SETTLE: Duration = Duration::from_secs(10);
 fn gateways(dir: &KubeDirectory) -> BTreeMap<String, Vec<String>> {
     dir.bridges()
         .iter()
+        .filter_map(|nb| dir.resolved(nb))
         .map(|nb| {
-            let mut g = vec![nb.spec.gateway.clone()];
-            g.extend(nb.spec.ipv6.as_ref().map(|v6| v6.gateway.clone()));
-            (nb.spec.network.clone(), g)
+            let g = nb.gateways().iter().map(ToString::to_string).collect();
+            (nb.network.clone(), g)
         })
         .collect()
 }
@@ -443,7 +460,9 @@ async fn write_endpoints(dir: &KubeDirectory, status: &StatusWriter, allocs: &[A
             .iter()
             .filter(|a| a.network == nb.spec.network && a.ip.is_ipv4())
             .count();
-        let capacity = Pool::from_spec(&nb.spec).map_or(0, |p| p.capacity_v4());
+        let capacity = dir
+            .resolved(&nb)
+            .map_or(0, |r| Pool::from_resolved(&r).capacity_v4());
         status.seed(&name, nb.status.as_ref());
         if status.get(&name).map(|s| s.endpoints) != Some(list.clone()) {
             failpoint(failpoint::REPORT_BEFORE_ENDPOINTS);

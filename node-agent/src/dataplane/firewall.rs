@@ -42,10 +42,11 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use bridgenet_crds::Mac;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{Desired, format_mac};
+use super::Desired;
 
 /// Name of both bridgenet tables.
 pub const TABLE: &str = "bridgenet";
@@ -327,7 +328,7 @@ pub fn rules(networks: &[Desired]) -> Vec<Rule> {
         }
         // The anycast gateway's fence on the overlay port.
         let vx = json!(n.vxlan);
-        let mac = json!(format_mac(&n.mac));
+        let mac = json!(Mac::new(n.mac).to_string());
         let gw4 = json!(n.gateway4.addr().to_string());
         for (chain, dir) in [
             ("forward", "oifname"),

@@ -2,8 +2,9 @@
 //! code that makes the kernel match it.
 //!
 //! Layout (decide, then act):
-//! - [`Desired`]: a NodeBridge spec resolved into concrete kernel objects (names, addresses,
-//!   peers); pure, validated once.
+//! - [`Desired`]: a resolved NodeBridge ([`bridgenet_crds::resolve_node_bridge`], done once per
+//!   spec by the NodeBridge controller) turned into this node's kernel objects: link names,
+//!   gateway addresses, flood peers; pure and infallible.
 //! - [`plan`]: observed kernel state + desired → the minimal list of [`plan::Op`]s; pure, unit
 //!   tested without root. Running it on its own result yields no operation.
 //! - [`apply`]: executes a plan through the [`netlink::Netlink`] trait (real: [`rtnl`], recording
@@ -30,9 +31,9 @@ pub mod rtnl;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use bridgenet_crds::NodeBridgeSpec;
-use bridgenet_crds::names::{MAX_IFNAME, is_valid_ifname};
-use bridgenet_crds::net::{NetError, parse_cidr_field};
+use bridgenet_crds::names::MAX_IFNAME;
+use bridgenet_crds::net::MAX_VNI;
+use bridgenet_crds::{NodeBridgeSpec, ResolvedNodeBridge};
 use ipnet::IpNet;
 
 /// Prefix of the interface alias (`IFLA_IFALIAS`) that marks a link as created by bridgenet for
@@ -58,7 +59,7 @@ pub struct NodeContext {
 pub struct Desired {
     /// The BridgeNetwork's name (owner tag on links and rules).
     pub network: String,
-    /// Bridge name.
+    /// Linux bridge the network's pods attach to; carries the gateway addresses.
     pub bridge: String,
     /// VXLAN port name, derived from the VNI.
     pub vxlan: String,
@@ -68,100 +69,26 @@ pub struct Desired {
     pub mac: [u8; 6],
     /// MTU of the bridge and the VXLAN port.
     pub mtu: u32,
-    /// IPv4 subnet.
+    /// IPv4 subnet: the scope of the masquerade and isolation rules.
     pub subnet4: IpNet,
     /// IPv4 gateway with the subnet's prefix, as put on the bridge.
     pub gateway4: IpNet,
     /// IPv6 subnet and gateway (with prefix), when dual stack.
     pub v6: Option<(IpNet, IpNet)>,
-    /// VXLAN network identifier.
+    /// VXLAN network identifier, the same on every node of the network.
     pub vni: u32,
     /// Local VXLAN endpoint address.
     pub underlay: IpAddr,
-    /// VXLAN UDP port.
+    /// VXLAN UDP destination port, from the node's flags.
     pub vxlan_port: u16,
     /// Underlay addresses of the other nodes of the network.
     pub peers: BTreeSet<IpAddr>,
     /// No traffic leaves the network.
     pub internal: bool,
-    /// Masquerade egress.
+    /// Masquerade pod traffic leaving the subnet through the node.
     pub masquerade: bool,
-    /// Pods may talk to each other.
+    /// Pods may talk to each other; off, the bridge drops pod-to-pod frames.
     pub inter_pod_traffic: bool,
-}
-
-/// Why a NodeBridge spec cannot be realized as written.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SpecError {
-    /// A CIDR field does not parse.
-    #[error("NodeBridge {network}: {source}")]
-    Address {
-        /// Network name.
-        network: String,
-        /// The address problem.
-        source: NetError,
-    },
-    /// The gateway is not inside the subnet.
-    #[error("NodeBridge {network}: gateway {gateway} is not inside subnet {subnet}")]
-    GatewayOutsideSubnet {
-        /// Network name.
-        network: String,
-        /// Gateway as written.
-        gateway: String,
-        /// Subnet as written.
-        subnet: String,
-    },
-    /// A field that must be an address is not one.
-    #[error("NodeBridge {network}: {field} {value:?} is not an IP address")]
-    BadAddress {
-        /// Network name.
-        network: String,
-        /// Field name.
-        field: &'static str,
-        /// Value as written.
-        value: String,
-    },
-    /// Bridge name unusable as a Linux interface name.
-    #[error(
-        "NodeBridge {network}: bridge name {bridge:?} is not a valid interface name (1-15 bytes of [A-Za-z0-9_.-])"
-    )]
-    BadBridgeName {
-        /// Network name.
-        network: String,
-        /// Bridge name.
-        bridge: String,
-    },
-    /// gatewayMac not a unicast MAC.
-    #[error("NodeBridge {network}: gatewayMac {mac:?} is not a unicast MAC like 02:42:ac:14:00:01")]
-    BadMac {
-        /// Network name.
-        network: String,
-        /// Value as written.
-        mac: String,
-    },
-    /// VNI outside 24 bits.
-    #[error("NodeBridge {network}: vni {vni} is outside 1..=16777215")]
-    BadVni {
-        /// Network name.
-        network: String,
-        /// VNI.
-        vni: u32,
-    },
-    /// MTU out of range.
-    #[error("NodeBridge {network}: mtu {mtu} is outside 576..=65535")]
-    BadMtu {
-        /// Network name.
-        network: String,
-        /// MTU.
-        mtu: u32,
-    },
-}
-
-impl SpecError {
-    /// Short machine-readable reason for conditions and events.
-    pub fn reason(&self) -> &'static str {
-        "InvalidSpec"
-    }
 }
 
 /// VXLAN port name of a network: `bnvx-<vni>` (≤ 13 bytes for a 24-bit VNI). Derived from the
@@ -178,121 +105,30 @@ pub fn alias_of(network: &str) -> String {
     format!("{ALIAS_PREFIX}{network}")
 }
 
-/// Parses `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let mut parts = s.split(':');
-    for byte in &mut out {
-        let p = parts.next()?;
-        if p.len() != 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(out)
-}
-
-/// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(mac: &[u8]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-fn with_prefix(
-    network: &str,
-    field: &'static str,
-    gateway: &str,
-    subnet: &IpNet,
-) -> Result<IpNet, SpecError> {
-    let ip: IpAddr = gateway.parse().map_err(|_| SpecError::BadAddress {
-        network: network.to_owned(),
-        field,
-        value: gateway.to_owned(),
-    })?;
-    if !subnet.contains(&ip) {
-        return Err(SpecError::GatewayOutsideSubnet {
-            network: network.to_owned(),
-            gateway: gateway.to_owned(),
-            subnet: subnet.to_string(),
-        });
-    }
-    IpNet::new(ip, subnet.prefix_len()).map_err(|_| SpecError::BadAddress {
-        network: network.to_owned(),
-        field,
-        value: gateway.to_owned(),
-    })
-}
-
 impl Desired {
-    /// Resolves a NodeBridge spec for this node.
-    pub fn from_spec(spec: &NodeBridgeSpec, node: &NodeContext) -> Result<Self, SpecError> {
-        let network = spec.network.clone();
-        let addr_err = |source| SpecError::Address {
-            network: network.clone(),
-            source,
-        };
-        if !is_valid_ifname(&spec.bridge) {
-            return Err(SpecError::BadBridgeName {
-                network,
-                bridge: spec.bridge.clone(),
-            });
-        }
-        let mac = parse_mac(&spec.gateway_mac)
-            .filter(|m| m[0] & 1 == 0 && *m != [0; 6])
-            .ok_or_else(|| SpecError::BadMac {
-                network: network.clone(),
-                mac: spec.gateway_mac.clone(),
-            })?;
-        if spec.vni == 0 || spec.vni > 0x00ff_ffff {
-            return Err(SpecError::BadVni {
-                network,
-                vni: spec.vni,
-            });
-        }
-        if !(576..=65535).contains(&spec.mtu) {
-            return Err(SpecError::BadMtu {
-                network,
-                mtu: spec.mtu,
-            });
-        }
-        let subnet4 = parse_cidr_field("subnet", &spec.subnet).map_err(addr_err)?;
-        let gateway4 = with_prefix(&network, "gateway", &spec.gateway, &subnet4)?;
-        let v6 = match &spec.ipv6 {
-            None => None,
-            Some(v6) => {
-                let subnet = parse_cidr_field("ipv6.subnet", &v6.subnet).map_err(addr_err)?;
-                let gw = with_prefix(&network, "ipv6.gateway", &v6.gateway, &subnet)?;
-                Some((subnet, gw))
-            }
-        };
-        let mut peers = BTreeSet::new();
-        for peer in &spec.peers {
-            if peer.node == node.node_name {
-                continue;
-            }
-            let ip: IpAddr = peer.address.parse().map_err(|_| SpecError::BadAddress {
-                network: network.clone(),
-                field: "peers[].address",
-                value: peer.address.clone(),
-            })?;
+    /// What `spec` becomes on this node: link names derived from it, and the peers the
+    /// overlay floods to (every listed node but this one, in this node's underlay family).
+    pub fn from_resolved(spec: &ResolvedNodeBridge, node: &NodeContext) -> Self {
+        let peers = spec
+            .peers
+            .iter()
+            .filter(|peer| peer.node != node.node_name)
+            .map(|peer| peer.address)
             // A VXLAN device has one local address family; a peer reachable only in the
             // other family cannot be a flood destination (the kernel refuses the entry), and
             // refusing the whole network for it would cut off the peers that do fit.
-            if ip != node.underlay && ip.is_ipv4() == node.underlay.is_ipv4() {
-                peers.insert(ip);
-            }
-        }
-        Ok(Desired {
-            alias: alias_of(&network),
+            .filter(|ip| *ip != node.underlay && ip.is_ipv4() == node.underlay.is_ipv4())
+            .collect();
+        Desired {
+            network: spec.network.clone(),
+            alias: alias_of(&spec.network),
             bridge: spec.bridge.clone(),
             vxlan: vxlan_name(spec.vni),
-            mac,
+            mac: spec.gateway_mac.octets(),
             mtu: spec.mtu,
-            subnet4,
-            gateway4,
-            v6,
+            subnet4: spec.v4.subnet,
+            gateway4: spec.v4.gateway,
+            v6: spec.v6.as_ref().map(|v6| (v6.subnet, v6.gateway)),
             vni: spec.vni,
             underlay: node.underlay,
             vxlan_port: node.vxlan_port,
@@ -300,8 +136,7 @@ impl Desired {
             internal: spec.internal,
             masquerade: spec.masquerade,
             inter_pod_traffic: spec.inter_pod_traffic,
-            network,
-        })
+        }
     }
 
     /// The gateway addresses that belong on the bridge.
@@ -319,19 +154,21 @@ impl Desired {
 pub struct Teardown {
     /// Network name (alias / rule owner).
     pub network: String,
-    /// Bridge name.
+    /// Bridge to delete, if it carries this network's alias.
     pub bridge: String,
-    /// VXLAN port name, when known.
+    /// VXLAN port name, when the spec's VNI is valid.
     pub vxlan: Option<String>,
 }
 
 impl Teardown {
-    /// What to remove for a NodeBridge spec, without validating the rest of it.
+    /// What to remove for a NodeBridge spec. Read from the spec as written, not from its
+    /// resolved form: a NodeBridge edited into an invalid spec after it was realized must still
+    /// be torn down, and removal needs only the names.
     pub fn from_spec(spec: &NodeBridgeSpec) -> Self {
         Teardown {
             network: spec.network.clone(),
             bridge: spec.bridge.clone(),
-            vxlan: (spec.vni > 0 && spec.vni <= 0x00ff_ffff).then(|| vxlan_name(spec.vni)),
+            vxlan: (spec.vni > 0 && spec.vni <= MAX_VNI).then(|| vxlan_name(spec.vni)),
         }
     }
 }
@@ -340,7 +177,26 @@ impl Teardown {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 pub(crate) mod tests {
     use super::*;
+    use bridgenet_crds::Mac;
+    use bridgenet_crds::net::NetError;
+    use bridgenet_crds::resolve_node_bridge;
     use bridgenet_crds::v1alpha1::{NodeBridgeIpv6, Peer};
+
+    /// `spec` resolved, for tests that build a [`Desired`] from a valid spec.
+    pub(crate) fn resolved(spec: &NodeBridgeSpec) -> ResolvedNodeBridge {
+        resolve_node_bridge(spec).unwrap()
+    }
+
+    impl Desired {
+        /// Resolves `spec` and builds its [`Desired`]: the unit tests of the planner and the
+        /// firewall are written against specs.
+        pub(crate) fn from_spec(
+            spec: &NodeBridgeSpec,
+            node: &NodeContext,
+        ) -> Result<Self, NetError> {
+            resolve_node_bridge(spec).map(|r| Self::from_resolved(&r, node))
+        }
+    }
 
     pub(crate) fn node() -> NodeContext {
         NodeContext {
@@ -395,7 +251,7 @@ pub(crate) mod tests {
             subnet: "fd00:20::/64".into(),
             gateway: "fd00:20::1".into(),
         });
-        let d = Desired::from_spec(&s, &node()).unwrap();
+        let d = Desired::from_resolved(&resolved(&s), &node());
         assert_eq!(d.gateway4.to_string(), "172.20.0.1/16");
         assert_eq!(d.v6.unwrap().1.to_string(), "fd00:20::1/64");
         assert_eq!(d.vxlan, "bnvx-42");
@@ -408,51 +264,50 @@ pub(crate) mod tests {
             address: "2001:db8::3".into(),
             blocks: vec![],
         });
-        let d6 = Desired::from_spec(&s6, &node()).unwrap();
+        let d6 = Desired::from_resolved(&resolved(&s6), &node());
         assert_eq!(d6.peers.len(), 1, "a peer of the other family is skipped");
         assert_eq!(vxlan_name(0x00ff_ffff).len(), 13);
     }
 
     #[test]
     fn rejects_bad_specs() {
-        let n = node();
         let mut s = spec("x", "br-x", "172.20.0.0/16", "172.21.0.1", 1);
         assert!(matches!(
-            Desired::from_spec(&s, &n),
-            Err(SpecError::GatewayOutsideSubnet { .. })
+            resolve_node_bridge(&s),
+            Err(NetError::GatewayOutsideSubnet { .. })
         ));
         s.gateway = "172.20.0.1".into();
         s.gateway_mac = "03:00:00:00:00:01".into();
         assert!(matches!(
-            Desired::from_spec(&s, &n),
-            Err(SpecError::BadMac { .. })
+            resolve_node_bridge(&s),
+            Err(NetError::InvalidMac { .. })
         ));
         s.gateway_mac = "02:00:00:00:00:01".into();
         s.vni = 1 << 24;
         assert!(matches!(
-            Desired::from_spec(&s, &n),
-            Err(SpecError::BadVni { .. })
+            resolve_node_bridge(&s),
+            Err(NetError::VniOutOfBounds { .. })
         ));
         s.vni = 7;
         s.bridge = "this-is-too-long-x".into();
         assert!(matches!(
-            Desired::from_spec(&s, &n),
-            Err(SpecError::BadBridgeName { .. })
+            resolve_node_bridge(&s),
+            Err(NetError::InvalidBridgeName { .. })
         ));
         s.bridge = "br-x".into();
         s.subnet = "172.20.0.1/16".into();
         assert!(matches!(
-            Desired::from_spec(&s, &n),
-            Err(SpecError::Address { .. })
+            resolve_node_bridge(&s),
+            Err(NetError::NotCanonical { .. })
         ));
     }
 
     #[test]
     fn mac_roundtrip() {
-        let m = parse_mac("02:42:ac:14:00:01").unwrap();
-        assert_eq!(format_mac(&m), "02:42:ac:14:00:01");
-        assert!(parse_mac("02:42:ac:14:00").is_none());
-        assert!(parse_mac("02:42:ac:14:00:01:02").is_none());
-        assert!(parse_mac("zz:42:ac:14:00:01").is_none());
+        let m: Mac = "02:42:ac:14:00:01".parse().unwrap();
+        assert_eq!(m.to_string(), "02:42:ac:14:00:01");
+        assert!("02:42:ac:14:00".parse::<Mac>().is_err());
+        assert!("02:42:ac:14:00:01:02".parse::<Mac>().is_err());
+        assert!("zz:42:ac:14:00:01".parse::<Mac>().is_err());
     }
 }

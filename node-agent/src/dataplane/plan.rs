@@ -7,10 +7,11 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
+use bridgenet_crds::Mac;
 use ipnet::IpNet;
 
 use super::netlink::{Link, LinkKind, NewLink, VxlanConfig};
-use super::{Desired, Teardown, format_mac};
+use super::{Desired, Teardown};
 
 /// Sysctl enabling IPv4 forwarding (the gateway routes for its pods).
 pub const SYSCTL_FORWARD_V4: &str = "net/ipv4/ip_forward";
@@ -475,7 +476,7 @@ impl std::fmt::Display for Op {
                     "create bridge {} mtu {} mac {}",
                     l.name,
                     l.mtu,
-                    l.mac.map(|m| format_mac(&m)).unwrap_or_default()
+                    l.mac.map(|m| Mac::new(m).to_string()).unwrap_or_default()
                 ),
             },
             Op::ChangeLink { link, change } => write!(f, "change {link} {change:?}"),

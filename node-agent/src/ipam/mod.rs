@@ -13,8 +13,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use bridgenet_crds::NodeBridgeSpec;
+use bridgenet_crds::ResolvedNodeBridge;
 use bridgenet_crds::net::{AddressPlan, Family};
+use bridgenet_crds::resolved::NodeFamily;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -56,22 +57,10 @@ pub enum IpamError {
     /// A record could not be encoded.
     #[error("IPAM journal: encoding a record: {0}")]
     Encode(serde_json::Error),
-    /// The NodeBridge has an address field that does not parse.
-    #[error("network {network}: {field} {value:?} is not valid: {reason}")]
-    BadSpec {
-        /// Network.
-        network: String,
-        /// Which field.
-        field: &'static str,
-        /// Its value.
-        value: String,
-        /// Parser message.
-        reason: String,
-    },
     /// Every address of the node's blocks is in use.
     #[error("network {network}: no free {family} address left in this node's blocks {blocks}")]
     Exhausted {
-        /// Network.
+        /// The BridgeNetwork asked for.
         network: String,
         /// `IPv4`/`IPv6`.
         family: &'static str,
@@ -81,7 +70,7 @@ pub enum IpamError {
     /// A requested address is held by another pod.
     #[error("network {network}: address {ip} is already in use by {holder}")]
     Taken {
-        /// Network.
+        /// The BridgeNetwork asked for.
         network: String,
         /// The address.
         ip: IpAddr,
@@ -93,7 +82,7 @@ pub enum IpamError {
         "network {network}: address {ip} is not available on this node (blocks {blocks}, excluding gateway and reserved addresses)"
     )]
     OutOfRange {
-        /// Network.
+        /// The BridgeNetwork asked for.
         network: String,
         /// The address.
         ip: IpAddr,
@@ -146,85 +135,41 @@ pub struct Allocation {
     pub since: u64,
 }
 
-/// What one network lets this node hand out, derived from its NodeBridge: the shared address
-/// plans (`bridgenet_crds::net`) restricted to the node's blocks.
+/// What one network lets this node hand out, derived from its resolved NodeBridge: the shared
+/// address plans (`bridgenet_crds::net`) restricted to the node's blocks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pool {
-    /// Network name.
+    /// The BridgeNetwork, named in allocations and errors.
     pub network: String,
     /// IPv4 addresses of the network.
     pub v4: AddressPlan,
     /// IPv6 addresses, for dual stack.
     pub v6: Option<AddressPlan>,
-    /// The node's blocks (both families).
+    /// The node's blocks, IPv4 first; allocation never leaves them.
     pub blocks: Vec<IpNet>,
 }
 
-fn parse_net(network: &str, field: &'static str, value: &str) -> Result<IpNet, IpamError> {
-    value
-        .parse::<IpNet>()
-        .map(|n| n.trunc())
-        .map_err(|e| IpamError::BadSpec {
-            network: network.to_owned(),
-            field,
-            value: value.to_owned(),
-            reason: e.to_string(),
-        })
-}
-
-fn parse_ip(network: &str, field: &'static str, value: &str) -> Result<IpAddr, IpamError> {
-    value.parse::<IpAddr>().map_err(|e| IpamError::BadSpec {
-        network: network.to_owned(),
-        field,
-        value: value.to_owned(),
-        reason: e.to_string(),
-    })
-}
-
 impl Pool {
-    /// The pool of a NodeBridge.
-    pub fn from_spec(spec: &NodeBridgeSpec) -> Result<Self, IpamError> {
-        let network = spec.network.as_str();
-        let excludes = spec
-            .exclude_addresses
-            .iter()
-            .map(|ex| parse_ip(network, "excludeAddresses", ex))
-            .collect::<Result<BTreeSet<_>, _>>()?;
-        let plan = |subnet: IpNet, gateway: IpAddr| AddressPlan {
-            subnet,
-            gateway,
+    /// What this node may hand out for a resolved NodeBridge.
+    pub fn from_resolved(spec: &ResolvedNodeBridge) -> Self {
+        let plan = |half: &NodeFamily| AddressPlan {
+            subnet: half.subnet,
+            gateway: half.gateway_ip(),
             // The node only ever allocates inside its blocks, which the operator carved from
             // the range; the subnet is the right bound for the reserved-address rules.
-            range: subnet,
-            exclude: excludes
-                .iter()
-                .copied()
-                .filter(|ip| subnet.contains(ip))
+            range: half.subnet,
+            exclude: half.exclude.clone(),
+            block_prefix: half.subnet.prefix_len(),
+        };
+        Self {
+            network: spec.network.clone(),
+            v4: plan(&spec.v4),
+            v6: spec.v6.as_ref().map(plan),
+            blocks: spec
+                .families()
+                .flat_map(|half| half.blocks.iter().copied())
                 .collect(),
-            block_prefix: subnet.prefix_len(),
-        };
-        let v4 = plan(
-            parse_net(network, "subnet", &spec.subnet)?,
-            parse_ip(network, "gateway", &spec.gateway)?,
-        );
-        let v6 = match &spec.ipv6 {
-            Some(v6) => Some(plan(
-                parse_net(network, "ipv6.subnet", &v6.subnet)?,
-                parse_ip(network, "ipv6.gateway", &v6.gateway)?,
-            )),
-            None => None,
-        };
-        let blocks = spec
-            .blocks
-            .iter()
-            .map(|b| parse_net(network, "blocks", b))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            network: network.to_owned(),
-            v4,
-            v6,
-            blocks,
-        })
+        }
     }
 
     /// The plans, IPv4 first.
@@ -500,13 +445,13 @@ mod tests {
     use super::*;
 
     fn pool() -> Pool {
-        let spec: NodeBridgeSpec = serde_json::from_value(serde_json::json!({
+        let spec: bridgenet_crds::NodeBridgeSpec = serde_json::from_value(serde_json::json!({
             "network": "n", "node": "node-a", "bridge": "br-n", "subnet": "172.20.0.0/24",
             "gateway": "172.20.0.1", "gatewayMac": "02:00:00:00:00:01",
             "blocks": ["172.20.0.0/29"], "mtu": 1450, "vni": 1,
         }))
         .unwrap();
-        Pool::from_spec(&spec).unwrap()
+        Pool::from_resolved(&bridgenet_crds::resolve_node_bridge(&spec).unwrap())
     }
 
     fn req(cid: &str) -> AllocRequest {

@@ -1,12 +1,14 @@
 //! The NodeBridge controller: watches this node's NodeBridges (label `bridgenet.io/node`),
 //! realizes them through the [`crate::dataplane`], holds the `bridgenet.io/agent` finalizer
-//! until teardown, and reports `Ready` on the status.
+//! until teardown, and reports `Ready` on the status. Each spec is resolved once per change
+//! ([`specs`]); one that does not resolve is reported (`InvalidSpec`) and waits for an edit.
 //!
 //! Drift is repaired two ways: every NodeBridge is requeued after `--resync-interval`, and
 //! monitors trigger a full pass as soon as one of bridgenet's links is deleted (rtnetlink) or
 //! one of its nftables tables changes (nf_tables notifications).
 
 pub mod dataplane;
+pub mod specs;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -27,6 +29,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use crate::dataplane::{Desired, NodeContext, Teardown};
 use crate::health::Readiness;
 pub use dataplane::{Dataplane, DataplaneError};
+pub use specs::{SpecCache, SpecError};
 pub use status::StatusWriter;
 
 /// Why the controller could not start or a reconcile failed outside the data plane.
@@ -55,15 +58,17 @@ pub enum ControllerError {
 
 /// What every reconcile shares.
 pub struct Context {
-    /// NodeBridges API (cluster-scoped).
+    /// NodeBridges API (cluster-scoped), for the finalizer.
     pub api: Api<NodeBridge>,
     /// Node-wide facts (name, underlay address, VXLAN port).
     pub node: NodeContext,
-    /// The kernel side.
+    /// Each NodeBridge's spec, resolved once per change.
+    pub specs: SpecCache,
+    /// Realizes and removes networks in the kernel.
     pub dataplane: Arc<Dataplane>,
-    /// Status book and writer.
+    /// Writes `Ready` and the other status fields, shared with the CNI status loop.
     pub status: StatusWriter,
-    /// Event recorder.
+    /// Publishes Events on the NodeBridge as this node's agent.
     pub recorder: Recorder,
     /// `/readyz` state.
     pub readiness: Readiness,
@@ -124,13 +129,15 @@ pub async fn run(
             op: format!("listing NodeBridges of node {}", node.node_name),
             source,
         })?;
+    let specs = SpecCache::default();
     let mut known = BTreeMap::new();
     let mut names = std::collections::BTreeSet::new();
     for nb in &existing.items {
         names.insert(nb.spec.network.clone());
         if nb.meta().deletion_timestamp.is_none()
-            && let Ok(d) = Desired::from_spec(&nb.spec, &node)
+            && let Ok(resolved) = specs.resolve(&nb.name_any(), &nb.spec)
         {
+            let d = Desired::from_resolved(&resolved, &node);
             known.insert(d.network.clone(), d);
         }
     }
@@ -155,6 +162,7 @@ pub async fn run(
         api: api.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         node: node.clone(),
+        specs,
         dataplane: dataplane.clone(),
         status,
         readiness: readiness.clone(),
@@ -190,6 +198,7 @@ fn error_policy(nb: Arc<NodeBridge>, error: &ReconcileError, _ctx: Arc<Context>)
     Action::requeue(Duration::from_secs(5))
 }
 
+#[tracing::instrument(skip_all, fields(nodebridge = %nb.name_any(), network = %nb.spec.network))]
 async fn reconcile(nb: Arc<NodeBridge>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let api = ctx.api.clone();
     finalizer(&api, FINALIZER_AGENT, nb, |event| async {
@@ -210,7 +219,7 @@ async fn publish(ctx: &Context, nb: &NodeBridge, type_: EventType, reason: &str,
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&event, &nb.object_ref(&())).await {
-        tracing::warn!(nodebridge = %nb.name_any(), error = %e, "could not publish event");
+        tracing::warn!(error = %e, "could not publish event");
     }
 }
 
@@ -218,11 +227,12 @@ async fn apply(nb: &NodeBridge, ctx: &Context) -> Result<Action, ControllerError
     let name = nb.name_any();
     let generation = nb.meta().generation;
     ctx.status.seed(&name, nb.status.as_ref());
-    let outcome = match Desired::from_spec(&nb.spec, &ctx.node) {
+    let resolution = ctx.specs.resolve(&name, &nb.spec);
+    let outcome = match &resolution {
         Err(e) => Err((e.reason(), e.to_string())),
-        Ok(desired) => ctx
+        Ok(resolved) => ctx
             .dataplane
-            .realize(desired)
+            .realize(Desired::from_resolved(resolved, &ctx.node))
             .await
             .map_err(|e| (e.reason(), e.to_string())),
     };
@@ -255,7 +265,7 @@ async fn apply(nb: &NodeBridge, ctx: &Context) -> Result<Action, ControllerError
         if ok {
             publish(ctx, nb, EventType::Normal, reason, message.clone()).await;
         } else {
-            tracing::warn!(nodebridge = %name, reason, %message, "NodeBridge not programmed");
+            tracing::warn!(reason, %message, "NodeBridge not programmed");
             publish(ctx, nb, EventType::Warning, reason, message.clone()).await;
         }
     }
@@ -276,6 +286,11 @@ async fn apply(nb: &NodeBridge, ctx: &Context) -> Result<Action, ControllerError
             op: format!("writing the status of NodeBridge {name}"),
             source,
         })?;
+    if resolution.is_err() {
+        // The condition says what to fix; resolving the same spec again cannot succeed, so
+        // wait for the spec to change instead of polling it (or counting it as a failure).
+        return Ok(Action::await_change());
+    }
     Ok(Action::requeue(ctx.resync))
 }
 
@@ -288,6 +303,7 @@ async fn cleanup(nb: &NodeBridge, ctx: &Context) -> Result<Action, ControllerErr
     }
     ctx.status.forget(&name);
     ctx.readiness.remove(&name);
-    tracing::info!(nodebridge = %name, network = %nb.spec.network, "torn down; releasing finalizer");
+    ctx.specs.forget(&name);
+    tracing::info!("torn down; releasing finalizer");
     Ok(Action::await_change())
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use bridgenet_agent::cni::engine::{Directory, Engine, Notice, PodInfo, PodRef};
 use bridgenet_agent::cni::server;
-use bridgenet_crds::NodeBridgeSpec;
+use bridgenet_crds::{NodeBridgeSpec, ResolvedNodeBridge, resolve_node_bridge};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -225,14 +225,15 @@ pub struct StaticDirectory {
 }
 
 impl Directory for StaticDirectory {
-    fn node_bridge(&self, network: &str) -> Option<NodeBridgeSpec> {
+    fn node_bridge(&self, network: &str) -> Option<Arc<ResolvedNodeBridge>> {
         self.world
             .lock()
             .unwrap()
             .networks
             .iter()
             .find(|n| n.network == network)
-            .cloned()
+            .and_then(|n| resolve_node_bridge(n).ok())
+            .map(Arc::new)
     }
 
     async fn pod(&self, pod: &PodRef) -> Result<Option<PodInfo>, String> {
