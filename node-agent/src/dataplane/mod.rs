@@ -24,8 +24,11 @@ pub mod firewall;
 pub mod netlink;
 pub mod netns;
 pub mod nftmonitor;
+pub mod node;
 pub mod plan;
 pub mod rtnl;
+
+pub use node::{Dataplane, DataplaneError, link_deletions, marked_link_losses};
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
