@@ -23,7 +23,8 @@ use netlink_packet_route::link::{
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use sha2::{Digest, Sha256};
 
-use crate::cni::annotation::format_mac;
+use crate::dataplane::format_mac;
+pub use crate::dataplane::marker::{POD_ALIAS_PREFIX, pod_alias};
 use crate::dataplane::rtnl::{errno, link_message};
 use crate::metrics::{self, Write};
 
@@ -97,18 +98,6 @@ pub struct AttachSpec {
 /// Prefix of every host-side veth bridgenet creates. A name, not ownership: the VXLAN ports
 /// (`bnvx-<vni>`) share it, and anyone may name a link so; see [`POD_ALIAS_PREFIX`].
 pub const HOST_VETH_PREFIX: &str = "bnv";
-
-/// Prefix of the alias (`IFLA_IFALIAS`) marking a host veth as bridgenet's pod interface:
-/// `bridgenet-pod:<containerId>/<ifname>`. It can never be a network's marker
-/// `bridgenet:<network>` (network names have no `:`), so whatever acts on pod veths (the
-/// sweep, repair) and whatever acts on a network's links (teardown, orphan collection) never
-/// take each other's links.
-pub const POD_ALIAS_PREFIX: &str = "bridgenet-pod:";
-
-/// The marker alias of the host veth of (sandbox, interface).
-pub fn pod_alias(container_id: &str, ifname: &str) -> String {
-    format!("{POD_ALIAS_PREFIX}{container_id}/{ifname}")
-}
 
 /// Deterministic host-side veth name for (sandbox, interface): lets DEL and GC find and delete
 /// it from the journal alone, after any crash. `bnv` + 12 hex digits = 15 bytes (IFNAMSIZ-1).

@@ -226,7 +226,7 @@ impl<N: Netlink> Applier<N> {
             errors,
         };
         let links = self.nl.links().await.map_err(|e| fail(vec![e]))?;
-        let alias = super::alias_of(&teardown.network);
+        let alias = super::marker::alias_of(&teardown.network);
         let bridge = links
             .iter()
             .find(|l| l.name == teardown.bridge && l.alias.as_deref() == Some(alias.as_str()));

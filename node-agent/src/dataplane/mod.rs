@@ -21,6 +21,7 @@
 pub mod apply;
 pub mod fake;
 pub mod firewall;
+pub mod marker;
 pub mod netlink;
 pub mod netns;
 pub mod nftmonitor;
@@ -38,9 +39,7 @@ use bridgenet_crds::names::{MAX_IFNAME, is_valid_ifname};
 use bridgenet_crds::net::{NetError, parse_cidr_field};
 use ipnet::IpNet;
 
-/// Prefix of the interface alias (`IFLA_IFALIAS`) that marks a link as created by bridgenet for
-/// a network: `bridgenet:<network>`. Links without it are never modified or deleted.
-pub const ALIAS_PREFIX: &str = "bridgenet:";
+use self::marker::alias_of;
 
 /// Default VXLAN UDP port (IANA).
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
@@ -174,11 +173,6 @@ pub fn vxlan_name(vni: u32) -> String {
     let name = format!("bnvx-{vni}");
     debug_assert!(name.len() <= MAX_IFNAME);
     name
-}
-
-/// The marker alias of a network's links.
-pub fn alias_of(network: &str) -> String {
-    format!("{ALIAS_PREFIX}{network}")
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.

@@ -14,10 +14,11 @@ use tokio::sync::Notify;
 
 use crate::dataplane::apply::{Applier, ApplyError, TeardownError};
 use crate::dataplane::firewall::{Firewall, FirewallError, FirewallOutcome};
+use crate::dataplane::marker::{ALIAS_PREFIX, network_of};
 use crate::dataplane::netlink::{LinkKind, Netlink};
 use crate::dataplane::plan::{Op, orphaned_networks};
 use crate::dataplane::rtnl::Rtnl;
-use crate::dataplane::{ALIAS_PREFIX, Desired, Teardown};
+use crate::dataplane::{Desired, Teardown};
 
 /// A failure of the node's data plane.
 #[derive(Debug, thiserror::Error)]
@@ -206,10 +207,7 @@ impl Dataplane {
                     .iter()
                     .find(|l| {
                         l.kind == LinkKind::Bridge
-                            && l.alias
-                                .as_deref()
-                                .and_then(|a| a.strip_prefix(ALIAS_PREFIX))
-                                == Some(network)
+                            && l.alias.as_deref().and_then(network_of) == Some(network)
                     })
                     .map(|l| l.name.clone())
                     .unwrap_or_default(),
@@ -234,7 +232,7 @@ pub fn link_deletions() -> impl Stream<Item = ()> + Send + 'static {
 }
 
 /// Like [`link_deletions`], for links whose marker alias starts with `marker` (e.g. pod veths,
-/// [`crate::attach::POD_ALIAS_PREFIX`]).
+/// [`POD_ALIAS_PREFIX`](crate::dataplane::marker::POD_ALIAS_PREFIX)).
 pub fn marked_link_losses(marker: &'static str) -> impl Stream<Item = ()> + Send + 'static {
     let (tx, rx) = futures::channel::mpsc::unbounded::<()>();
     match rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link]) {

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::marker::network_of;
 use super::netlink::{Link, LinkKind, NewLink, VxlanConfig};
 use super::{Desired, Teardown, format_mac};
 
@@ -396,7 +397,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Vec<Op>, PlanError
 /// have the bridge's name survives. Sysctls are left as they are: forwarding is node-wide and
 /// other software on the node may rely on it.
 pub fn plan_teardown(teardown: &Teardown, links: &[Link], bridge_addresses: &[IpNet]) -> Vec<Op> {
-    let alias = super::alias_of(&teardown.network);
+    let alias = super::marker::alias_of(&teardown.network);
     let ours = |l: &&Link| l.alias.as_deref() == Some(alias.as_str());
     let mut ops: Vec<Op> = links
         .iter()
@@ -457,7 +458,7 @@ pub fn plan_stale(desired: &Desired, links: &[Link]) -> (Vec<Op>, Vec<Op>) {
 pub fn orphaned_networks<'a>(links: &'a [Link], known: &BTreeSet<String>) -> BTreeSet<&'a str> {
     links
         .iter()
-        .filter_map(|l| l.alias.as_deref()?.strip_prefix(super::ALIAS_PREFIX))
+        .filter_map(|l| network_of(l.alias.as_deref()?))
         .filter(|n| !known.contains(*n))
         .collect()
 }
@@ -774,7 +775,7 @@ mod tests {
                 index: 8,
                 name: "bnv0123456789ab".into(),
                 kind: LinkKind::Other("veth".into()),
-                alias: Some(crate::attach::pod_alias("sb-1", "net1")),
+                alias: Some(crate::dataplane::marker::pod_alias("sb-1", "net1")),
                 mtu: 1450,
                 mac: None,
                 up: true,
