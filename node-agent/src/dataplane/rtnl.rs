@@ -35,9 +35,7 @@ impl Rtnl {
     /// Opens a netlink socket in the calling thread's network namespace and spawns its
     /// connection task on the current tokio runtime.
     pub fn connect() -> std::io::Result<Self> {
-        let (connection, handle, _) = rtnetlink::new_connection()?;
-        tokio::spawn(connection);
-        Ok(Rtnl { handle })
+        connect_handle().map(|handle| Rtnl { handle })
     }
 
     /// The underlying rtnetlink handle.
@@ -65,6 +63,15 @@ impl Rtnl {
         }
         Ok(())
     }
+}
+
+/// Opens a netlink socket in the calling thread's network namespace and spawns its connection
+/// task on the current tokio runtime. The socket stays bound to that namespace whatever the
+/// thread does afterwards.
+pub fn connect_handle() -> std::io::Result<Handle> {
+    let (connection, handle, _) = rtnetlink::new_connection()?;
+    tokio::spawn(connection);
+    Ok(handle)
 }
 
 fn nl_err(op: impl Into<String>, e: rtnetlink::Error) -> NetlinkError {
