@@ -19,6 +19,7 @@
 //! its own node's gateway. See [`firewall`] for the rules and why.
 
 pub mod apply;
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod firewall;
 pub mod marker;
