@@ -3,9 +3,9 @@
 //! addresses, optional default route) through a netlink socket opened inside the pod's
 //! namespace, and a gratuitous ARP / unsolicited NA when the interface comes up.
 //!
-//! Every call runs on a fresh OS thread that `setns`es: network namespaces are per thread, and
-//! a thread that entered a pod's namespace must never run anything else afterwards, so it ends
-//! with the call. Netlink sockets are opened after the `setns`, which binds them to that
+//! Every call runs on a fresh OS thread that `setns`es ([`crate::dataplane::netns`]): network
+//! namespaces are per thread, and a thread that entered a pod's namespace must never run
+//! anything else afterwards, so it ends with the call. Netlink sockets are opened after the `setns`, which binds them to that
 //! namespace.
 
 use std::net::IpAddr;
@@ -45,7 +45,9 @@ pub enum AttachError {
         /// The netlink error.
         source: rtnetlink::Error,
     },
-    /// CHECK found a difference.
+    /// The host or the pod is not as the request needs or expects: CHECK found a difference,
+    /// the pod already has the interface name or a default route, a link vanished mid-way.
+    /// The text says which; the runtime shows it to the user as it is.
     #[error("{0}")]
     Mismatch(String),
 }
@@ -55,7 +57,7 @@ fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> AttachError {
     move |source| AttachError::Netlink { op, source }
 }
 
-/// The kernel's errno inside a netlink error, if any.
+/// Kernel answers (as [`errno`] returns them) that the pod's interface code tells apart.
 const ENODEV: i32 = 19;
 const EEXIST: i32 = 17;
 
@@ -74,11 +76,11 @@ pub struct AttachSpec {
     pub pod_ifname: String,
     /// Bridge to enslave the host end to.
     pub bridge: String,
-    /// MTU of both ends.
+    /// MTU of both ends (the network's).
     pub mtu: u32,
-    /// MAC of the pod end.
+    /// MAC of the pod end: requested by the user or random ([`random_mac`]).
     pub mac: [u8; 6],
-    /// Addresses with prefix lengths.
+    /// The pod end's addresses from the journal, with the subnet's prefix length.
     pub addresses: Vec<(IpAddr, u8)>,
     /// Gateways to install default routes through (one per family, only when asked).
     pub default_routes: Vec<IpAddr>,
@@ -390,11 +392,11 @@ pub async fn reattach(
 /// What CHECK compares.
 #[derive(Clone, Debug)]
 pub struct Expected {
-    /// Host veth name.
+    /// The host end, which must exist in the host namespace.
     pub host_veth: String,
     /// Bridge it must be enslaved to.
     pub bridge: String,
-    /// Pod interface.
+    /// The pod end, which must exist and be up in the pod's namespace.
     pub pod_ifname: String,
     /// Addresses the pod interface must carry.
     pub addresses: Vec<IpAddr>,
@@ -468,17 +470,17 @@ pub async fn check(
 /// A link of the host namespace as the sweep and repair see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostLink {
-    /// Interface index.
+    /// Interface index: what repair and deletion address.
     pub index: u32,
-    /// Name.
+    /// Interface name (`IFLA_IFNAME`), for a veth the one [`host_veth_name`] gave it.
     pub name: String,
     /// `IFLA_INFO_KIND` (`veth`, `bridge`, `vxlan`, ...); empty when the kernel gives none.
     pub kind: String,
-    /// `IFLA_IFALIAS`, the ownership marker.
+    /// `IFLA_IFALIAS`, the ownership marker (see [`pod_alias`]); `None` when empty.
     pub alias: Option<String>,
     /// Index of the bridge it is enslaved to.
     pub master: Option<u32>,
-    /// Administratively up.
+    /// Administratively up (`IFF_UP`).
     pub up: bool,
 }
 

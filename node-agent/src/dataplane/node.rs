@@ -26,7 +26,7 @@ pub enum DataplaneError {
     /// Links, addresses, FDB or sysctls.
     #[error(transparent)]
     Apply(#[from] ApplyError),
-    /// nftables.
+    /// The node's nftables ruleset could not be listed or replaced.
     #[error(transparent)]
     Firewall(#[from] FirewallError),
     /// Teardown of links (every failure listed).
@@ -38,7 +38,7 @@ pub enum DataplaneError {
 }
 
 impl DataplaneError {
-    /// Condition / event reason.
+    /// Short reason for the NodeBridge's `Ready` condition and Events.
     pub fn reason(&self) -> &'static str {
         match self {
             DataplaneError::Apply(e) => e.reason(),
@@ -57,11 +57,12 @@ struct State {
     verified: Option<(Instant, u64)>,
 }
 
-/// The kernel side of the agent.
+/// The kernel side of the agent, one per node: every NodeBridge is realized and removed
+/// through it, one at a time.
 pub struct Dataplane {
     applier: tokio::sync::Mutex<Applier<Rtnl>>,
     /// Told whenever a pass changed links: a re-created bridge has lost its ports, and the
-    /// attachment side puts the pods back on it (see [`crate::cni::engine::Engine::repair`]).
+    /// attachment side (the CNI engine's repair) puts the pods back on it.
     changed: Arc<Notify>,
     firewall: Firewall,
     state: Mutex<State>,

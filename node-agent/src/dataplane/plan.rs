@@ -37,68 +37,71 @@ pub struct Observed {
 /// created earlier in the same plan has no index yet.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PlannedChange {
-    /// Set the marker alias.
+    /// The network's marker alias, set on links just created or found unmarked.
     pub alias: Option<String>,
-    /// New MTU.
+    /// MTU to set.
     pub mtu: Option<u32>,
-    /// New MAC.
+    /// MAC to set (the bridge's gateway MAC).
     pub mac: Option<[u8; 6]>,
     /// Enslave to the bridge of this name.
     pub master: Option<String>,
-    /// Bring up.
+    /// Set administratively up; `false` leaves the state alone.
     pub up: bool,
 }
 
-/// One kernel operation.
+/// One kernel operation, naming links rather than indexes (see [`PlannedChange`]); each is
+/// one netlink request or sysctl write when applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    /// Write a sysctl.
+    /// Write `value` to `/proc/sys/<key>`.
     WriteSysctl {
-        /// Key under /proc/sys.
+        /// Path under `/proc/sys`, e.g. `net/ipv4/ip_forward`.
         key: String,
-        /// Value.
+        /// What to write, e.g. `1`.
         value: String,
     },
-    /// Create a link.
+    /// Create the bridge or the VXLAN port.
     CreateLink(NewLink),
-    /// Change a link.
+    /// Fix the attributes of a link of ours (marker, MTU, MAC, master, up).
     ChangeLink {
-        /// Link name.
+        /// Name of the link to change.
         link: String,
-        /// What to change.
+        /// The attributes that differ from the desired state.
         change: PlannedChange,
     },
-    /// Delete a link.
+    /// Delete a link of ours: teardown, a link left under an old name, or a VXLAN port whose
+    /// immutable settings differ.
     DeleteLink {
-        /// Link name.
+        /// Name of the link to delete.
         link: String,
     },
-    /// Add an address.
+    /// Add a gateway address to the bridge.
     AddAddress {
-        /// Link name.
+        /// The bridge's name.
         link: String,
-        /// Address with prefix.
+        /// The address with the subnet's prefix length.
         addr: IpNet,
     },
-    /// Remove an address.
+    /// Remove an address from the bridge: a stale one, or every one at teardown (link-local
+    /// addresses are the kernel's and stay).
     DeleteAddress {
-        /// Link name.
+        /// The bridge's name.
         link: String,
-        /// Address with prefix.
+        /// The address with its prefix length as observed.
         addr: IpNet,
     },
-    /// Append a flood FDB entry.
+    /// Add a peer node to the VXLAN port's all-zeros-MAC (flood) FDB entry.
     AppendFlood {
-        /// VXLAN link name.
+        /// The VXLAN port's name.
         link: String,
-        /// Peer underlay address.
+        /// The peer's underlay address.
         dst: IpAddr,
     },
-    /// Remove a flood FDB entry.
+    /// Remove a peer node that left the network from the flood entry.
     DeleteFlood {
-        /// VXLAN link name.
+        /// The VXLAN port's name.
         link: String,
-        /// Peer underlay address.
+        /// The peer's underlay address.
         dst: IpAddr,
     },
 }
@@ -112,11 +115,11 @@ pub enum PlanError {
          bridgenet never takes over foreign interfaces: rename or delete it, or set another `bridge` name on the BridgeNetwork"
     )]
     BridgeNameTaken {
-        /// Interface name.
+        /// The bridge name the spec asks for.
         name: String,
-        /// Network.
+        /// The network that wanted it.
         network: String,
-        /// What differs (kind, marker).
+        /// What makes the interface foreign (kind, marker).
         why: String,
     },
     /// An interface with the VXLAN port's name exists and is not ours.
@@ -124,17 +127,17 @@ pub enum PlanError {
         "interface {name} (the overlay port of network {network}) already exists and is not bridgenet's ({why}); rename or delete it"
     )]
     VxlanNameTaken {
-        /// Interface name.
+        /// The VXLAN port name, `bnvx-<vni>`.
         name: String,
-        /// Network.
+        /// The network that wanted it.
         network: String,
-        /// What differs.
+        /// What makes the interface foreign (kind, marker, VNI).
         why: String,
     },
 }
 
 impl PlanError {
-    /// Condition reason.
+    /// Short reason for the NodeBridge's `Ready` condition and Events.
     pub fn reason(&self) -> &'static str {
         match self {
             PlanError::BridgeNameTaken { .. } => "BridgeNameTaken",

@@ -25,7 +25,8 @@ use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVxlan};
 use super::netlink::{Link, LinkChange, LinkKind, Netlink, NetlinkError, NewLink, VxlanConfig};
 use crate::metrics::{self, Write};
 
-/// rtnetlink-backed [`Netlink`].
+/// The [`Netlink`] of a real kernel: one rtnetlink socket, bound to the network namespace of
+/// the thread that opened it.
 #[derive(Clone, Debug)]
 pub struct Rtnl {
     handle: Handle,
@@ -38,7 +39,7 @@ impl Rtnl {
         connect_handle().map(|handle| Rtnl { handle })
     }
 
-    /// The underlying rtnetlink handle.
+    /// The underlying rtnetlink handle, for requests outside the [`Netlink`] trait.
     pub fn handle(&self) -> &Handle {
         &self.handle
     }
