@@ -9,11 +9,11 @@ use tokio::task::JoinSet;
 use std::sync::Arc;
 
 use crate::cli::Cli;
-use crate::dataplane::NodeContext;
 use crate::dataplane::firewall::Firewall;
 use crate::dataplane::rtnl::Rtnl;
+use crate::dataplane::{Dataplane, NodeContext};
 use crate::health::Readiness;
-use crate::nodebridge::{self, Dataplane, StatusWriter};
+use crate::nodebridge::{self, StatusWriter};
 
 /// Entry point of the binary: logging, runtime, [`run`].
 pub fn main(cli: Cli) -> anyhow::Result<()> {

@@ -3,15 +3,13 @@
 //! addresses, optional default route) through a netlink socket opened inside the pod's
 //! namespace, and a gratuitous ARP / unsolicited NA when the interface comes up.
 //!
-//! Every call runs on a fresh OS thread that `setns`es: network namespaces are per thread, and
-//! a thread that entered a pod's namespace must never run anything else afterwards, so it ends
-//! with the call. Netlink sockets are opened after the `setns`, which binds them to that
+//! Every call runs on a fresh OS thread that `setns`es ([`crate::dataplane::netns`]): network
+//! namespaces are per thread, and a thread that entered a pod's namespace must never run
+//! anything else afterwards, so it ends with the call. Netlink sockets are opened after the `setns`, which binds them to that
 //! namespace.
 
-use std::fs::File;
-use std::future::Future;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 use bridgenet_crds::Mac;
@@ -24,20 +22,18 @@ use netlink_packet_route::link::{
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use sha2::{Digest, Sha256};
 
-use crate::dataplane::rtnl::{errno, link_message};
+pub use crate::dataplane::marker::{POD_ALIAS_PREFIX, pod_alias};
+use crate::dataplane::netns::{self, Netns, NetnsError, in_netns, on_own_thread};
+use crate::dataplane::rtnl::{connect_handle, errno, link_message};
 use crate::metrics::{self, Write};
 
 /// Errors of attaching and detaching.
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
-    /// A network namespace could not be opened or entered.
-    #[error("network namespace {path}: {source}")]
-    Netns {
-        /// Its path.
-        path: PathBuf,
-        /// OS error.
-        source: std::io::Error,
-    },
+    /// The work could not run in the host's or the pod's network namespace (opening or
+    /// entering it, its thread, its netlink socket).
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
     /// The network's bridge is not on this node (yet).
     #[error("bridge {0} does not exist on this node yet")]
     NoBridge(String),
@@ -49,13 +45,9 @@ pub enum AttachError {
         /// The netlink error.
         source: rtnetlink::Error,
     },
-    /// Opening a netlink socket failed.
-    #[error("opening a netlink socket: {0}")]
-    Socket(std::io::Error),
-    /// The worker thread died.
-    #[error("netlink worker thread failed: {0}")]
-    Worker(String),
-    /// CHECK found a difference.
+    /// The host or the pod is not as the request needs or expects: CHECK found a difference,
+    /// the pod already has the interface name or a default route, a link vanished mid-way.
+    /// The text says which; the runtime shows it to the user as it is.
     #[error("{0}")]
     Mismatch(String),
 }
@@ -65,7 +57,7 @@ fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> AttachError {
     move |source| AttachError::Netlink { op, source }
 }
 
-/// The kernel's errno inside a netlink error, if any.
+/// Kernel answers (as [`errno`] returns them) that the pod's interface code tells apart.
 const ENODEV: i32 = 19;
 const EEXIST: i32 = 17;
 
@@ -84,11 +76,11 @@ pub struct AttachSpec {
     pub pod_ifname: String,
     /// Bridge to enslave the host end to.
     pub bridge: String,
-    /// MTU of both ends.
+    /// MTU of both ends (the network's).
     pub mtu: u32,
-    /// MAC of the pod end.
+    /// MAC of the pod end: requested by the user or random ([`random_mac`]).
     pub mac: [u8; 6],
-    /// Addresses with prefix lengths.
+    /// The pod end's addresses from the journal, with the subnet's prefix length.
     pub addresses: Vec<(IpAddr, u8)>,
     /// Gateways to install default routes through (one per family, only when asked).
     pub default_routes: Vec<IpAddr>,
@@ -97,18 +89,6 @@ pub struct AttachSpec {
 /// Prefix of every host-side veth bridgenet creates. A name, not ownership: the VXLAN ports
 /// (`bnvx-<vni>`) share it, and anyone may name a link so; see [`POD_ALIAS_PREFIX`].
 pub const HOST_VETH_PREFIX: &str = "bnv";
-
-/// Prefix of the alias (`IFLA_IFALIAS`) marking a host veth as bridgenet's pod interface:
-/// `bridgenet-pod:<containerId>/<ifname>`. It can never be a network's marker
-/// `bridgenet:<network>` (network names have no `:`), so whatever acts on pod veths (the
-/// sweep, repair) and whatever acts on a network's links (teardown, orphan collection) never
-/// take each other's links.
-pub const POD_ALIAS_PREFIX: &str = "bridgenet-pod:";
-
-/// The marker alias of the host veth of (sandbox, interface).
-pub fn pod_alias(container_id: &str, ifname: &str) -> String {
-    format!("{POD_ALIAS_PREFIX}{container_id}/{ifname}")
-}
 
 /// Deterministic host-side veth name for (sandbox, interface): lets DEL and GC find and delete
 /// it from the journal alone, after any crash. `bnv` + 12 hex digits = 15 bytes (IFNAMSIZ-1).
@@ -131,64 +111,6 @@ pub fn random_mac() -> [u8; 6] {
     mac
 }
 
-fn open_netns(path: &Path) -> Result<File, AttachError> {
-    File::open(path).map_err(|source| AttachError::Netns {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-/// Runs `f` on a new thread inside `netns` (or the current namespace) with a netlink handle
-/// opened there. The thread is never reused.
-pub async fn in_netns<F, Fut, T>(netns: Option<&Path>, f: F) -> Result<T, AttachError>
-where
-    F: FnOnce(Handle) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<T, AttachError>>,
-    T: Send + 'static,
-{
-    let ns = netns
-        .map(|p| open_netns(p).map(|f| (p.to_owned(), f)))
-        .transpose()?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("bridgenet-netns".into())
-        .spawn(move || {
-            let result = (|| {
-                if let Some((path, file)) = ns {
-                    enter(&path, &file)?;
-                }
-                block_on_with_handle(f)
-            })();
-            let _ = tx.send(result);
-        })
-        .map_err(|e| AttachError::Worker(e.to_string()))?;
-    rx.await
-        .map_err(|_| AttachError::Worker("worker exited without an answer".into()))?
-}
-
-fn enter(path: &Path, file: &File) -> Result<(), AttachError> {
-    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| AttachError::Netns {
-        path: path.to_owned(),
-        source: std::io::Error::from(e),
-    })
-}
-
-fn block_on_with_handle<F, Fut, T>(f: F) -> Result<T, AttachError>
-where
-    F: FnOnce(Handle) -> Fut,
-    Fut: Future<Output = Result<T, AttachError>>,
-{
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(AttachError::Socket)?;
-    rt.block_on(async {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(AttachError::Socket)?;
-        tokio::spawn(conn);
-        f(handle).await
-    })
-}
-
 async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, AttachError> {
     link_message(handle, name)
         .await
@@ -198,55 +120,36 @@ async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>
 /// Creates and configures the pod interface. On error the caller runs [`detach`] (which is
 /// safe whatever was left half-done).
 pub async fn attach(spec: AttachSpec) -> Result<(), AttachError> {
-    let pod_ns = open_netns(&spec.pod_netns)?;
-    let host_ns = spec
-        .host_netns
-        .as_deref()
-        .map(|p| open_netns(p).map(|f| (p.to_owned(), f)))
-        .transpose()?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("bridgenet-attach".into())
-        .spawn(move || {
-            let result = (|| {
-                if let Some((path, file)) = &host_ns {
-                    enter(path, file)?;
-                }
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(AttachError::Socket)?;
-                // A netlink socket stays in the namespace it was opened in: this one keeps
-                // talking to the host after the thread has moved into the pod.
-                let host = rt.block_on(async {
-                    let (conn, handle, _) =
-                        rtnetlink::new_connection().map_err(AttachError::Socket)?;
-                    tokio::spawn(conn);
-                    host_side(handle.clone(), spec.clone(), pod_ns).await?;
-                    Ok::<_, AttachError>(handle)
-                })?;
-                enter(&spec.pod_netns, &open_netns(&spec.pod_netns)?)?;
-                rt.block_on(async {
-                    let (conn, pod, _) =
-                        rtnetlink::new_connection().map_err(AttachError::Socket)?;
-                    tokio::spawn(conn);
-                    let index = pod_side(&pod, &spec).await?;
-                    announce(&host, &pod, index, &spec).await
-                })
-            })();
-            let _ = tx.send(result);
+    let pod_ns = Netns::open(&spec.pod_netns)?;
+    let host_ns = spec.host_netns.as_deref().map(Netns::open).transpose()?;
+    on_own_thread("bridgenet-attach", move || {
+        if let Some(ns) = &host_ns {
+            ns.enter()?;
+        }
+        let rt = netns::runtime()?;
+        // A netlink socket stays in the namespace it was opened in: this one keeps talking to
+        // the host after the thread has moved into the pod.
+        let host = rt.block_on(async {
+            let handle = connect_handle().map_err(NetnsError::Socket)?;
+            host_side(&handle, &spec, &pod_ns).await?;
+            Ok::<_, AttachError>(handle)
+        })?;
+        pod_ns.enter()?;
+        rt.block_on(async {
+            let pod = connect_handle().map_err(NetnsError::Socket)?;
+            let index = pod_side(&pod, &spec).await?;
+            announce(&host, &pod, index, &spec).await
         })
-        .map_err(|e| AttachError::Worker(e.to_string()))?;
-    rx.await
-        .map_err(|_| AttachError::Worker("attach worker exited without an answer".into()))?
+    })
+    .await
 }
 
-async fn host_side(handle: Handle, spec: AttachSpec, pod_ns: File) -> Result<(), AttachError> {
-    let bridge = link_by_name(&handle, &spec.bridge)
+async fn host_side(handle: &Handle, spec: &AttachSpec, pod_ns: &Netns) -> Result<(), AttachError> {
+    let bridge = link_by_name(handle, &spec.bridge)
         .await?
         .ok_or_else(|| AttachError::NoBridge(spec.bridge.clone()))?;
     // A retried ADD finds its own veth from the interrupted attempt: start clean.
-    if let Some(old) = link_by_name(&handle, &spec.host_veth).await? {
+    if let Some(old) = link_by_name(handle, &spec.host_veth).await? {
         metrics::netlink_write(Write::LinkDel);
         handle
             .link()
@@ -259,7 +162,7 @@ async fn host_side(handle: Handle, spec: AttachSpec, pod_ns: File) -> Result<(),
         .name(spec.pod_ifname.clone())
         .mtu(spec.mtu)
         .address(spec.mac.to_vec())
-        .setns_by_fd(pod_ns.as_raw_fd())
+        .setns_by_fd(pod_ns.as_fd().as_raw_fd())
         .build();
     // Peer created directly in the pod's namespace, host end enslaved and up in the same
     // request: no window in which the pod end sits in the host namespace.
@@ -285,15 +188,14 @@ async fn host_side(handle: Handle, spec: AttachSpec, pod_ns: File) -> Result<(),
             ))(e)
         }
     })?;
-    drop(pod_ns);
     // The kernel ignores IFLA_IFALIAS when a link is created: the marker comes right after.
     // A kill in between leaves an unmarked veth, which the sweep never takes; the journal
     // names it, and DEL, GC and repair find it by that name.
-    let veth = link_by_name(&handle, &spec.host_veth)
+    let veth = link_by_name(handle, &spec.host_veth)
         .await?
         .ok_or_else(|| AttachError::Mismatch(format!("{} vanished", spec.host_veth)))?;
     set_link(
-        &handle,
+        handle,
         LinkUnspec::new_with_index(veth.header.index)
             .alias(spec.alias.clone())
             .build(),
@@ -454,7 +356,9 @@ pub async fn detach(host_netns: Option<&Path>, host_veth: &str) -> Result<(), At
     // The host namespace path may be gone only in tests (their "node" was deleted): nothing
     // left to delete then.
     match result {
-        Err(AttachError::Netns { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+        Err(AttachError::Netns(NetnsError::Open { source, .. }))
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
             Ok(())
         }
         other => other,
@@ -488,11 +392,11 @@ pub async fn reattach(
 /// What CHECK compares.
 #[derive(Clone, Debug)]
 pub struct Expected {
-    /// Host veth name.
+    /// The host end, which must exist in the host namespace.
     pub host_veth: String,
     /// Bridge it must be enslaved to.
     pub bridge: String,
-    /// Pod interface.
+    /// The pod end, which must exist and be up in the pod's namespace.
     pub pod_ifname: String,
     /// Addresses the pod interface must carry.
     pub addresses: Vec<IpAddr>,
@@ -566,17 +470,17 @@ pub async fn check(
 /// A link of the host namespace as the sweep and repair see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostLink {
-    /// Interface index.
+    /// Interface index: what repair and deletion address.
     pub index: u32,
-    /// Name.
+    /// Interface name (`IFLA_IFNAME`), for a veth the one [`host_veth_name`] gave it.
     pub name: String,
     /// `IFLA_INFO_KIND` (`veth`, `bridge`, `vxlan`, ...); empty when the kernel gives none.
     pub kind: String,
-    /// `IFLA_IFALIAS`, the ownership marker.
+    /// `IFLA_IFALIAS`, the ownership marker (see [`pod_alias`]); `None` when empty.
     pub alias: Option<String>,
     /// Index of the bridge it is enslaved to.
     pub master: Option<u32>,
-    /// Administratively up.
+    /// Administratively up (`IFF_UP`).
     pub up: bool,
 }
 

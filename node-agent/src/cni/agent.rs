@@ -14,7 +14,7 @@ use crate::cni::cri::Cri;
 use crate::cni::engine::Engine;
 use crate::cni::kube::{KubeDirectory, status_loop};
 use crate::cni::{hotplug, install, server};
-use crate::nodebridge::dataplane::marked_link_losses;
+use crate::dataplane::marked_link_losses;
 
 /// A sandbox must be unknown to the runtime for this long before reconcile frees its
 /// addresses (see [`Engine::reconcile`]).

@@ -15,7 +15,7 @@ pub enum ApplyError {
     /// A kernel call failed.
     #[error("network {network}: {source}")]
     Netlink {
-        /// Network.
+        /// The BridgeNetwork being applied.
         network: String,
         /// The failing call.
         source: NetlinkError,
@@ -23,15 +23,15 @@ pub enum ApplyError {
     /// A link created or expected by the plan vanished while it ran (someone deleted it).
     #[error("network {network}: link {link} disappeared while being configured")]
     Vanished {
-        /// Network.
+        /// The BridgeNetwork being applied.
         network: String,
-        /// Link name.
+        /// The link the next operation addressed by name.
         link: String,
     },
 }
 
 impl ApplyError {
-    /// Condition reason.
+    /// Short reason for the NodeBridge's `Ready` condition and Events.
     pub fn reason(&self) -> &'static str {
         match self {
             ApplyError::Plan(p) => p.reason(),
@@ -44,7 +44,7 @@ impl ApplyError {
 #[derive(Debug, thiserror::Error)]
 #[error("teardown of network {network}: {}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
 pub struct TeardownError {
-    /// Network.
+    /// The BridgeNetwork torn down.
     pub network: String,
     /// The failing calls, in order.
     pub errors: Vec<NetlinkError>,
@@ -57,7 +57,8 @@ pub struct Applier<N> {
 }
 
 impl<N: Netlink> Applier<N> {
-    /// Wraps a netlink implementation.
+    /// An applier over `nl`: [`super::rtnl::Rtnl`] on a node, the recording
+    /// `fake::FakeNetlink` (feature `testing`) in unit tests.
     pub fn new(nl: N) -> Self {
         Applier { nl }
     }
@@ -226,7 +227,7 @@ impl<N: Netlink> Applier<N> {
             errors,
         };
         let links = self.nl.links().await.map_err(|e| fail(vec![e]))?;
-        let alias = super::alias_of(&teardown.network);
+        let alias = super::marker::alias_of(&teardown.network);
         let bridge = links
             .iter()
             .find(|l| l.name == teardown.bridge && l.alias.as_deref() == Some(alias.as_str()));

@@ -1,5 +1,6 @@
-//! A recording in-memory kernel implementing [`Netlink`], for unit tests and benchmarks of the
-//! planner and applier without root. It mirrors the kernel behaviours the applier depends on:
+//! A recording in-memory kernel implementing [`Netlink`], for unit tests of the planner and
+//! applier without root. Test scaffolding: compiled only for tests and with the `testing`
+//! feature, never into the agent. It mirrors the kernel behaviours the applier depends on:
 //! EEXIST on duplicate names and addresses, the alias being ignored on creation, addresses and
 //! FDB entries disappearing with their link, ports losing their master when a bridge goes.
 
@@ -15,7 +16,7 @@ const ENODEV: i32 = 19;
 const EADDRNOTAVAIL: i32 = 99;
 const ENOENT: i32 = 2;
 
-/// One recorded call.
+/// One recorded call with its object, e.g. `Write("create link br-x")`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Call {
     /// A read (dump or get).
@@ -24,7 +25,8 @@ pub enum Call {
     Write(String),
 }
 
-/// The fake kernel.
+/// The fake kernel: links, addresses, flood entries and sysctls of one namespace, and the
+/// record of every call made on it.
 #[derive(Clone, Debug)]
 pub struct FakeNetlink {
     links: BTreeMap<u32, Link>,
@@ -32,7 +34,7 @@ pub struct FakeNetlink {
     flood: BTreeMap<u32, BTreeSet<IpAddr>>,
     sysctls: BTreeMap<String, String>,
     next_index: u32,
-    /// Every call, in order.
+    /// Every call, in order; [`FakeNetlink::writes`] keeps the writes.
     pub calls: Vec<Call>,
 }
 
@@ -93,7 +95,7 @@ impl FakeNetlink {
         self.links.get_mut(&i)
     }
 
-    /// Names of every link.
+    /// Names of every link, loopback included, in index order.
     pub fn link_names(&self) -> Vec<String> {
         self.links.values().map(|l| l.name.clone()).collect()
     }
@@ -113,12 +115,12 @@ impl FakeNetlink {
             .unwrap_or_default()
     }
 
-    /// A sysctl's value.
+    /// A sysctl's value (`None`: never written nor preset); forwarding starts at `0`.
     pub fn sysctl(&self, key: &str) -> Option<&str> {
         self.sysctls.get(key).map(String::as_str)
     }
 
-    /// Recorded writes.
+    /// The recorded writes, in order: a no-change apply must leave this empty.
     pub fn writes(&self) -> Vec<&str> {
         self.calls
             .iter()
@@ -129,7 +131,7 @@ impl FakeNetlink {
             .collect()
     }
 
-    /// Forgets recorded calls.
+    /// Forgets recorded calls, so a test counts only what its next step does.
     pub fn clear_calls(&mut self) {
         self.calls.clear();
     }

@@ -20,13 +20,18 @@
 //! its own node's gateway. See [`firewall`] for the rules and why.
 
 pub mod apply;
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod firewall;
+pub mod marker;
 pub mod netlink;
 pub mod netns;
 pub mod nftmonitor;
+pub mod node;
 pub mod plan;
 pub mod rtnl;
+
+pub use node::{Dataplane, DataplaneError, link_deletions, marked_link_losses};
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -36,9 +41,7 @@ use bridgenet_crds::net::MAX_VNI;
 use bridgenet_crds::{NodeBridgeSpec, ResolvedNodeBridge};
 use ipnet::IpNet;
 
-/// Prefix of the interface alias (`IFLA_IFALIAS`) that marks a link as created by bridgenet for
-/// a network: `bridgenet:<network>`. Links without it are never modified or deleted.
-pub const ALIAS_PREFIX: &str = "bridgenet:";
+use self::marker::alias_of;
 
 /// Default VXLAN UDP port (IANA).
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
@@ -98,11 +101,6 @@ pub fn vxlan_name(vni: u32) -> String {
     let name = format!("bnvx-{vni}");
     debug_assert!(name.len() <= MAX_IFNAME);
     name
-}
-
-/// The marker alias of a network's links.
-pub fn alias_of(network: &str) -> String {
-    format!("{ALIAS_PREFIX}{network}")
 }
 
 impl Desired {

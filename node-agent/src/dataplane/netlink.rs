@@ -1,5 +1,6 @@
 //! The small netlink surface the data plane needs, as a trait: the real implementation is
-//! [`super::rtnl::Rtnl`], the recording fake is [`super::fake::FakeNetlink`].
+//! [`super::rtnl::Rtnl`], the recording fake is `super::fake::FakeNetlink` (test builds and
+//! the `testing` feature only).
 //!
 //! Sysctls are part of it too: they are kernel state the plan reads and writes like links,
 //! and the fake must see them to prove a no-change apply writes nothing.
@@ -23,32 +24,35 @@ pub enum LinkKind {
 /// The VXLAN settings the data plane sets and checks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VxlanConfig {
-    /// VNI.
+    /// VXLAN network identifier (24 bits), immutable once the device exists.
     pub vni: u32,
-    /// Local tunnel endpoint.
+    /// Source address of the encapsulated packets (this node's underlay address); `None`
+    /// when the kernel reports none.
     pub local: Option<IpAddr>,
-    /// UDP destination port.
+    /// UDP destination port of the encapsulated packets, the same on every node.
     pub port: u16,
-    /// Whether the device learns remote MACs (we keep it off: peers are programmed).
+    /// Whether the device learns which node each remote MAC lives on. The data plane keeps it
+    /// on: known unicast goes to one node, only broadcast and unknown destinations use the
+    /// flood entries (see [`super::plan::wanted_vxlan`]).
     pub learning: bool,
 }
 
 /// A link as observed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Link {
-    /// Interface index.
+    /// Interface index: what every change and deletion addresses.
     pub index: u32,
-    /// Name.
+    /// Interface name (`IFLA_IFNAME`).
     pub name: String,
-    /// Kind.
+    /// From `IFLA_INFO_KIND`, with the VXLAN settings when it is one.
     pub kind: LinkKind,
-    /// `IFLA_IFALIAS`, our ownership marker.
+    /// `IFLA_IFALIAS`, our ownership marker (see [`super::marker`]); `None` when empty.
     pub alias: Option<String>,
-    /// MTU.
+    /// MTU in bytes.
     pub mtu: u32,
-    /// MAC.
+    /// Hardware address; `None` for links without an Ethernet one.
     pub mac: Option<[u8; 6]>,
-    /// Administratively up.
+    /// Administratively up (`IFF_UP`), whatever the carrier.
     pub up: bool,
     /// Index of the bridge it is enslaved to.
     pub master: Option<u32>,
@@ -57,13 +61,13 @@ pub struct Link {
 /// A link to create.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewLink {
-    /// Name.
+    /// Interface name, at most 15 bytes.
     pub name: String,
-    /// Bridge or VXLAN (with config).
+    /// Bridge or VXLAN (with config); the data plane creates no other kind.
     pub kind: LinkKind,
-    /// MTU.
+    /// MTU in bytes.
     pub mtu: u32,
-    /// MAC to pin (bridges).
+    /// MAC to pin: the bridge's anycast gateway MAC; `None` lets the kernel choose.
     pub mac: Option<[u8; 6]>,
 }
 
@@ -73,18 +77,18 @@ pub struct LinkChange {
     /// New alias (the kernel ignores `IFLA_IFALIAS` on creation, so the marker is set by a
     /// change right after it).
     pub alias: Option<String>,
-    /// New MTU.
+    /// MTU to set.
     pub mtu: Option<u32>,
-    /// New MAC.
+    /// MAC to set.
     pub mac: Option<[u8; 6]>,
-    /// Enslave to this bridge index.
+    /// Enslave to the bridge with this index.
     pub master: Option<u32>,
-    /// Bring up.
+    /// Set administratively up; `false` leaves the state alone (nothing is ever set down).
     pub up: bool,
 }
 
 impl LinkChange {
-    /// Whether this change does nothing.
+    /// Whether no field is set: applying it would write nothing.
     pub fn is_empty(&self) -> bool {
         *self == LinkChange::default()
     }
@@ -132,15 +136,16 @@ pub trait Netlink {
         &mut self,
         index: u32,
     ) -> impl Future<Output = Result<Vec<IpAddr>, NetlinkError>>;
-    /// Creates a link.
+    /// Creates a bridge or VXLAN link. It comes without its marker (the kernel ignores an
+    /// alias on creation): the plan marks it with a change right after.
     fn create_link(&mut self, link: &NewLink) -> impl Future<Output = Result<(), NetlinkError>>;
-    /// Changes a link.
+    /// Applies every set field of `change` to link `index` in one request.
     fn change_link(
         &mut self,
         index: u32,
         change: &LinkChange,
     ) -> impl Future<Output = Result<(), NetlinkError>>;
-    /// Deletes a link.
+    /// Deletes link `index` (a VXLAN port goes with its FDB entries).
     fn delete_link(&mut self, index: u32) -> impl Future<Output = Result<(), NetlinkError>>;
     /// Adds an address (without DAD for IPv6: the anycast gateway exists on every node).
     fn add_address(
@@ -148,7 +153,7 @@ pub trait Netlink {
         index: u32,
         addr: IpNet,
     ) -> impl Future<Output = Result<(), NetlinkError>>;
-    /// Removes an address.
+    /// Removes address `addr` (matched with its prefix length) from link `index`.
     fn delete_address(
         &mut self,
         index: u32,
@@ -168,7 +173,7 @@ pub trait Netlink {
     ) -> impl Future<Output = Result<(), NetlinkError>>;
     /// Reads a sysctl, e.g. `net/ipv4/ip_forward`.
     fn read_sysctl(&mut self, key: &str) -> impl Future<Output = Result<String, NetlinkError>>;
-    /// Writes a sysctl.
+    /// Writes a sysctl, e.g. `net/ipv4/ip_forward` = `1`.
     fn write_sysctl(
         &mut self,
         key: &str,

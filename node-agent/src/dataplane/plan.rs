@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use bridgenet_crds::Mac;
 use ipnet::IpNet;
 
+use super::marker::network_of;
 use super::netlink::{Link, LinkKind, NewLink, VxlanConfig};
 use super::{Desired, Teardown};
 
@@ -37,68 +38,71 @@ pub struct Observed {
 /// created earlier in the same plan has no index yet.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PlannedChange {
-    /// Set the marker alias.
+    /// The network's marker alias, set on links just created or found unmarked.
     pub alias: Option<String>,
-    /// New MTU.
+    /// MTU to set.
     pub mtu: Option<u32>,
-    /// New MAC.
+    /// MAC to set (the bridge's gateway MAC).
     pub mac: Option<[u8; 6]>,
     /// Enslave to the bridge of this name.
     pub master: Option<String>,
-    /// Bring up.
+    /// Set administratively up; `false` leaves the state alone.
     pub up: bool,
 }
 
-/// One kernel operation.
+/// One kernel operation, naming links rather than indexes (see [`PlannedChange`]); each is
+/// one netlink request or sysctl write when applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    /// Write a sysctl.
+    /// Write `value` to `/proc/sys/<key>`.
     WriteSysctl {
-        /// Key under /proc/sys.
+        /// Path under `/proc/sys`, e.g. `net/ipv4/ip_forward`.
         key: String,
-        /// Value.
+        /// What to write, e.g. `1`.
         value: String,
     },
-    /// Create a link.
+    /// Create the bridge or the VXLAN port.
     CreateLink(NewLink),
-    /// Change a link.
+    /// Fix the attributes of a link of ours (marker, MTU, MAC, master, up).
     ChangeLink {
-        /// Link name.
+        /// Name of the link to change.
         link: String,
-        /// What to change.
+        /// The attributes that differ from the desired state.
         change: PlannedChange,
     },
-    /// Delete a link.
+    /// Delete a link of ours: teardown, a link left under an old name, or a VXLAN port whose
+    /// immutable settings differ.
     DeleteLink {
-        /// Link name.
+        /// Name of the link to delete.
         link: String,
     },
-    /// Add an address.
+    /// Add a gateway address to the bridge.
     AddAddress {
-        /// Link name.
+        /// The bridge's name.
         link: String,
-        /// Address with prefix.
+        /// The address with the subnet's prefix length.
         addr: IpNet,
     },
-    /// Remove an address.
+    /// Remove an address from the bridge: a stale one, or every one at teardown (link-local
+    /// addresses are the kernel's and stay).
     DeleteAddress {
-        /// Link name.
+        /// The bridge's name.
         link: String,
-        /// Address with prefix.
+        /// The address with its prefix length as observed.
         addr: IpNet,
     },
-    /// Append a flood FDB entry.
+    /// Add a peer node to the VXLAN port's all-zeros-MAC (flood) FDB entry.
     AppendFlood {
-        /// VXLAN link name.
+        /// The VXLAN port's name.
         link: String,
-        /// Peer underlay address.
+        /// The peer's underlay address.
         dst: IpAddr,
     },
-    /// Remove a flood FDB entry.
+    /// Remove a peer node that left the network from the flood entry.
     DeleteFlood {
-        /// VXLAN link name.
+        /// The VXLAN port's name.
         link: String,
-        /// Peer underlay address.
+        /// The peer's underlay address.
         dst: IpAddr,
     },
 }
@@ -112,11 +116,11 @@ pub enum PlanError {
          bridgenet never takes over foreign interfaces: rename or delete it, or set another `bridge` name on the BridgeNetwork"
     )]
     BridgeNameTaken {
-        /// Interface name.
+        /// The bridge name the spec asks for.
         name: String,
-        /// Network.
+        /// The network that wanted it.
         network: String,
-        /// What differs (kind, marker).
+        /// What makes the interface foreign (kind, marker).
         why: String,
     },
     /// An interface with the VXLAN port's name exists and is not ours.
@@ -124,17 +128,17 @@ pub enum PlanError {
         "interface {name} (the overlay port of network {network}) already exists and is not bridgenet's ({why}); rename or delete it"
     )]
     VxlanNameTaken {
-        /// Interface name.
+        /// The VXLAN port name, `bnvx-<vni>`.
         name: String,
-        /// Network.
+        /// The network that wanted it.
         network: String,
-        /// What differs.
+        /// What makes the interface foreign (kind, marker, VNI).
         why: String,
     },
 }
 
 impl PlanError {
-    /// Condition reason.
+    /// Short reason for the NodeBridge's `Ready` condition and Events.
     pub fn reason(&self) -> &'static str {
         match self {
             PlanError::BridgeNameTaken { .. } => "BridgeNameTaken",
@@ -397,7 +401,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Vec<Op>, PlanError
 /// have the bridge's name survives. Sysctls are left as they are: forwarding is node-wide and
 /// other software on the node may rely on it.
 pub fn plan_teardown(teardown: &Teardown, links: &[Link], bridge_addresses: &[IpNet]) -> Vec<Op> {
-    let alias = super::alias_of(&teardown.network);
+    let alias = super::marker::alias_of(&teardown.network);
     let ours = |l: &&Link| l.alias.as_deref() == Some(alias.as_str());
     let mut ops: Vec<Op> = links
         .iter()
@@ -458,7 +462,7 @@ pub fn plan_stale(desired: &Desired, links: &[Link]) -> (Vec<Op>, Vec<Op>) {
 pub fn orphaned_networks<'a>(links: &'a [Link], known: &BTreeSet<String>) -> BTreeSet<&'a str> {
     links
         .iter()
-        .filter_map(|l| l.alias.as_deref()?.strip_prefix(super::ALIAS_PREFIX))
+        .filter_map(|l| network_of(l.alias.as_deref()?))
         .filter(|n| !known.contains(*n))
         .collect()
 }
@@ -775,7 +779,7 @@ mod tests {
                 index: 8,
                 name: "bnv0123456789ab".into(),
                 kind: LinkKind::Other("veth".into()),
-                alias: Some(crate::attach::pod_alias("sb-1", "net1")),
+                alias: Some(crate::dataplane::marker::pod_alias("sb-1", "net1")),
                 mtu: 1450,
                 mac: None,
                 up: true,

@@ -25,7 +25,8 @@ use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVxlan};
 use super::netlink::{Link, LinkChange, LinkKind, Netlink, NetlinkError, NewLink, VxlanConfig};
 use crate::metrics::{self, Write};
 
-/// rtnetlink-backed [`Netlink`].
+/// The [`Netlink`] of a real kernel: one rtnetlink socket, bound to the network namespace of
+/// the thread that opened it.
 #[derive(Clone, Debug)]
 pub struct Rtnl {
     handle: Handle,
@@ -35,12 +36,10 @@ impl Rtnl {
     /// Opens a netlink socket in the calling thread's network namespace and spawns its
     /// connection task on the current tokio runtime.
     pub fn connect() -> std::io::Result<Self> {
-        let (connection, handle, _) = rtnetlink::new_connection()?;
-        tokio::spawn(connection);
-        Ok(Rtnl { handle })
+        connect_handle().map(|handle| Rtnl { handle })
     }
 
-    /// The underlying rtnetlink handle.
+    /// The underlying rtnetlink handle, for requests outside the [`Netlink`] trait.
     pub fn handle(&self) -> &Handle {
         &self.handle
     }
@@ -65,6 +64,15 @@ impl Rtnl {
         }
         Ok(())
     }
+}
+
+/// Opens a netlink socket in the calling thread's network namespace and spawns its connection
+/// task on the current tokio runtime. The socket stays bound to that namespace whatever the
+/// thread does afterwards.
+pub fn connect_handle() -> std::io::Result<Handle> {
+    let (connection, handle, _) = rtnetlink::new_connection()?;
+    tokio::spawn(connection);
+    Ok(handle)
 }
 
 fn nl_err(op: impl Into<String>, e: rtnetlink::Error) -> NetlinkError {

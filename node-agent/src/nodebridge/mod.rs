@@ -7,7 +7,6 @@
 //! monitors trigger a full pass as soon as one of bridgenet's links is deleted (rtnetlink) or
 //! one of its nftables tables changes (nf_tables notifications).
 
-pub mod dataplane;
 pub mod specs;
 pub mod status;
 
@@ -26,9 +25,8 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use crate::dataplane::{Desired, NodeContext, Teardown};
+use crate::dataplane::{self, Dataplane, DataplaneError, Desired, NodeContext, Teardown};
 use crate::health::Readiness;
-pub use dataplane::{Dataplane, DataplaneError};
 pub use specs::{SpecCache, SpecError};
 pub use status::StatusWriter;
 

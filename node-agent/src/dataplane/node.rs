@@ -14,10 +14,11 @@ use tokio::sync::Notify;
 
 use crate::dataplane::apply::{Applier, ApplyError, TeardownError};
 use crate::dataplane::firewall::{Firewall, FirewallError, FirewallOutcome};
+use crate::dataplane::marker::{ALIAS_PREFIX, network_of};
 use crate::dataplane::netlink::{LinkKind, Netlink};
 use crate::dataplane::plan::{Op, orphaned_networks};
 use crate::dataplane::rtnl::Rtnl;
-use crate::dataplane::{ALIAS_PREFIX, Desired, Teardown};
+use crate::dataplane::{Desired, Teardown};
 
 /// A failure of the node's data plane.
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +26,7 @@ pub enum DataplaneError {
     /// Links, addresses, FDB or sysctls.
     #[error(transparent)]
     Apply(#[from] ApplyError),
-    /// nftables.
+    /// The node's nftables ruleset could not be listed or replaced.
     #[error(transparent)]
     Firewall(#[from] FirewallError),
     /// Teardown of links (every failure listed).
@@ -37,7 +38,7 @@ pub enum DataplaneError {
 }
 
 impl DataplaneError {
-    /// Condition / event reason.
+    /// Short reason for the NodeBridge's `Ready` condition and Events.
     pub fn reason(&self) -> &'static str {
         match self {
             DataplaneError::Apply(e) => e.reason(),
@@ -56,11 +57,12 @@ struct State {
     verified: Option<(Instant, u64)>,
 }
 
-/// The kernel side of the agent.
+/// The kernel side of the agent, one per node: every NodeBridge is realized and removed
+/// through it, one at a time.
 pub struct Dataplane {
     applier: tokio::sync::Mutex<Applier<Rtnl>>,
     /// Told whenever a pass changed links: a re-created bridge has lost its ports, and the
-    /// attachment side puts the pods back on it (see [`crate::cni::engine::Engine::repair`]).
+    /// attachment side (the CNI engine's repair) puts the pods back on it.
     changed: Arc<Notify>,
     firewall: Firewall,
     state: Mutex<State>,
@@ -206,10 +208,7 @@ impl Dataplane {
                     .iter()
                     .find(|l| {
                         l.kind == LinkKind::Bridge
-                            && l.alias
-                                .as_deref()
-                                .and_then(|a| a.strip_prefix(ALIAS_PREFIX))
-                                == Some(network)
+                            && l.alias.as_deref().and_then(network_of) == Some(network)
                     })
                     .map(|l| l.name.clone())
                     .unwrap_or_default(),
@@ -234,7 +233,7 @@ pub fn link_deletions() -> impl Stream<Item = ()> + Send + 'static {
 }
 
 /// Like [`link_deletions`], for links whose marker alias starts with `marker` (e.g. pod veths,
-/// [`crate::attach::POD_ALIAS_PREFIX`]).
+/// [`POD_ALIAS_PREFIX`](crate::dataplane::marker::POD_ALIAS_PREFIX)).
 pub fn marked_link_losses(marker: &'static str) -> impl Stream<Item = ()> + Send + 'static {
     let (tx, rx) = futures::channel::mpsc::unbounded::<()>();
     match rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link]) {
