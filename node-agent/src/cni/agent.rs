@@ -12,7 +12,8 @@ use crate::app::Context;
 use crate::attach;
 use crate::cni::cri::Cri;
 use crate::cni::engine::Engine;
-use crate::cni::kube::{KubeDirectory, status_loop};
+use crate::cni::kube::KubeDirectory;
+use crate::cni::report::status_loop;
 use crate::cni::{hotplug, install, server};
 use crate::nodebridge::dataplane::marked_link_losses;
 

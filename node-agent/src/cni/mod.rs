@@ -8,5 +8,6 @@ pub mod engine;
 pub mod hotplug;
 pub mod install;
 pub mod kube;
+pub mod report;
 pub mod server;
 pub mod types;
