@@ -17,7 +17,8 @@ use tokio::sync::mpsc;
 
 use crate::cni::engine::{Directory, Notice, PodInfo, PodRef};
 
-/// The cluster through reflector caches.
+/// The engine's [`Directory`] from reflector caches of this node's NodeBridges and pods;
+/// clones share the caches.
 #[derive(Clone)]
 pub struct KubeDirectory {
     client: Client,
@@ -107,13 +108,13 @@ impl KubeDirectory {
         self.pods.state()
     }
 
-    /// A cached pod.
+    /// The pod from the cache, if the watch has brought it yet.
     pub fn cached_pod(&self, pod: &PodRef) -> Option<Arc<Pod>> {
         self.pods
             .get(&ObjectRef::new(&pod.name).within(&pod.namespace))
     }
 
-    /// This node's NodeBridges.
+    /// This node's NodeBridges in the cache, those being deleted included.
     pub fn bridges(&self) -> Vec<Arc<NodeBridge>> {
         self.bridges
             .state()

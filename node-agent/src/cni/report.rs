@@ -83,7 +83,7 @@ pub fn endpoints(allocs: &[Allocation], network: &str) -> Vec<Endpoint> {
 /// One write of a pod's `bridgenet.io/network-status`: `None` removes the annotation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatusPatch {
-    /// The pod.
+    /// The pod to patch.
     pub pod: PodRef,
     /// The annotation's new value.
     pub value: Option<String>,

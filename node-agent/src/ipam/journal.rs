@@ -25,12 +25,12 @@ pub enum Record {
     Free {
         /// Network of the address.
         network: String,
-        /// The address.
+        /// The freed address.
         ip: std::net::IpAddr,
     },
 }
 
-/// The append-only file.
+/// The open journal: the append-only file, locked against a second agent.
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,

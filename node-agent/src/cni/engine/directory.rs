@@ -10,16 +10,16 @@ use bridgenet_crds::NodeBridgeSpec;
 /// What the engine needs to know about a pod.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PodInfo {
-    /// The pod's annotations.
+    /// Its annotations; the engine reads `bridgenet.io/networks` from them.
     pub annotations: BTreeMap<String, String>,
 }
 
-/// A pod's identity.
+/// A pod by namespace and name; displayed `namespace/name`, as allocations record it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PodRef {
-    /// Namespace.
+    /// Its namespace, whose labels a network's `namespaceSelector` is matched against.
     pub namespace: String,
-    /// Name.
+    /// Its name within the namespace.
     pub name: String,
 }
 
@@ -40,7 +40,7 @@ impl std::fmt::Display for PodRef {
 pub enum Notice {
     /// A pod's request was refused: an Event of type Warning on the pod.
     Rejected {
-        /// The pod.
+        /// The pod the Event is recorded on.
         pod: PodRef,
         /// Short CamelCase reason.
         reason: &'static str,

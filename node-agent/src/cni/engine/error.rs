@@ -7,11 +7,14 @@ use crate::ipam::IpamError;
 
 use super::PodRef;
 
+/// A refusal of what the pod asked for, prefixed with the pod when there is one.
 pub(super) fn reject(pod: Option<&PodRef>, msg: String, details: &str) -> CniError {
     let who = pod.map(|p| format!("pod {p}: ")).unwrap_or_default();
     CniError::new(code::POD_REQUEST_REJECTED, format!("{who}{msg}"), details)
 }
 
+/// The pod's fault (a taken or foreign address), the node's full blocks (retry later), or
+/// the journal failing.
 pub(super) fn ipam_error(e: IpamError, pod: Option<&PodRef>) -> CniError {
     if e.is_request_error() {
         reject(
@@ -34,6 +37,8 @@ pub(super) fn ipam_error(e: IpamError, pod: Option<&PodRef>) -> CniError {
     }
 }
 
+/// A bridge not there yet (retry later), an interface name clash (the pod's fault), or the
+/// kernel refusing.
 pub(super) fn attach_error(e: AttachError) -> CniError {
     match e {
         AttachError::NoBridge(_) => CniError::new(

@@ -90,20 +90,22 @@ pub(crate) fn failpoint(name: &str) {
     }
 }
 
-/// Where a pod's interfaces go.
+/// Where an attach puts a pod's interfaces, and what its allocations are recorded under.
 #[derive(Clone, Debug)]
 pub struct Target {
-    /// Sandbox ID.
+    /// The sandbox (CNI's container ID): the key of its allocations and of its lock.
     pub container_id: String,
-    /// The pod's netns path.
+    /// Path of the pod's network namespace, where the pod ends of the veths go.
     pub netns: PathBuf,
-    /// The pod.
+    /// The pod, recorded with each allocation and told of refusals; `None` for a delegate
+    /// call without `K8S_POD_*` arguments.
     pub pod: Option<PodRef>,
     /// CNI configuration name (empty for hot-plug).
     pub cni_name: String,
 }
 
-/// The agent's CNI logic.
+/// Attaches and detaches pod interfaces for CNI calls, hot-plug and repair, over the IPAM
+/// journal and a [`Directory`]; one per agent, shared by its tasks.
 pub struct Engine<D> {
     dir: D,
     ipam: Mutex<Ipam>,
@@ -526,7 +528,8 @@ impl<D: Directory> Engine<D> {
         self.sweep_stray_veths().await.map_err(attach_error)
     }
 
-    /// The allocations of one sandbox.
+    /// Every live allocation of sandbox `container_id` (one per address, so two for a
+    /// dual-stack interface).
     pub async fn allocations_of(&self, container_id: &str) -> Vec<Allocation> {
         self.ipam.lock().await.of_container(container_id)
     }

@@ -7,22 +7,22 @@ use bridgenet_crds::NodeBridgeSpec;
 
 use crate::cni::types::{CniResult, Interface, IpConfig, RouteConfig};
 
-/// One attachment made (for results and status).
+/// One pod interface an attach made, as the CNI result reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attached {
-    /// Network.
+    /// The BridgeNetwork it is on.
     pub network: String,
     /// Interface in the pod.
     pub interface: String,
-    /// MAC of the interface.
+    /// MAC of the pod end, `aa:bb:cc:dd:ee:ff`.
     pub mac: String,
-    /// MTU.
+    /// MTU of both veth ends: the NodeBridge's.
     pub mtu: u32,
-    /// Addresses with prefix.
+    /// The pod end's addresses, each with its subnet's prefix length.
     pub addresses: Vec<(IpAddr, u8)>,
     /// Gateways of the network (per family).
     pub gateways: Vec<IpAddr>,
-    /// Default routes installed.
+    /// Gateways the pod's default routes go through (empty unless `defaultRoute`).
     pub default_routes: Vec<IpAddr>,
 }
 

@@ -44,7 +44,7 @@ pub const PLUGIN_TYPE: &str = "bridgenet";
 /// Extensions libcni (and so containerd and CRI-O) loads from the configuration directory.
 const LOADABLE: [&str; 3] = ["conf", "conflist", "json"];
 
-/// Errors of installing.
+/// Why chaining bridgenet into (or out of) the host's CNI configuration failed.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     /// A file operation failed.
