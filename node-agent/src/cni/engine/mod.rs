@@ -510,22 +510,35 @@ impl<D: Directory> Engine<D> {
 
     async fn gc(&self, conf: &NetConf) -> Result<(), CniError> {
         let valid: HashSet<String> = conf.valid_attachments()?.into_iter().collect();
+        self.free_stale(
+            |a| a.cni_name == conf.name && !valid.contains(&a.container_id),
+            "CNI GC frees attachments of sandboxes the runtime no longer knows",
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Frees the allocations `is_stale` selects, interfaces first (see [`Engine::remove`]),
+    /// then sweeps stray pod veths; returns how many were freed. `why` is the log line.
+    async fn free_stale(
+        &self,
+        is_stale: impl Fn(&Allocation) -> bool,
+        why: &str,
+    ) -> Result<usize, CniError> {
         let stale: Vec<Allocation> = self
             .ipam
             .lock()
             .await
             .all()
-            .filter(|a| a.cni_name == conf.name && !valid.contains(&a.container_id))
+            .filter(|a| is_stale(a))
             .cloned()
             .collect();
         if !stale.is_empty() {
-            tracing::info!(
-                count = stale.len(),
-                "CNI GC frees attachments of sandboxes the runtime no longer knows"
-            );
+            tracing::info!(count = stale.len(), "{why}");
             self.remove(&stale).await?;
         }
-        self.sweep_stray_veths().await.map_err(attach_error)
+        self.sweep_stray_veths().await.map_err(attach_error)?;
+        Ok(stale.len())
     }
 
     /// Every live allocation of sandbox `container_id` (one per address, so two for a
@@ -547,23 +560,11 @@ impl<D: Directory> Engine<D> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let stale: Vec<Allocation> = self
-            .ipam
-            .lock()
-            .await
-            .all()
-            .filter(|a| !live.contains(&a.container_id) && a.since + min_age.as_secs() <= now)
-            .cloned()
-            .collect();
-        if !stale.is_empty() {
-            tracing::info!(
-                count = stale.len(),
-                "reconcile frees attachments of sandboxes that are gone"
-            );
-            self.remove(&stale).await?;
-        }
-        self.sweep_stray_veths().await.map_err(attach_error)?;
-        Ok(stale.len())
+        self.free_stale(
+            |a| !live.contains(&a.container_id) && a.since + min_age.as_secs() <= now,
+            "reconcile frees attachments of sandboxes that are gone",
+        )
+        .await
     }
 
     /// Detaches one interface of a running sandbox (hot-unplug).
