@@ -90,8 +90,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     {
         // Pod attachment: CNI socket, IPAM, hot-plug, endpoint status.
-        let ctx = ctx.clone();
-        tasks.spawn(async move { crate::cni::agent::run(ctx).await });
+        let settings = crate::cni::agent::Settings {
+            node_name: ctx.cli.node_name.clone(),
+            state_dir: ctx.cli.state_dir.clone(),
+            socket: ctx.cli.socket.clone(),
+            cni_bin_dir: ctx.cli.cni_bin_dir.clone(),
+            cni_conf_dir: ctx.cli.cni_conf_dir.clone(),
+            cri_endpoint: ctx.cli.cri_endpoint.clone(),
+            resync_interval: ctx.cli.resync_interval,
+        };
+        tasks.spawn(crate::cni::agent::run(
+            ctx.client.clone(),
+            settings,
+            ctx.status.clone(),
+            ctx.links_changed.clone(),
+        ));
     }
     // Further parts of the agent add one `tasks.spawn(...)` each here.
 

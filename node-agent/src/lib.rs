@@ -7,6 +7,7 @@ pub mod attach;
 pub mod cli;
 pub mod cni;
 pub mod dataplane;
+pub mod durable;
 pub mod health;
 pub mod ipam;
 pub mod metrics;

@@ -2,56 +2,85 @@
 //! the cluster caches, write results back, hot-plug, repair pods' interfaces, and reconcile
 //! against the runtime.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::{FutureExt, StreamExt};
 
-use crate::app::Context;
 use crate::attach;
 use crate::cni::cri::Cri;
 use crate::cni::engine::Engine;
-use crate::cni::kube::{KubeDirectory, status_loop};
+use crate::cni::kube::KubeDirectory;
+use crate::cni::report::status_loop;
 use crate::cni::{hotplug, install, server};
 use crate::dataplane::marked_link_losses;
+use crate::nodebridge::StatusWriter;
 
 /// A sandbox must be unknown to the runtime for this long before reconcile frees its
 /// addresses (see [`Engine::reconcile`]).
 const RECONCILE_MIN_AGE: Duration = Duration::from_secs(120);
 
-/// Installs the plugin binary (from beside the agent binary) and chains it into the primary
-/// CNI configuration. Failures are logged: the socket still serves Multus delegates.
-pub fn install_plugin(ctx: &Context) {
+/// Where the attachment side finds the host's CNI and runtime, and how often it re-checks.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The node this agent runs on (NodeBridges and pods are filtered on it).
+    pub node_name: String,
+    /// Directory of the IPAM journal.
+    pub state_dir: PathBuf,
+    /// Unix socket the CNI plugin talks to.
+    pub socket: PathBuf,
+    /// Where the plugin binary is installed.
+    pub cni_bin_dir: PathBuf,
+    /// Where the primary CNI configuration is chained into.
+    pub cni_conf_dir: PathBuf,
+    /// CRI endpoint of the container runtime.
+    pub cri_endpoint: String,
+    /// Period of hot-plug, repair and re-chaining passes (reconcile runs every sixth).
+    pub resync_interval: Duration,
+}
+
+/// Installs the plugin binary (from beside the agent binary) into `cni_bin_dir` and chains it
+/// into the primary CNI configuration of `cni_conf_dir`. Failures are logged: the socket still
+/// serves Multus delegates.
+pub fn install_plugin(settings: &Settings) {
     match std::env::current_exe().map(|exe| exe.with_file_name(install::PLUGIN_TYPE)) {
         Ok(src) if src.exists() => {
-            if let Err(e) = install::install_binary(&src, &ctx.cli.cni_bin_dir) {
+            if let Err(e) = install::install_binary(&src, &settings.cni_bin_dir) {
                 tracing::error!(error = %e, "installing the bridgenet CNI plugin binary");
             }
         }
         _ => tracing::warn!("no bridgenet plugin binary beside the agent; not installing it"),
     }
-    if let Err(e) = install::install_config(&ctx.cli.cni_conf_dir, &ctx.cli.socket) {
+    if let Err(e) = install::install_config(&settings.cni_conf_dir, &settings.socket) {
         tracing::warn!(error = %e, "not chained into the primary CNI configuration");
     }
 }
 
-/// Runs the attachment side until it fails.
-pub async fn run(ctx: Context) -> anyhow::Result<()> {
-    let (dir, feeds) = KubeDirectory::new(ctx.client.clone(), &ctx.cli.node_name);
+/// Runs the attachment side until it fails. `status` is the agent's one NodeBridge status
+/// writer (endpoints go through it); `links_changed` is notified by the data plane when a pass
+/// changed links, and triggers a repair pass at once.
+pub async fn run(
+    client: kube::Client,
+    settings: Settings,
+    status: StatusWriter,
+    links_changed: Arc<tokio::sync::Notify>,
+) -> anyhow::Result<()> {
+    let (dir, feeds) = KubeDirectory::new(client.clone(), &settings.node_name);
     let engine = Arc::new(
-        Engine::new(dir.clone(), &ctx.cli.state_dir, None).with_context(|| {
+        Engine::new(dir.clone(), &settings.state_dir, None).with_context(|| {
             format!(
                 "opening the IPAM journal under {}",
-                ctx.cli.state_dir.display()
+                settings.state_dir.display()
             )
         })?,
     );
-    let listener = server::bind(&ctx.cli.socket)?;
-    install_plugin(&ctx);
-    let cri = Cri::connect(&ctx.cli.cri_endpoint)?;
+    let listener = server::bind(&settings.socket)?;
+    install_plugin(&settings);
+    let cri = Cri::connect(&settings.cri_endpoint)?;
     let allocations = engine.allocations().await.len();
-    tracing::info!(socket = %ctx.cli.socket.display(), allocations, "CNI socket serving");
+    tracing::info!(socket = %settings.socket.display(), allocations, "CNI socket serving");
 
     let server_task = server::serve(listener, engine.clone());
     let bridges = feeds.bridges.for_each(|()| async {});
@@ -62,9 +91,9 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
     });
     let status = status_loop(
         engine.clone(),
-        ctx.client.clone(),
-        ctx.status.clone(),
-        ctx.cli.node_name.clone(),
+        client,
+        status,
+        settings.node_name.clone(),
         feeds.notices,
     );
     {
@@ -79,19 +108,19 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
             cri.clone(),
             move || dir.pods(),
             tokio_stream_from(pod_rx),
-            ctx.cli.resync_interval,
+            settings.resync_interval,
         )
     };
     // The primary CNI may rewrite its configuration (e.g. on its own restart), dropping our
     // entry: pods started before we chain again lack their networks until hot-plug's next
     // resync attaches them, so re-chain at the same pace. A check reads a few small files.
     let rechain = {
-        let ctx = ctx.clone();
+        let settings = settings.clone();
         async move {
-            let mut tick = tokio::time::interval(ctx.cli.resync_interval);
+            let mut tick = tokio::time::interval(settings.resync_interval);
             loop {
                 tick.tick().await;
-                if let Err(e) = install::install_config(&ctx.cli.cni_conf_dir, &ctx.cli.socket) {
+                if let Err(e) = install::install_config(&settings.cni_conf_dir, &settings.socket) {
                     tracing::debug!(error = %e, "re-chaining into the primary CNI configuration");
                 }
             }
@@ -100,12 +129,12 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
     let repair = repair_loop(
         engine.clone(),
         cri.clone(),
-        ctx.links_changed.clone(),
-        ctx.cli.resync_interval,
+        links_changed,
+        settings.resync_interval,
     );
     let reconcile = {
         let engine = engine.clone();
-        let every = ctx.cli.resync_interval.max(Duration::from_secs(10)) * 6;
+        let every = settings.resync_interval.max(Duration::from_secs(10)) * 6;
         async move {
             let mut tick = tokio::time::interval(every);
             loop {

@@ -16,7 +16,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::cni::engine::Runtime;
 
-/// Errors talking to the runtime.
+/// Why the container runtime could not be asked.
 #[derive(Debug, thiserror::Error)]
 pub enum CriError {
     /// The endpoint is not `unix://PATH`.
@@ -25,7 +25,7 @@ pub enum CriError {
     /// Connecting failed.
     #[error("connecting to the container runtime at {endpoint}: {source}")]
     Connect {
-        /// Endpoint.
+        /// The endpoint dialed.
         endpoint: String,
         /// Transport error.
         source: tonic::transport::Error,
@@ -33,7 +33,7 @@ pub enum CriError {
     /// A call failed.
     #[error("CRI {call}: {source}")]
     Call {
-        /// Which call.
+        /// The CRI method, e.g. `ListPodSandbox`.
         call: &'static str,
         /// gRPC status.
         source: Box<tonic::Status>,
@@ -100,7 +100,7 @@ impl Cri {
         Ok(resp.into_inner().items.into_iter().map(|s| s.id).collect())
     }
 
-    /// Ready sandboxes.
+    /// The sandboxes the runtime reports ready (running pods), with their pods' identity.
     pub async fn ready_sandboxes(&self) -> Result<Vec<Sandbox>, CriError> {
         let filter = PodSandboxFilter {
             state: Some(PodSandboxStateValue {

@@ -137,10 +137,10 @@ pub async fn sync_pod<D: Directory>(
         }
         match engine.attach(&target, std::slice::from_ref(&request)).await {
             Ok(_) => {
-                tracing::info!(pod = %pod_ref, network = %request.name, interface = %request.interface, "hot-attached")
+                tracing::info!(pod = %pod_ref, container = %sandbox.id, network = %request.name, interface = %request.interface, "hot-attached")
             }
             Err(e) => {
-                tracing::warn!(pod = %pod_ref, network = %request.name, error = %e.msg, "hot-attach failed");
+                tracing::warn!(pod = %pod_ref, container = %sandbox.id, network = %request.name, error = %e.msg, "hot-attach failed");
                 // A refused request (Event already sent) waits for the annotation to change;
                 // transient failures are retried at the next resync.
                 if e.code == crate::cni::types::code::POD_REQUEST_REJECTED {

@@ -1,32 +1,25 @@
 //! The engine's view of the cluster, from the API server: this node's NodeBridges and pods
 //! (reflector caches, so ADD does not wait on the API server), namespace labels when a network
-//! has a `namespaceSelector`, and the way results get back to users — Events on pods, the
-//! `bridgenet.io/network-status` annotation, endpoints and counts in `NodeBridge.status`.
+//! has a `namespaceSelector`, and the channel its notices leave by (see [`crate::cni::report`]
+//! for the way results get back to users).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
-use bridgenet_crds::v1alpha1::Endpoint;
 use bridgenet_crds::{NodeBridge, ResolvedNodeBridge};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::json;
+use kube::{Api, Client, ResourceExt};
 use tokio::sync::mpsc;
 
-use crate::cni::engine::{Directory, Engine, Notice, PodInfo, PodRef, failpoint};
-use crate::ipam::{Allocation, Pool};
-use crate::nodebridge::{SpecCache, StatusWriter};
+use crate::cni::engine::{Directory, Notice, PodInfo, PodRef};
+use crate::nodebridge::SpecCache;
 
-/// The cluster through reflector caches.
+/// The engine's [`Directory`] from reflector caches of this node's NodeBridges and pods;
+/// clones share the caches.
 #[derive(Clone)]
 pub struct KubeDirectory {
     client: Client,
@@ -44,7 +37,7 @@ pub struct Feeds {
     pub bridges: std::pin::Pin<Box<dyn Stream<Item = ()> + Send>>,
     /// Pods of this node; yields each pod that changed.
     pub pods: std::pin::Pin<Box<dyn Stream<Item = Option<PodRef>> + Send>>,
-    /// Notices for [`status_loop`].
+    /// Notices for [`crate::cni::report::status_loop`].
     pub notices: mpsc::UnboundedReceiver<Notice>,
 }
 
@@ -127,13 +120,13 @@ impl KubeDirectory {
         self.pods.state()
     }
 
-    /// A cached pod.
+    /// The pod from the cache, if the watch has brought it yet.
     pub fn cached_pod(&self, pod: &PodRef) -> Option<Arc<Pod>> {
         self.pods
             .get(&ObjectRef::new(&pod.name).within(&pod.namespace))
     }
 
-    /// This node's NodeBridges.
+    /// This node's NodeBridges in the cache, those being deleted included.
     pub fn bridges(&self) -> Vec<Arc<NodeBridge>> {
         self.bridges
             .state()
@@ -191,406 +184,5 @@ impl Directory for KubeDirectory {
 
     fn notify(&self, notice: Notice) {
         let _ = self.notices.send(notice);
-    }
-}
-
-/// The `bridgenet.io/network-status` value for one pod's allocations.
-pub fn network_status(
-    allocs: &[Allocation],
-    gateways: &BTreeMap<String, Vec<String>>,
-) -> serde_json::Value {
-    let mut by_if: BTreeMap<(String, String), Vec<&Allocation>> = BTreeMap::new();
-    for a in allocs {
-        by_if
-            .entry((a.network.clone(), a.ifname.clone()))
-            .or_default()
-            .push(a);
-    }
-    let list: Vec<serde_json::Value> = by_if
-        .into_iter()
-        .map(|((network, ifname), list)| {
-            json!({
-                "name": network,
-                "interface": ifname,
-                "ips": list.iter().map(|a| a.ip.to_string()).collect::<Vec<_>>(),
-                "mac": list[0].mac,
-                "gateway": gateways.get(&network).cloned().unwrap_or_default(),
-            })
-        })
-        .collect();
-    serde_json::Value::Array(list)
-}
-
-/// The endpoints of `network` on this node, for `NodeBridge.status`.
-pub fn endpoints(allocs: &[Allocation], network: &str) -> Vec<Endpoint> {
-    let mut by_if: BTreeMap<(String, String), Endpoint> = BTreeMap::new();
-    for a in allocs.iter().filter(|a| a.network == network) {
-        let (namespace, pod) = a.pod.split_once('/').unwrap_or(("", a.pod.as_str()));
-        let e = by_if
-            .entry((a.container_id.clone(), a.ifname.clone()))
-            .or_insert_with(|| Endpoint {
-                namespace: namespace.to_owned(),
-                pod: pod.to_owned(),
-                interface: a.ifname.clone(),
-                ipv4: None,
-                ipv6: None,
-                mac: a.mac.clone(),
-                container_id: Some(a.container_id.clone()),
-                since: Timestamp::from_second(i64::try_from(a.since).unwrap_or(0))
-                    .ok()
-                    .map(Time),
-            });
-        let text = format!("{}/{}", a.ip, a.prefix);
-        if a.ip.is_ipv4() {
-            e.ipv4 = Some(text);
-        } else {
-            e.ipv6 = Some(text);
-        }
-    }
-    let mut list: Vec<Endpoint> = by_if.into_values().collect();
-    list.sort();
-    list
-}
-
-/// One write of a pod's `bridgenet.io/network-status`: `None` removes the annotation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StatusPatch {
-    /// The pod.
-    pub pod: PodRef,
-    /// The annotation's new value.
-    pub value: Option<String>,
-}
-
-/// Compares the `network-status` each pod of this node carries with what the journal says it
-/// has, and returns the writes that make them equal — none when they already are, so a steady
-/// node writes nothing.
-///
-/// A pod's status comes from the allocations of its newest sandbox: older sandboxes' ones are
-/// leftovers awaiting their DEL (or the reconcile), not interfaces the pod has. A pod whose
-/// sandbox has a CNI call, hot-plug change or repair under way (`busy`) is left for the next
-/// pass, so that half-made or half-removed attachments are never reported.
-pub fn network_status_patches(
-    pods: &[Arc<Pod>],
-    allocs: &[Allocation],
-    gateways: &BTreeMap<String, Vec<String>>,
-    busy: impl Fn(&str) -> bool,
-) -> Vec<StatusPatch> {
-    let mut by_pod: BTreeMap<&str, Vec<&Allocation>> = BTreeMap::new();
-    for a in allocs.iter().filter(|a| !a.pod.is_empty()) {
-        by_pod.entry(a.pod.as_str()).or_default().push(a);
-    }
-    let mut out = Vec::new();
-    for pod in pods {
-        let pod_ref = PodRef {
-            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-            name: pod.metadata.name.clone().unwrap_or_default(),
-        };
-        let mine = by_pod
-            .get(pod_ref.to_string().as_str())
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        if mine.iter().any(|a| busy(&a.container_id)) {
-            continue;
-        }
-        let newest = mine
-            .iter()
-            .map(|a| (a.since, a.container_id.as_str()))
-            .max()
-            .map(|(_, id)| id);
-        let current: Vec<Allocation> = mine
-            .iter()
-            .filter(|a| Some(a.container_id.as_str()) == newest)
-            .map(|a| (*a).clone())
-            .collect();
-        let desired = (!current.is_empty()).then(|| network_status(&current, gateways));
-        let carried = pod
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(bridgenet_crds::ANNOTATION_NETWORK_STATUS));
-        // Compared as JSON, not as text: key order or spacing is no difference.
-        let same = match (carried, &desired) {
-            (None, None) => true,
-            (Some(text), Some(want)) => {
-                serde_json::from_str::<serde_json::Value>(text)
-                    .ok()
-                    .as_ref()
-                    == Some(want)
-            }
-            _ => false,
-        };
-        if !same {
-            out.push(StatusPatch {
-                pod: pod_ref,
-                value: desired.map(|v| v.to_string()),
-            });
-        }
-    }
-    out
-}
-
-/// How long a written `network-status` is trusted over the pod cache: the watch that brings
-/// our own write back may lag a tick or two, and writing again meanwhile would be a needless
-/// write (not a wrong one). After this, a difference is written again.
-const WRITE_SETTLE: Duration = Duration::from_secs(10);
-
-/// The gateways of each network on this node, for `network-status`.
-fn gateways(dir: &KubeDirectory) -> BTreeMap<String, Vec<String>> {
-    dir.bridges()
-        .iter()
-        .filter_map(|nb| dir.resolved(nb))
-        .map(|nb| {
-            let g = nb.gateways().iter().map(ToString::to_string).collect();
-            (nb.network.clone(), g)
-        })
-        .collect()
-}
-
-/// Publishes Events, and keeps pods' `network-status` annotation and the NodeBridges' endpoints
-/// and address counts equal to what the journal says, level-triggered: every second (once the
-/// caches have synced) each is derived from the journal and compared with the cluster's copy,
-/// and only differences are written. Nothing depends on a notice surviving: after a restart the
-/// first pass writes whatever the killed process had not.
-pub async fn status_loop(
-    engine: Arc<Engine<KubeDirectory>>,
-    client: Client,
-    status: StatusWriter,
-    node: String,
-    mut notices: mpsc::UnboundedReceiver<Notice>,
-) {
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "bridgenet-agent".into(),
-            instance: Some(node),
-        },
-    );
-    let mut written: HashMap<PodRef, (Option<String>, Instant)> = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            notice = notices.recv() => match notice {
-                None => return,
-                Some(Notice::Rejected { pod, reason, message }) => {
-                    let reference = engine.directory().cached_pod(&pod).map_or_else(
-                        || k8s_openapi::api::core::v1::ObjectReference {
-                            api_version: Some("v1".into()),
-                            kind: Some("Pod".into()),
-                            namespace: Some(pod.namespace.clone()),
-                            name: Some(pod.name.clone()),
-                            ..Default::default()
-                        },
-                        |p| p.object_ref(&()),
-                    );
-                    let event = Event {
-                        type_: EventType::Warning,
-                        reason: reason.into(),
-                        note: Some(message.chars().take(1000).collect()),
-                        action: "AttachNetwork".into(),
-                        secondary: None,
-                    };
-                    if let Err(e) = recorder.publish(&event, &reference).await {
-                        tracing::warn!(pod = %pod, error = %e, "publishing an Event");
-                    }
-                }
-            },
-            _ = tick.tick() => {
-                let dir = engine.directory();
-                // Before both caches have listed, a pod or network missing from them is no
-                // evidence of anything.
-                if !dir.ready() {
-                    continue;
-                }
-                let allocs = engine.allocations().await;
-                write_network_status(&engine, &client, &allocs, &mut written).await;
-                write_endpoints(dir, &status, &allocs).await;
-            }
-        }
-    }
-}
-
-/// Writes the `network-status` of every pod whose annotation differs from the journal.
-async fn write_network_status(
-    engine: &Engine<KubeDirectory>,
-    client: &Client,
-    allocs: &[Allocation],
-    written: &mut HashMap<PodRef, (Option<String>, Instant)>,
-) {
-    let dir = engine.directory();
-    let patches =
-        network_status_patches(&dir.pods(), allocs, &gateways(dir), |id| engine.is_busy(id));
-    written.retain(|_, (_, at)| at.elapsed() < WRITE_SETTLE);
-    for StatusPatch { pod, value } in patches {
-        if written.get(&pod).is_some_and(|(v, _)| *v == value) {
-            continue;
-        }
-        failpoint(failpoint::REPORT_BEFORE_ANNOTATION);
-        let patch = json!({"metadata": {"annotations": {
-            bridgenet_crds::ANNOTATION_NETWORK_STATUS: value,
-        }}});
-        let api = Api::<Pod>::namespaced(client.clone(), &pod.namespace);
-        match api
-            .patch(&pod.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => {
-                tracing::debug!(pod = %pod, removed = value.is_none(), "network-status written");
-                written.insert(pod, (value, Instant::now()));
-            }
-            // Deleted meanwhile: its cache entry goes with the watch event.
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            // Retried at the next pass: the difference is still there.
-            Err(e) => tracing::warn!(pod = %pod, error = %e, "writing network-status"),
-        }
-    }
-}
-
-/// Writes each NodeBridge's endpoints and address counts where they differ from the journal
-/// (the status book compares; an equal status is not written). The counts describe the node's
-/// blocks and are recomputed on every pass, so a NodeBridge that appears or gets a new block is
-/// reported at once: the operator grows a node's blocks from them.
-async fn write_endpoints(dir: &KubeDirectory, status: &StatusWriter, allocs: &[Allocation]) {
-    for nb in dir.bridges() {
-        let Some(name) = nb.metadata.name.clone() else {
-            continue;
-        };
-        let list = endpoints(allocs, &nb.spec.network);
-        let allocated = allocs
-            .iter()
-            .filter(|a| a.network == nb.spec.network && a.ip.is_ipv4())
-            .count();
-        let capacity = dir
-            .resolved(&nb)
-            .map_or(0, |r| Pool::from_resolved(&r).capacity_v4());
-        status.seed(&name, nb.status.as_ref());
-        if status.get(&name).map(|s| s.endpoints) != Some(list.clone()) {
-            failpoint(failpoint::REPORT_BEFORE_ENDPOINTS);
-        }
-        let result = status
-            .update(&name, |s| {
-                s.endpoint_count = i32::try_from(list.len()).unwrap_or(i32::MAX);
-                s.endpoints = list;
-                s.allocated_addresses = i64::try_from(allocated).unwrap_or(i64::MAX);
-                s.free_addresses =
-                    i64::try_from(capacity).unwrap_or(i64::MAX) - s.allocated_addresses;
-            })
-            .await;
-        // Retried at the next pass: the book keeps what was not applied.
-        if let Err(e) = result {
-            tracing::warn!(nodebridge = %name, error = %e, "writing endpoints");
-        }
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-
-    fn alloc(ip: &str, ifname: &str) -> Allocation {
-        Allocation {
-            network: "red".into(),
-            ip: ip.parse().unwrap(),
-            prefix: if ip.contains(':') { 64 } else { 24 },
-            container_id: "sb1".into(),
-            ifname: ifname.into(),
-            pod: "default/web".into(),
-            cni_name: String::new(),
-            host_veth: "bnv1".into(),
-            mac: "02:00:00:00:00:01".into(),
-            since: 1_700_000_000,
-        }
-    }
-
-    #[test]
-    fn status_views_merge_families_per_interface() {
-        let allocs = vec![alloc("172.20.0.5", "net1"), alloc("fd00::5", "net1")];
-        let eps = endpoints(&allocs, "red");
-        assert_eq!(eps.len(), 1);
-        assert_eq!(eps[0].ipv4.as_deref(), Some("172.20.0.5/24"));
-        assert_eq!(eps[0].ipv6.as_deref(), Some("fd00::5/64"));
-        assert_eq!(eps[0].pod, "web");
-        assert!(eps[0].since.is_some());
-        assert!(endpoints(&allocs, "blue").is_empty());
-        let gw = BTreeMap::from([("red".to_owned(), vec!["172.20.0.1".to_owned()])]);
-        let v = network_status(&allocs, &gw);
-        assert_eq!(v[0]["interface"], "net1");
-        assert_eq!(v[0]["ips"], json!(["172.20.0.5", "fd00::5"]));
-        assert_eq!(v[0]["gateway"], json!(["172.20.0.1"]));
-    }
-
-    fn pod(name: &str, status: Option<&str>) -> Arc<Pod> {
-        let mut p = Pod::default();
-        p.metadata.namespace = Some("default".into());
-        p.metadata.name = Some(name.into());
-        if let Some(s) = status {
-            p.metadata.annotations = Some(BTreeMap::from([(
-                bridgenet_crds::ANNOTATION_NETWORK_STATUS.to_owned(),
-                s.to_owned(),
-            )]));
-        }
-        Arc::new(p)
-    }
-
-    /// The pure half of the level-triggered status writer: after a restart it finds every pod
-    /// whose annotation the journal contradicts, and on a steady node it finds none.
-    #[test]
-    fn network_status_patches_follow_the_journal_not_notices() {
-        let gw = BTreeMap::from([("red".to_owned(), vec!["172.20.0.1".to_owned()])]);
-        let web = alloc("172.20.0.5", "net1");
-        let reported = network_status(std::slice::from_ref(&web), &gw).to_string();
-        let idle = |_: &str| false;
-        // Attached but never reported (the agent died before its report): written.
-        let p = network_status_patches(&[pod("web", None)], std::slice::from_ref(&web), &gw, idle);
-        assert_eq!(
-            p,
-            vec![StatusPatch {
-                pod: PodRef {
-                    namespace: "default".into(),
-                    name: "web".into()
-                },
-                value: Some(reported.clone()),
-            }]
-        );
-        // Already reported, whatever the spacing: nothing to write.
-        let spaced = serde_json::to_string_pretty(
-            &serde_json::from_str::<serde_json::Value>(&reported).unwrap(),
-        )
-        .unwrap();
-        assert!(
-            network_status_patches(
-                &[pod("web", Some(&spaced))],
-                std::slice::from_ref(&web),
-                &gw,
-                idle
-            )
-            .is_empty()
-        );
-        // Reported, then detached (the agent died before removing it): removed.
-        let p = network_status_patches(&[pod("web", Some(&reported))], &[], &gw, idle);
-        assert_eq!(p.len(), 1);
-        assert_eq!(p[0].value, None);
-        // A pod bridgenet never attached carries nothing and gets nothing.
-        assert!(
-            network_status_patches(&[pod("plain", None)], std::slice::from_ref(&web), &gw, idle)
-                .is_empty()
-        );
-        // A sandbox with a call in flight is left for the next pass.
-        assert!(
-            network_status_patches(
-                &[pod("web", None)],
-                std::slice::from_ref(&web),
-                &gw,
-                |id| id == "sb1"
-            )
-            .is_empty()
-        );
-        // A leftover of an older sandbox of the same pod is not the pod's interface.
-        let mut old = alloc("172.20.0.9", "net1");
-        old.container_id = "sb0".into();
-        old.since -= 60;
-        let p = network_status_patches(&[pod("web", None)], &[old, web], &gw, idle);
-        assert_eq!(p[0].value, Some(reported));
     }
 }

@@ -1,5 +1,7 @@
 //! Pod attachment through CNI: the protocol types shared with the `bridgenet` plugin binary,
-//! the pod annotation, the agent's socket server and the logic behind each CNI command.
+//! the pod annotation, the agent's socket server, the engine behind each CNI command and
+//! hot-plug, installing the plugin into the host's CNI configuration, and reporting results
+//! back to the cluster.
 
 pub mod agent;
 pub mod annotation;
@@ -8,5 +10,6 @@ pub mod engine;
 pub mod hotplug;
 pub mod install;
 pub mod kube;
+pub mod report;
 pub mod server;
 pub mod types;

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{Allocation, IpamError};
+use crate::durable::{self, DurableError};
 
 /// One journal line.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -24,12 +25,12 @@ pub enum Record {
     Free {
         /// Network of the address.
         network: String,
-        /// The address.
+        /// The freed address.
         ip: std::net::IpAddr,
     },
 }
 
-/// The append-only file.
+/// The open journal: the append-only file, locked against a second agent.
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
@@ -69,7 +70,7 @@ impl Journal {
             .open(&path)
             .map_err(|e| IpamError::io("open", &path, e))?;
         if !existed {
-            sync_dir(dir)?;
+            durable::sync_dir(dir)?;
         }
         let mut text = Vec::new();
         file.read_to_end(&mut text)
@@ -152,7 +153,6 @@ impl Journal {
         &mut self,
         live: impl Iterator<Item = &'a Allocation>,
     ) -> Result<(), IpamError> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
         let tmp = self.path.with_extension("jsonl.tmp");
         let mut buf = Vec::new();
         let mut count = 0;
@@ -162,12 +162,7 @@ impl Journal {
             buf.push(b'\n');
             count += 1;
         }
-        let mut out = File::create(&tmp).map_err(|e| IpamError::io("create", &tmp, e))?;
-        out.write_all(&buf)
-            .and_then(|()| out.sync_all())
-            .map_err(|e| IpamError::io("write", &tmp, e))?;
-        fs::rename(&tmp, &self.path).map_err(|e| IpamError::io("rename", &tmp, e))?;
-        sync_dir(dir)?;
+        durable::replace(&self.path, &tmp, &buf, None)?;
         self.file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -178,8 +173,12 @@ impl Journal {
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), IpamError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| IpamError::io("sync directory", dir, e))
+impl From<DurableError> for IpamError {
+    fn from(e: DurableError) -> Self {
+        IpamError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
+        }
+    }
 }

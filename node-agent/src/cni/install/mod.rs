@@ -17,27 +17,34 @@
 //! [`install_config`] and [`uninstall_config`]), a file that does not parse is left alone, the
 //! primary's own entries are never touched, and nothing is chained into a configuration whose
 //! `cniVersion` the plugin would refuse (every pod ADD on the node would fail).
+//!
+//! This module reads the directory and orders the steps; the JSON transforms are in
+//! [`conflist`], the durable writes in [`crate::durable`].
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::cni::types::SUPPORTED_VERSIONS;
+use crate::durable::{self, DurableError};
+
+pub mod conflist;
+
+pub use conflist::ORIGINAL_SUFFIX;
+use conflist::{
+    chain_into, chained_conversion, check_version, convert_single, converted_from, generated_path,
+    has_entry, kept_path, unchain,
+};
 
 /// Plugin type (and binary name).
 pub const PLUGIN_TYPE: &str = "bridgenet";
 
-/// Appended to a converted single-plugin config's file name to keep the original until
-/// uninstall. libcni loads only `.conf`, `.conflist` and `.json`, so no runtime reads it.
-pub const ORIGINAL_SUFFIX: &str = ".bridgenet-orig";
-
 /// Extensions libcni (and so containerd and CRI-O) loads from the configuration directory.
 const LOADABLE: [&str; 3] = ["conf", "conflist", "json"];
 
-/// Errors of installing.
+/// Why chaining bridgenet into (or out of) the host's CNI configuration failed.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     /// A file operation failed.
@@ -89,42 +96,27 @@ pub enum InstallError {
     },
 }
 
+impl From<DurableError> for InstallError {
+    fn from(e: DurableError) -> Self {
+        InstallError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> InstallError {
     let path = path.to_owned();
     move |source| InstallError::Io { op, path, source }
 }
 
-/// Writes `bytes` to `path` atomically with `mode`.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+/// Writes `bytes` to `path` durably with `mode`, through a temporary file runtimes never load:
+/// a leading dot and no `.conf`/`.conflist`/`.json` suffix.
+fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    // A leading dot and no .conf/.conflist/.json suffix: runtimes never load the temp file.
-    let tmp = dir.join(format!(".{name}.bridgenet-tmp"));
-    let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
-    f.write_all(bytes).map_err(io("write", &tmp))?;
-    f.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(io("chmod", &tmp))?;
-    f.sync_all().map_err(io("sync", &tmp))?;
-    fs::rename(&tmp, path).map_err(io("rename", &tmp))?;
-    sync_dir(dir)
-}
-
-/// Makes renames and removals in `dir` durable: the crash-ordering arguments below assume
-/// that a step is on disk before the next one starts.
-fn sync_dir(dir: &Path) -> Result<(), InstallError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("sync", dir))
-}
-
-/// Removes `path` (already gone is fine) durably.
-fn remove_durably(path: &Path) -> Result<(), InstallError> {
-    match fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io("remove", path)(e)),
-    }
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    let tmp = path.with_file_name(format!(".{name}.bridgenet-tmp"));
+    Ok(durable::replace(path, &tmp, bytes, Some(mode))?)
 }
 
 /// The bytes of `path`; `None` when there is no such file.
@@ -188,104 +180,6 @@ pub fn primary_config(conf_dir: &Path) -> Result<PathBuf, InstallError> {
         .ok_or_else(|| InstallError::NoPrimary(conf_dir.to_owned()))
 }
 
-/// Our entry for the chain.
-pub fn plugin_entry(socket: &Path) -> Value {
-    json!({"type": PLUGIN_TYPE, "socket": socket})
-}
-
-fn is_ours(plugin: &Value) -> bool {
-    plugin.get("type").and_then(Value::as_str) == Some(PLUGIN_TYPE)
-}
-
-fn has_entry(conflist: &Value) -> bool {
-    conflist
-        .get("plugins")
-        .and_then(Value::as_array)
-        .is_some_and(|ps| ps.iter().any(is_ours))
-}
-
-/// Returns the conflist with our entry appended (or updated in place); `None` when it is
-/// already exactly right.
-pub fn chain_into(conflist: &Value, socket: &Path) -> Result<Option<Value>, String> {
-    let mut out = conflist.clone();
-    let plugins = out
-        .get_mut("plugins")
-        .and_then(Value::as_array_mut)
-        .ok_or("no \"plugins\" list")?;
-    let entry = plugin_entry(socket);
-    let ours: Vec<usize> = plugins
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| is_ours(p))
-        .map(|(i, _)| i)
-        .collect();
-    match ours.as_slice() {
-        [i] if plugins[*i] == entry && *i == plugins.len() - 1 => return Ok(None),
-        _ => {
-            plugins.retain(|p| !is_ours(p));
-            plugins.push(entry);
-        }
-    }
-    Ok(Some(out))
-}
-
-/// Returns the conflist without our entries; `None` when there were none.
-pub fn unchain(conflist: &Value) -> Option<Value> {
-    let mut out = conflist.clone();
-    let plugins = out.get_mut("plugins")?.as_array_mut()?;
-    let before = plugins.len();
-    plugins.retain(|p| !is_ours(p));
-    (plugins.len() != before).then_some(out)
-}
-
-/// The conflist equivalent to a single-plugin config: what libcni's `ConfListFromConf` builds
-/// when a runtime loads a `.conf`. `cniVersion` and `name` move to the list; libcni puts them
-/// back into each plugin's configuration when it runs the list, so the plugin sees what it saw.
-pub fn convert_single(plugin: &Value) -> Result<Value, String> {
-    let obj = plugin.as_object().ok_or("not a JSON object")?;
-    if obj.contains_key("plugins") {
-        return Err("a conflist, not a single-plugin config".into());
-    }
-    if obj
-        .get("type")
-        .and_then(Value::as_str)
-        .is_none_or(str::is_empty)
-    {
-        return Err("no \"type\": neither a plugin config nor a conflist".into());
-    }
-    let name = match obj.get("name").and_then(Value::as_str) {
-        Some(n) if !n.is_empty() => n,
-        // libcni refuses a list without a name, and so a runtime this .conf already.
-        _ => return Err("no \"name\"".into()),
-    };
-    let mut inner = obj.clone();
-    inner.remove("cniVersion");
-    inner.remove("name");
-    let mut list = serde_json::Map::new();
-    if let Some(version) = obj.get("cniVersion") {
-        list.insert("cniVersion".into(), version.clone());
-    }
-    list.insert("name".into(), Value::String(name.to_owned()));
-    list.insert("plugins".into(), Value::Array(vec![Value::Object(inner)]));
-    Ok(Value::Object(list))
-}
-
-/// The plugin answers a `cniVersion` outside [`SUPPORTED_VERSIONS`] with "incompatible
-/// version", which fails the pod's ADD: only chain where it speaks the version (0.3.0 on, the
-/// first with `prevResult` for chained plugins; kindnet, flannel and many Calico installs
-/// write 0.3.1).
-fn check_version(path: &Path, conf: &Value) -> Result<(), InstallError> {
-    let version = conf.get("cniVersion").and_then(Value::as_str).unwrap_or("");
-    if SUPPORTED_VERSIONS.contains(&version) {
-        Ok(())
-    } else {
-        Err(InstallError::UnsupportedVersion {
-            path: path.to_owned(),
-            version: version.to_owned(),
-        })
-    }
-}
-
 fn read_json(path: &Path) -> Result<(Vec<u8>, Value), InstallError> {
     let bytes = fs::read(path).map_err(io("read", path))?;
     let value = serde_json::from_slice(&bytes).map_err(|e| InstallError::BadConflist {
@@ -301,24 +195,6 @@ fn read_single(path: &Path) -> Option<Value> {
         .ok()
         .map(|(_, v)| v)
         .filter(|v| v.is_object() && v.get("plugins").is_none())
-}
-
-/// Where the conversion of the single-plugin config `original` goes: `NN-name.conflist`.
-pub fn generated_path(original: &Path) -> PathBuf {
-    original.with_extension("conflist")
-}
-
-/// Where a converted single-plugin config is kept: `NN-name.conf.bridgenet-orig`.
-pub fn kept_path(original: &Path) -> PathBuf {
-    let mut name = original.file_name().unwrap_or_default().to_owned();
-    name.push(ORIGINAL_SUFFIX);
-    original.with_file_name(name)
-}
-
-/// Whether `generated`, apart from our entry, is the conversion of `original`.
-fn converted_from(generated: &Value, original: &Value) -> bool {
-    let base = unchain(generated).unwrap_or_else(|| generated.clone());
-    convert_single(original).is_ok_and(|c| c == base)
 }
 
 /// Whether the conflist at `original`'s generated name was written by us: apart from our
@@ -371,10 +247,10 @@ fn convert_or_withdraw(
                     && generated_is_ours(&g, original, Some(&current))
                 {
                     // G first: from here on O is what the runtime loads; K goes after.
-                    remove_durably(&generated)?;
+                    durable::remove(&generated)?;
                     tracing::warn!(original = %original.display(), error = %e, "withdrew the conversion of the original's earlier content");
                 }
-                remove_durably(&kept_path(original))?;
+                durable::remove(&kept_path(original))?;
             }
             Err(e)
         }
@@ -473,7 +349,7 @@ fn convert(conf_dir: &Path, original: &Path, socket: &Path) -> Result<bool, Inst
     }
     let kept = kept_path(original);
     fs::rename(original, &kept).map_err(io("rename", original))?;
-    sync_dir(conf_dir)?;
+    durable::sync_dir(conf_dir)?;
     settle_moved(original, &generated, &kept, &bytes, socket, mode)?;
     tracing::info!(
         original = %original.display(),
@@ -482,14 +358,6 @@ fn convert(conf_dir: &Path, original: &Path, socket: &Path) -> Result<bool, Inst
         "converted the single-plugin primary CNI configuration into a conflist chained with bridgenet"
     );
     Ok(true)
-}
-
-fn chained_conversion(list: &Value, socket: &Path) -> Value {
-    // A fresh conversion has no entry of ours, so chain_into always has something to add.
-    match chain_into(list, socket) {
-        Ok(Some(chained)) => chained,
-        _ => list.clone(),
-    }
 }
 
 /// The primary CNI may rewrite O between our read and the rename, so K may hold content G was
@@ -518,9 +386,9 @@ fn settle_moved(
     }
     if !original.exists() {
         fs::rename(kept, original).map_err(io("rename", kept))?;
-        sync_dir(original.parent().unwrap_or(Path::new(".")))?;
+        durable::sync_dir(original.parent().unwrap_or(Path::new(".")))?;
     }
-    remove_durably(generated)?;
+    durable::remove(generated)?;
     Err(InstallError::BadConflist {
         path: original.to_owned(),
         reason: "rewritten during the conversion into content that cannot be chained; put back"
@@ -610,13 +478,13 @@ fn restore(kept: &Path) -> Result<usize, InstallError> {
             if !original.exists() {
                 write_atomic(&original, &bytes, mode_of(kept))?;
             }
-            remove_durably(&generated)?;
-            remove_durably(kept)?;
+            durable::remove(&generated)?;
+            durable::remove(kept)?;
             tracing::info!(original = %original.display(), generated = %generated.display(), "restored the single-plugin CNI configuration");
             Ok(1)
         }
         _ if original.exists() => {
-            remove_durably(kept)?;
+            durable::remove(kept)?;
             Ok(0)
         }
         _ => {
@@ -642,7 +510,7 @@ fn withdraw_interrupted(original: &Path, single: &Value) -> Result<usize, Instal
     if !ours {
         return Ok(0);
     }
-    remove_durably(&generated)?;
+    durable::remove(&generated)?;
     tracing::info!(generated = %generated.display(), "removed the conflist of an interrupted conversion");
     Ok(1)
 }
@@ -663,7 +531,9 @@ fn unchain_file(path: &Path) -> Result<usize, InstallError> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    use super::conflist::plugin_entry;
     use super::*;
+    use serde_json::json;
     use std::collections::BTreeMap;
 
     const SOCKET: &str = "/run/bridgenet/cni.sock";

@@ -1,0 +1,189 @@
+//! All or nothing: what an ADD (or a hot-plug attach) reserved is given back when it fails,
+//! from one place, like the reference bridge plugin's single success flag.
+
+use crate::cni::types::CniError;
+use crate::ipam::Allocation;
+
+use super::{Directory, Engine};
+
+/// The addresses one attach call has journaled, and whether it has started making their
+/// interfaces. Settled once: kept when the call succeeds, rolled back when it fails.
+///
+/// The rollback awaits netlink and the journal, which a destructor cannot; a reservation
+/// dropped unsettled (the call was cancelled or panicked) only says what it leaves behind. The
+/// runtime's DEL, CNI GC and the periodic reconcile free it by sandbox ID, as after a crash.
+#[must_use = "settle the reservation with the attach call's outcome"]
+pub(super) struct Reservation<'e, D: Directory> {
+    engine: &'e Engine<D>,
+    held: Vec<Allocation>,
+    /// Set once the first interface may exist: from then on a rollback deletes interfaces
+    /// before it frees their addresses.
+    interfaces: bool,
+    settled: bool,
+}
+
+impl<'e, D: Directory> Reservation<'e, D> {
+    pub(super) fn new(engine: &'e Engine<D>) -> Self {
+        Self {
+            engine,
+            held: Vec::new(),
+            interfaces: false,
+            settled: false,
+        }
+    }
+
+    /// Adds allocations just journaled.
+    pub(super) fn hold(&mut self, allocs: &[Allocation]) {
+        self.held.extend_from_slice(allocs);
+    }
+
+    /// Marks the start of interface creation.
+    pub(super) fn making_interfaces(&mut self) {
+        self.interfaces = true;
+    }
+
+    /// Keeps everything on success; on failure rolls back exactly what was reserved — the
+    /// addresses alone before any interface was made, the interfaces and then their addresses
+    /// after — and returns the failure.
+    pub(super) async fn settle<T>(mut self, outcome: Result<T, CniError>) -> Result<T, CniError> {
+        self.settled = true;
+        if outcome.is_err() {
+            let held = std::mem::take(&mut self.held);
+            if self.interfaces {
+                if let Err(e) = self.engine.remove_locked(&held).await {
+                    tracing::error!(error = %e.msg, "rolling back a failed ADD");
+                }
+            } else if let Err(e) = self.engine.ipam.lock().await.release(&held) {
+                tracing::error!(error = %e, "releasing addresses of a failed ADD");
+            }
+        }
+        outcome
+    }
+}
+
+impl<D: Directory> Drop for Reservation<'_, D> {
+    fn drop(&mut self) {
+        if !self.settled && !self.held.is_empty() {
+            let containers: Vec<&str> = self.held.iter().map(|a| a.container_id.as_str()).collect();
+            tracing::error!(
+                ?containers,
+                allocations = self.held.len(),
+                "an attach stopped before it was settled; its addresses wait for DEL, CNI GC or the reconcile"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use std::sync::Arc;
+
+    use bridgenet_crds::{NodeBridgeSpec, ResolvedNodeBridge, resolve_node_bridge};
+    use serde_json::json;
+
+    use crate::cni::annotation::NetworkRequest;
+    use crate::cni::engine::{Directory, Engine, Notice, PodInfo, PodRef, Target};
+    use crate::cni::types::code;
+
+    /// Two networks on this node, `red` and `blue`, each with its whole /24 as the node's block.
+    #[derive(Default)]
+    struct TwoNetworks {
+        notices: Mutex<Vec<Notice>>,
+    }
+
+    impl Directory for TwoNetworks {
+        fn node_bridge(&self, network: &str) -> Option<Arc<ResolvedNodeBridge>> {
+            let third = match network {
+                "red" => 1,
+                "blue" => 2,
+                _ => return None,
+            };
+            serde_json::from_value(json!({
+                "network": network, "node": "n1", "bridge": format!("bnt{third}"),
+                "subnet": format!("172.30.{third}.0/24"), "gateway": format!("172.30.{third}.1"),
+                "gatewayMac": "02:aa:00:00:00:01", "blocks": [format!("172.30.{third}.0/24")],
+                "mtu": 1400, "vni": 100,
+            }))
+            .ok()
+            .and_then(|spec: NodeBridgeSpec| resolve_node_bridge(&spec).ok())
+            .map(Arc::new)
+        }
+
+        async fn pod(&self, _: &PodRef) -> Result<Option<PodInfo>, String> {
+            Ok(None)
+        }
+
+        async fn namespace_labels(&self, _: &str) -> Result<BTreeMap<String, String>, String> {
+            Ok(BTreeMap::new())
+        }
+
+        fn ready(&self) -> bool {
+            true
+        }
+
+        fn notify(&self, notice: Notice) {
+            self.notices.lock().unwrap().push(notice);
+        }
+    }
+
+    fn request(network: &str, interface: &str, ip: Option<&str>) -> NetworkRequest {
+        NetworkRequest {
+            name: network.into(),
+            interface: interface.into(),
+            ip: ip.map(|ip| ip.parse().unwrap()),
+            mac: None,
+            default_route: false,
+        }
+    }
+
+    /// The second network's address is refused before any interface exists: the first
+    /// network's address, already journaled, is given back, and no link is touched (the
+    /// sandbox's netns does not even exist).
+    #[tokio::test]
+    async fn a_refused_address_gives_back_what_the_call_reserved_before_it() {
+        let state = tempfile::tempdir().unwrap();
+        let engine = Engine::new(TwoNetworks::default(), state.path(), None).unwrap();
+        let target = Target {
+            container_id: "sb1".into(),
+            netns: "/nonexistent/netns".into(),
+            pod: Some(PodRef {
+                namespace: "default".into(),
+                name: "web".into(),
+            }),
+            cni_name: "k8s-pod-network".into(),
+        };
+        let requests = [
+            request("red", "net1", None),
+            request("blue", "net2", Some("172.30.9.9")),
+        ];
+        let err = engine.attach(&target, &requests).await.unwrap_err();
+        assert_eq!(err.code, code::POD_REQUEST_REJECTED, "{}", err.msg);
+        assert!(
+            engine.allocations().await.is_empty(),
+            "red's address is free"
+        );
+        let notices = engine.directory().notices.lock().unwrap().clone();
+        assert!(
+            matches!(
+                notices.as_slice(),
+                [Notice::Rejected {
+                    reason: "AddressUnavailable",
+                    ..
+                }]
+            ),
+            "{notices:?}"
+        );
+        // Released in the journal too, not only in memory.
+        let state_dir = state.path().to_owned();
+        drop(engine);
+        let engine = Engine::new(TwoNetworks::default(), &state_dir, None).unwrap();
+        assert!(
+            engine.allocations().await.is_empty(),
+            "and the journal says so"
+        );
+    }
+}
