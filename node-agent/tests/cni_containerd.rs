@@ -4,11 +4,12 @@
 //! chained; StopPodSandbox → DEL; RemovePodSandbox → DEL without netns), then hot attach and
 //! detach of a running pod through the runtime's view of its sandbox.
 //!
-//! Root only; skips (saying why) where containerd, runc or the reference plugins are missing.
-//! Namespaces are prefixed `bnt-cni-`.
+//! Root only (ignored by a plain `cargo test`, run by `make root-test`); skips (saying why) where
+//! containerd, runc or the reference plugins are missing. Namespaces are prefixed `bnt-cni-`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cni_support;
+mod root_support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use k8s_cri::v1::{
     RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
 };
 use k8s_openapi::api::core::v1::Pod;
+use root_support::require_root;
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -331,7 +333,9 @@ fn sandbox_config(name: &str, containerd_dir: &Path) -> PodSandboxConfig {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
 async fn kubelet_path_chained_after_the_reference_bridge_then_hot_plug() {
+    require_root();
     if let Some(why) = missing_tools() {
         eprintln!("SKIP: {why}");
         return;
@@ -481,7 +485,9 @@ async fn kubelet_path_chained_after_the_reference_bridge_then_hot_plug() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
 async fn refused_pod_fails_its_sandbox_with_the_cni_message() {
+    require_root();
     if let Some(why) = missing_tools() {
         eprintln!("SKIP: {why}");
         return;
@@ -580,7 +586,9 @@ impl Drop for HostFile {
 /// (named to sort first) only while it runs. bridgenet here is the only plugin, in Multus
 /// delegate form (`"network"`), since ctr passes no pod identity.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
 async fn ctr_run_with_cni_attaches_and_detaches_a_container() {
+    require_root();
     if let Some(why) = missing_tools() {
         eprintln!("SKIP: {why}");
         return;
