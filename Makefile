@@ -30,9 +30,10 @@ unit:
 	$(CARGO) test --workspace --locked
 
 ## Exactly the root tests (network namespaces, netlink, nftables, containerd): every ignored test
-## but the real API server's, which real-apiserver-test runs. They fail without root.
-root-test:
-	$(CARGO) test --workspace --locked -- --ignored --skip real_server::
+## but the real API server's, which real-apiserver-test runs. They fail without root, and
+## BRIDGENET_REQUIRE_TOOLS=1 makes a missing containerd a failure instead of a skip.
+root-test: setup
+	BRIDGENET_REQUIRE_TOOLS=1 $(CARGO) test --workspace --locked -- --ignored --skip real_server::
 
 ## The sandbox's Kubernetes API emulator and node plumbing, driven by real kubectl and raw HTTP.
 sandbox-test:
