@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: cni-test bench-cni dataplane-test bench-dataplane demo test setup lint unit crds-check sandbox-test images chart-test kind-e2e real-apiserver-test soak
+.PHONY: cni-test bench-cni dataplane-test bench-dataplane demo test setup lint unit root-test crds-check sandbox-test images chart-test kind-e2e real-apiserver-test soak
 
 ## Install what building and testing need on a fresh Debian machine (idempotent).
 setup:
@@ -15,7 +15,7 @@ demo: setup
 	bash scripts/demo.sh
 
 ## Everything CI checks: formatting, lints, generated CRDs, unit and root tests.
-test: setup lint crds-check unit sandbox-test sandbox-e2e chart-test real-apiserver-test
+test: setup lint crds-check unit root-test sandbox-test sandbox-e2e chart-test real-apiserver-test
 	$(MAKE) soak SOAK_SECONDS=120
 
 lint:
@@ -25,8 +25,15 @@ lint:
 crds-check:
 	$(CARGO) run -q --locked -p bridgenet-crds --bin crdgen -- --check
 
+## Every test that needs neither root nor a cluster (the root tests are `#[ignore = "needs root"]`).
 unit:
 	$(CARGO) test --workspace --locked
+
+## Exactly the root tests (network namespaces, netlink, nftables, containerd): every ignored test
+## but the real API server's, which real-apiserver-test runs. They fail without root, and
+## BRIDGENET_REQUIRE_TOOLS=1 makes a missing containerd a failure instead of a skip.
+root-test: setup
+	BRIDGENET_REQUIRE_TOOLS=1 $(CARGO) test --workspace --locked -- --ignored --skip real_server::
 
 ## The sandbox's Kubernetes API emulator and node plumbing, driven by real kubectl and raw HTTP.
 sandbox-test:
@@ -64,23 +71,24 @@ real-apiserver-test: setup
 kind-e2e: setup
 	bash tests/e2e/kind/run.sh
 
-## The node agent's data plane alone: plan/apply unit tests and the root tests in network
-## namespaces (both also run in `unit`, as part of `cargo test --workspace`).
+## The node agent's data plane alone: plan/apply unit tests (also in `unit`) and its root tests
+## in network namespaces (also in `root-test`; as root).
 dataplane-test:
-	$(CARGO) test --locked -p bridgenet-agent --lib dataplane
+	$(CARGO) test --locked -p bridgenet-agent --lib dataplane -- --include-ignored
 	$(CARGO) test --locked -p bridgenet-agent --lib nodebridge
-	$(CARGO) test --locked -p bridgenet-agent --test dataplane --test dataplane_agent
+	$(CARGO) test --locked -p bridgenet-agent --test dataplane --test dataplane_agent -- --include-ignored
 
 ## Data plane timings and the agent's RSS with 50 networks (root; figures in README).
 bench-dataplane:
 	$(CARGO) bench -p bridgenet-agent --bench dataplane --bench dataplane_rss
 
-## Pod attachment alone: CNI types/IPAM/install unit tests, the plugin exec tests, the crash tests
-## (agent killed at every step of a call, and of an ADD up to its report), repair of pods' links
-## deleted by hand, and containerd's CRI path with hot-plug (all also run in `unit`).
+## Pod attachment alone: CNI types/IPAM/install unit tests (also in `unit`), then as root the
+## plugin exec tests, the crash tests (agent killed at every step of a call, and of an ADD up to
+## its report), repair of pods' links deleted by hand, and containerd's CRI path with hot-plug
+## (also in `root-test`).
 cni-test:
 	$(CARGO) test --locked -p bridgenet-agent --lib -- cni ipam
-	$(CARGO) test --locked -p bridgenet-agent --test cni_plugin --test cni_crash --test cni_report_crash --test pod_repair --test cni_containerd
+	$(CARGO) test --locked -p bridgenet-agent --test cni_plugin --test cni_crash --test cni_report_crash --test pod_repair --test cni_containerd -- --include-ignored
 
 ## CNI latency next to the reference bridge+host-local chain, agent and plugin RSS (root).
 bench-cni:

@@ -5,12 +5,15 @@
 
 #[path = "../tests/dataplane_support/mod.rs"]
 mod dataplane_support;
+#[path = "../tests/root_support/mod.rs"]
+mod root_support;
 
 use std::time::Instant;
 
 use bridgenet_crds::NodeBridge;
-use dataplane_support::{Node, install_crds, is_root, nodebridge};
+use dataplane_support::{Node, install_crds, nodebridge};
 use kube::api::{Api, ListParams, PostParams};
+use root_support::is_root;
 
 const NETWORKS: u32 = 50;
 

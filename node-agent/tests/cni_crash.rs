@@ -5,10 +5,13 @@
 //! left over. Also: a pod whose netns vanished (node reboot, force delete) is collected by GC.
 //!
 //! `harness = false`: `main` is either the test driver or, when `BNT_CNI_AGENT` is set, the
-//! agent child it starts. Needs root; namespaces are prefixed `bnt-cni-`.
+//! agent child it starts. Needs root, so it behaves like an `#[ignore = "needs root"]` test: it
+//! runs only when asked for ignored tests (`--ignored`/`--include-ignored`, as `make root-test`
+//! does) and then fails without root. Namespaces are prefixed `bnt-cni-`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod cni_support;
+mod root_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -40,6 +43,11 @@ fn main() {
         println!("cni_crash: test");
         return;
     }
+    if !std::env::args().any(|a| a == "--ignored" || a == "--include-ignored") {
+        println!("test cni_crash ... ignored, needs root");
+        return;
+    }
+    root_support::require_root();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

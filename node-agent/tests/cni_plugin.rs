@@ -4,10 +4,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cni_support;
+mod root_support;
 
 use cni_support::{
     Call, InProcessAgent, Netns, StaticDirectory, TestNetwork, World, chained_config, run_plugin,
 };
+use root_support::require_root;
 use serde_json::{Value, json};
 
 struct Setup {
@@ -66,7 +68,9 @@ fn addresses(link: &Value) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
 async fn add_check_del_attaches_a_working_interface_and_removes_it() {
+    require_root();
     let red = TestNetwork::new("red", 10);
     let s = setup("basic", std::slice::from_ref(&red));
     s.dir.set_pod("default/web", "red");
@@ -170,7 +174,9 @@ async fn add_check_del_attaches_a_working_interface_and_removes_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
 async fn chained_after_a_primary_appends_to_prev_result_with_requested_names_ip_and_mac() {
+    require_root();
     let red = TestNetwork::new("red", 11);
     let blue = TestNetwork::new("blue", 12);
     let s = setup("chain", &[red, blue]);
@@ -266,7 +272,9 @@ async fn chained_after_a_primary_appends_to_prev_result_with_requested_names_ip_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
 async fn multus_delegate_and_legacy_version() {
+    require_root();
     let red = TestNetwork::new("red", 13);
     let s = setup("deleg", &[red]);
     // Delegate mode: no annotation needed; the interface name comes from CNI_IFNAME.
@@ -293,7 +301,9 @@ async fn multus_delegate_and_legacy_version() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
 async fn bad_requests_fail_the_sandbox_with_a_clear_error_and_an_event() {
+    require_root();
     let mut red = TestNetwork::new("red", 14);
     red.namespace_selector = Some(json!({"matchLabels": {"tenant": "red"}}));
     let s = setup("bad", &[red]);
@@ -412,7 +422,9 @@ async fn bad_requests_fail_the_sandbox_with_a_clear_error_and_an_event() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
 async fn agent_down_status_version_and_gc() {
+    require_root();
     let red = TestNetwork::new("red", 15);
     let s = setup("gc", &[red]);
     let conf = chained_config(&s.agent.socket, "1.1.0", None);
@@ -506,7 +518,9 @@ async fn agent_down_status_version_and_gc() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
 async fn dual_stack_network_gets_both_families() {
+    require_root();
     let mut dual = TestNetwork::new("dual", 16);
     dual.ipv6 = Some(("fd00:29:16::/64".into(), "fd00:29:16::1".into()));
     dual.blocks.push("fd00:29:16::/120".into());
@@ -578,7 +592,9 @@ async fn dual_stack_network_gets_both_families() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
 async fn reconcile_frees_only_settled_allocations_of_sandboxes_the_runtime_lost() {
+    require_root();
     let red = TestNetwork::new("red", 17);
     let s = setup("recon", &[red]);
     let conf = chained_config(&s.agent.socket, "1.1.0", None);
@@ -628,7 +644,9 @@ async fn reconcile_frees_only_settled_allocations_of_sandboxes_the_runtime_lost(
 /// kindnet, flannel and many Calico installs write cniVersion 0.3.1 conflists: chained there,
 /// bridgenet answers in 0.3.1's shape (each IP with its `version`) after the primary's result.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
 async fn chained_into_a_0_3_1_conflist_like_kindnets() {
+    require_root();
     let red = TestNetwork::new("red", 18);
     let s = setup("v031", &[red]);
     s.dir.set_pod("default/kind", "red");
@@ -679,7 +697,9 @@ async fn chained_into_a_0_3_1_conflist_like_kindnets() {
 /// has the network's NodeBridge, and before its bridge exists. It waits for both instead of
 /// failing the sandbox (which the kubelet would retry with back-off, showing errors).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
 async fn add_waits_for_a_network_that_arrives_moments_later() {
+    require_root();
     let late = TestNetwork::new("late", 19);
     let s = setup("late", &[]);
     s.dir.set_pod("default/eager", "late");
@@ -719,7 +739,9 @@ async fn add_waits_for_a_network_that_arrives_moments_later() {
 /// veths' `bnv` prefix), a bridge, a veth of someone else named `bnv…`, and a non-veth carrying
 /// the pod marker all survive it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
 async fn sweep_takes_only_marked_pod_veths_without_an_allocation() {
+    require_root();
     let red = TestNetwork::new("red", 20);
     let s = setup("sweep", std::slice::from_ref(&red));
     s.dir.set_pod("default/live", "red");

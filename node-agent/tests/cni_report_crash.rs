@@ -4,11 +4,12 @@
 //! instant) and started again. Whatever the step, the pod ends up with its
 //! `bridgenet.io/network-status` annotation naming the address and MAC its interface really
 //! has, and its NodeBridge lists it among the endpoints: nothing depends on a notice that lived
-//! only in the killed process. Needs root; skipped, saying why, otherwise.
+//! only in the killed process. Needs root.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cni_support;
 mod dataplane_support;
+mod root_support;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -16,10 +17,11 @@ use std::time::Duration;
 use bridgenet_agent::cni::engine::failpoint;
 use bridgenet_crds::NodeBridge;
 use cni_support::{Call, Netns, chained_config, run_plugin};
-use dataplane_support::{Node, install_crds, is_root, nodebridge};
+use dataplane_support::{Node, install_crds, nodebridge};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
+use root_support::require_root;
 use serde_json::{Value, json};
 
 const NETWORK: &str = "net-r";
@@ -84,11 +86,9 @@ fn start_agent(node: &mut Node, failpoint: Option<&str>) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn results_are_reported_whichever_step_between_add_and_report_the_agent_dies_at() {
-    if !is_root() {
-        eprintln!("SKIP: the agent's crash test needs root (network namespaces, netlink)");
-        return;
-    }
+    require_root();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut node = Node::new("report", env!("CARGO_BIN_EXE_bridgenet-agent"));
     node.kube(|c| async move {

@@ -1,11 +1,13 @@
 //! Root tests of the data plane on a real kernel: network namespaces are nodes (joined by an
 //! underlay bridge in a helper namespace), further namespaces are pods (veth into the node's
 //! bridge, made here with `ip`, standing in for the CNI plugin), one more is "the internet".
-//! The data plane library runs inside each node's namespace. Skipped, saying why, when not
-//! root. Namespaces are named `bnt-dp-<pid>-...` and removed by a drop guard even on failure.
+//! The data plane library runs inside each node's namespace. Needs root: ignored by a plain
+//! `cargo test`, run by `make root-test`, and failing, saying why, when run without root.
+//! Namespaces are named `bnt-dp-<pid>-...` and removed by a drop guard even on failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod dataplane_support;
+mod root_support;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -20,19 +22,9 @@ use bridgenet_agent::dataplane::netns::run_in;
 use bridgenet_agent::dataplane::rtnl::Rtnl;
 use bridgenet_agent::dataplane::{Desired, NodeContext, Teardown};
 use bridgenet_crds::{NodeBridgeSpec, resolve_node_bridge};
-use dataplane_support::{is_root, run, spec};
+use dataplane_support::{run, spec};
 use ipnet::IpNet;
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!(
-                "SKIP: data plane root tests need root (network namespaces, netlink, nftables)"
-            );
-            return;
-        }
-    };
-}
+use root_support::require_root;
 
 fn try_run(args: &[&str]) -> bool {
     Command::new(args[0])
@@ -201,8 +193,9 @@ fn nft_tables(ns: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn pods_reach_their_network_on_every_node_and_nothing_else() {
-    require_root!();
+    require_root();
     let mut t = Topology::new("conn");
     let ul = t.underlay();
     let n1 = t.host(&ul, "n1", "192.0.2.1/24");
@@ -484,8 +477,9 @@ impl<N: Netlink> Netlink for Counting<N> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn idempotent_repairs_drift_refuses_foreign_and_tears_down_completely() {
-    require_root!();
+    require_root();
     let mut t = Topology::new("life");
     let n1 = t.ns("n1");
     run(&[
@@ -773,8 +767,9 @@ fn realize_fw(ns: &str, specs: Vec<NodeBridgeSpec>, node: &NodeContext) -> Firew
 /// the last check that found them right; a commit by anyone, a hand-made change or different
 /// desired rules always get the full check.
 #[test]
+#[ignore = "needs root"]
 fn firewall_lists_the_tables_again_only_after_an_nftables_commit() {
-    require_root!();
+    require_root();
     let mut topo = Topology::new("fwgen");
     let n = topo.ns("n");
     let dir = tempfile::tempdir().unwrap();

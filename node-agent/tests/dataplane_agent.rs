@@ -4,21 +4,23 @@
 //! with `BridgeNameTaken`, a `kill -9` and restart leave the bridge in place, deletion leaves
 //! nothing behind. Everything — emulator, agent, kube client — runs inside one network
 //! namespace (the "node"), since the agent's netlink and nftables act on the namespace it runs
-//! in. Skipped, saying why, when not root.
+//! in. Needs root (`make root-test`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cni_support;
 mod dataplane_support;
+mod root_support;
 
 use std::process::Command;
 use std::time::Duration;
 
 use bridgenet_crds::NodeBridge;
 use cni_support::{Answer, Call, Netns, chained_config, run_plugin};
-use dataplane_support::{Node, install_crds, is_root, nodebridge, run};
+use dataplane_support::{Node, install_crds, nodebridge, run};
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use root_support::require_root;
 
 fn ready(nb: &NodeBridge) -> Option<(String, String)> {
     nb.status
@@ -34,11 +36,9 @@ fn get(node: &Node, name: &'static str) -> Option<NodeBridge> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn agent_realizes_repairs_refuses_survives_kill_and_tears_down() {
-    if !is_root() {
-        eprintln!("SKIP: the agent's root test needs root (network namespaces, netlink, nftables)");
-        return;
-    }
+    require_root();
     let mut node = Node::new("agent", env!("CARGO_BIN_EXE_bridgenet-agent"));
     node.kube(|c| async move {
         install_crds(&c).await;
@@ -276,11 +276,9 @@ fn run_blocking(call: &Call) -> Answer {
 /// fetched: an admitted pod was refused (`NamespaceNotAdmitted`, a Warning Event) until the
 /// kubelet's retry. Here the ADD starts first and the NodeBridge arrives while it waits.
 #[test]
+#[ignore = "needs root"]
 fn an_add_racing_its_nodebridge_is_judged_on_the_namespace_labels() {
-    if !is_root() {
-        eprintln!("SKIP: the agent's root test needs root (network namespaces, netlink, nftables)");
-        return;
-    }
+    require_root();
     let mut node = Node::new("nssel", env!("CARGO_BIN_EXE_bridgenet-agent"));
     node.kube(|c| async move {
         install_crds(&c).await;

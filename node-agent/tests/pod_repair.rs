@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cni_support;
+mod root_support;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -23,6 +24,7 @@ use bridgenet_crds::resolve_node_bridge;
 use cni_support::{
     Call, InProcessAgent, Netns, StaticDirectory, TestNetwork, World, chained_config, run_plugin,
 };
+use root_support::require_root;
 use serde_json::Value;
 
 /// The runtime's answer: which sandboxes run, in which namespace.
@@ -84,7 +86,9 @@ fn pings(from: &Netns, to: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
 async fn repair_puts_running_pods_back_after_links_are_deleted_by_hand() {
+    require_root();
     let red = TestNetwork::new("red", 21);
     let node = Netns::new("repair-n");
     // The underlay address the VXLAN port binds to.

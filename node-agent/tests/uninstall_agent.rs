@@ -7,18 +7,20 @@
 //! CustomResourceDefinition with the real group, version, kind and plural: the agent's requests
 //! (GET and a `metadata.name` field-selected watch of
 //! `/apis/apps/v1/namespaces/<ns>/daemonsets`) are the ones it makes against a real API server.
-//! Skipped, saying why, when not root.
+//! Needs root (`make root-test`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod dataplane_support;
+mod root_support;
 
 use bridgenet_crds::NodeBridge;
-use dataplane_support::{Node, is_root};
+use dataplane_support::Node;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{CustomResourceExt, ResourceExt};
+use root_support::require_root;
 use serde_json::{Value, json};
 
 const NS: &str = "kube-system";
@@ -149,11 +151,9 @@ fn delete_daemonset(node: &Node) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sigterm_unchains_only_when_the_daemonset_is_gone() {
-    if !is_root() {
-        eprintln!("SKIP: the agent's root test needs root (network namespaces, netlink, nftables)");
-        return;
-    }
+    require_root();
     let mut node = node_with_daemonset("uninst");
     std::fs::write(
         node.dir().join("net.d/10-primary.conflist"),
@@ -205,11 +205,9 @@ fn sigterm_unchains_only_when_the_daemonset_is_gone() {
 /// A single-plugin `.conf` primary: the agent converts it into a conflist at start, and its
 /// uninstall gives the `.conf` back byte for byte, with nothing else left in the directory.
 #[test]
+#[ignore = "needs root"]
 fn uninstall_gives_back_a_converted_single_plugin_conf() {
-    if !is_root() {
-        eprintln!("SKIP: the agent's root test needs root (network namespaces, netlink, nftables)");
-        return;
-    }
+    require_root();
     let mut node = node_with_daemonset("uninsc");
     let net_d = node.dir().join("net.d");
     let single = b"{ \"cniVersion\": \"1.0.0\", \"name\": \"containerd-net\",\n  \"type\": \"bridge\", \"bridge\": \"cni0\", \"ipam\": {\"type\": \"host-local\"} }\n";

@@ -176,15 +176,16 @@ mod tests {
     /// The kernel's own notifications, in a throwaway namespace: creating our table, a
     /// foreign table, and `nft flush ruleset`.
     #[test]
+    #[ignore = "needs root"]
     fn the_kernel_reports_changes_to_our_table() {
         let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
             s.lines()
                 .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
         });
-        if !root {
-            eprintln!("SKIP: needs root (network namespaces, nftables)");
-            return;
-        }
+        assert!(
+            root,
+            "this test needs root (network namespaces, nftables): run `make root-test` as root"
+        );
         let ns = format!("bnt-nftmon-{}", std::process::id());
         let in_ns = ns.clone();
         let nft = move |args: &str| {

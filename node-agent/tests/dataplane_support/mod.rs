@@ -11,17 +11,6 @@ use bridgenet_agent::dataplane::netns::run_in;
 use bridgenet_crds::{NodeBridge, NodeBridgeSpec};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
 /// bridgenet's CRDs applied to the emulator, as `kubectl apply` would.
 pub async fn install_crds(c: &kube::Client) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

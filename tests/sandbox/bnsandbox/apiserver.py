@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import base64
 import copy
-import hashlib
 import json
 import logging
 import pathlib
@@ -28,15 +27,14 @@ import yaml
 from aiohttp import web
 
 from . import errors, patch, protobuf, registry, schema, selectors, tls
+from .discovery import Discovery
 from .errors import ApiError
+from .gc import GarbageCollector
 from .registry import ResourceType
 from .store import Event, Key, Store, strip
 
 log = logging.getLogger("bnsandbox.apiserver")
 
-KUBE_VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0-bnsandbox", "platform": "linux/amd64",
-                "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
-                "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23", "compiler": "gc"}
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
@@ -59,46 +57,38 @@ class Target:
 
 
 class ApiServer:
+    """The resource endpoints (reads, writes, watches, deletion) over one store; discovery and
+    garbage collection are collaborators that share its store and served types."""
+
     def __init__(self, bookmark_interval: float = 5.0, gc_interval: float = 0.1, watch_history: int = 20000) -> None:
         self.store = Store(watch_history)
-        self.types: dict[tuple[str, str], ResourceType] = {}
+        self.types = registry.Types()
         self.bookmark_interval = bookmark_interval
-        self.gc_interval = gc_interval
-        self._gc_wakeup: asyncio.Event | None = None
-        for t in registry.builtin_types():
-            self.types[(t.group, t.plural)] = t
+        self.discovery = Discovery(self.types)
+        self.gc = GarbageCollector(self.store, self.types, self._delete_stored, self._finish_delete, gc_interval)
+        namespaces = self.types.get("", "namespaces")
+        assert namespaces is not None  # a built-in type
         for ns in DEFAULT_NAMESPACES:
-            self._create_direct(self.types[("", "namespaces")], {"apiVersion": "v1", "kind": "Namespace",
-                                                                 "metadata": {"name": ns}})
+            self._create_direct(namespaces, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
 
     # -- types ---------------------------------------------------------------------------------
 
-    def served(self, group: str, version: str) -> list[ResourceType]:
-        return [t for t in self.types.values() if t.group == group and version in t.versions]
-
     def resolve(self, group: str, version: str, rest: list[str]) -> Target:
-        gv_types = {t.plural: t for t in self.served(group, version)}
+        gv_types = {t.plural: t for t in self.types.served(group, version)}
         if not gv_types:
-            raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+            raise errors.no_such_path()
         namespace = None
         if len(rest) >= 3 and rest[0] == "namespaces" and rest[2] in gv_types and gv_types[rest[2]].namespaced:
             namespace, rest = rest[1], rest[2:]
         if not rest or rest[0] not in gv_types or len(rest) > 3:
-            raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+            raise errors.no_such_path()
         rtype = gv_types[rest[0]]
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else None
         if sub is not None and not ((sub == "status" and rtype.status_subresource)
                                     or (sub == "binding" and rtype.kind == "Pod")):
-            raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+            raise errors.no_such_path()
         return Target(rtype, version, namespace, name, sub)
-
-    def _register_crd(self, crd: dict) -> None:
-        t = registry.from_crd(crd)
-        self.types[(t.group, t.plural)] = t
-
-    def _unregister_crd(self, crd: dict) -> None:
-        self.types.pop((crd["spec"]["group"], crd["spec"]["names"]["plural"]), None)
 
     def _crd_status(self, crd: dict) -> dict:
         ts = registry.timestamp()
@@ -198,7 +188,7 @@ class ApiServer:
                 return new, True
             stored = self.store.put(t.key[:2] + (meta["name"],), new)
             if rtype.kind == "CustomResourceDefinition":
-                self._register_crd(stored)
+                self.types.add_crd(stored)
             return stored, True
 
         meta, old_meta = new.setdefault("metadata", {}), old["metadata"]
@@ -245,14 +235,14 @@ class ApiServer:
             return gone or new, False
         stored = self.store.put(t.key, new)
         if rtype.kind == "CustomResourceDefinition":
-            self._register_crd(stored)
+            self.types.add_crd(stored)
         return stored, True
 
     def _finish_delete(self, rtype: ResourceType, key: Key, final: dict | None = None) -> dict | None:
         obj = self.store.remove(key, final)
         if obj is not None and rtype.kind == "CustomResourceDefinition":
-            self._unregister_crd(obj)
-        self._wake_gc()
+            self.types.remove_crd(obj)
+        self.gc.wake()
         return obj
 
     def _delete(self, t: Target, opts: dict, dry_run: bool) -> tuple[dict, bool]:
@@ -271,7 +261,7 @@ class ApiServer:
         if opts.get("orphanDependents") is True:
             policy = "Orphan"
         if policy == "Orphan":
-            self._orphan_dependents(obj["metadata"]["uid"])
+            self.gc.orphan(obj["metadata"]["uid"])
         meta = obj["metadata"]
         pending = bool(meta.get("finalizers")) or rtype.kind in ("Namespace", "CustomResourceDefinition")
         if pending:
@@ -283,105 +273,38 @@ class ApiServer:
             if rtype.kind == "Namespace":
                 obj["status"] = {"phase": "Terminating"}
             stored = self.store.put(t.key, obj)
-            self._wake_gc()
+            self.gc.wake()
             return stored, True
         return self._finish_delete(rtype, t.key) or obj, False
 
-    def _orphan_dependents(self, uid: str) -> None:
-        for key, obj in list(self.store.objects.items()):
-            refs = obj["metadata"].get("ownerReferences") or []
-            if any(r.get("uid") == uid for r in refs):
-                new = copy.deepcopy(obj)
-                new["metadata"]["ownerReferences"] = [r for r in refs if r.get("uid") != uid]
-                if not new["metadata"]["ownerReferences"]:
-                    del new["metadata"]["ownerReferences"]
-                self.store.put(key, new)
-
-    # -- garbage collection and namespace/CRD finalization --------------------------------------
-
-    def _wake_gc(self) -> None:
-        if self._gc_wakeup is not None:
-            self._gc_wakeup.set()
-
-    def gc_once(self) -> bool:
-        """One sweep; True when it changed anything."""
-        changed = False
-        uids = self.store.uids()
-        by_storage = {t.storage: t for t in self.types.values()}
-        for key, obj in list(self.store.objects.items()):
-            refs = obj["metadata"].get("ownerReferences") or []
-            if refs and not any(r.get("uid") in uids for r in refs) and not obj["metadata"].get("deletionTimestamp"):
-                rtype = by_storage.get(key[0])
-                if rtype is None:
-                    continue
-                self._delete(Target(rtype, rtype.storage_version, key[1] or None, key[2], None), {}, False)
-                changed = True
-        for key, obj in list(self.store.objects.items()):
-            if not obj["metadata"].get("deletionTimestamp"):
-                continue
-            if key[0] == "/namespaces":
-                ns = key[2]
-                contents = [k for k in self.store.objects if k[1] == ns and k[0] != "/namespaces"]
-                for ckey in contents:
-                    rtype = by_storage.get(ckey[0])
-                    cobj = self.store.objects.get(ckey)
-                    if rtype and cobj and not cobj["metadata"].get("deletionTimestamp"):
-                        self._delete(Target(rtype, rtype.storage_version, ns, ckey[2], None), {}, False)
-                        changed = True
-                if not contents and not obj["metadata"].get("finalizers"):
-                    self.store.remove(key)
-                    changed = True
-            elif key[0] == "apiextensions.k8s.io/customresourcedefinitions":
-                crd_type = self.types.get((obj["spec"]["group"], obj["spec"]["names"]["plural"]))
-                storage = crd_type.storage if crd_type else f"{obj['spec']['group']}/{obj['spec']['names']['plural']}"
-                contents = [k for k in self.store.objects if k[0] == storage]
-                for ckey in contents:
-                    cobj = self.store.objects.get(ckey)
-                    if crd_type and cobj and not cobj["metadata"].get("deletionTimestamp"):
-                        self._delete(Target(crd_type, crd_type.storage_version, ckey[1] or None, ckey[2], None),
-                                     {}, False)
-                        changed = True
-                if not contents and not obj["metadata"].get("finalizers"):
-                    self._finish_delete(by_storage[key[0]], key)
-                    changed = True
-        return changed
-
-    async def gc_loop(self) -> None:
-        self._gc_wakeup = asyncio.Event()
-        while True:
-            try:
-                await asyncio.wait_for(self._gc_wakeup.wait(), timeout=1.0)
-            except asyncio.TimeoutError:
-                pass
-            self._gc_wakeup.clear()
-            # Real garbage collection is asynchronous too; a short delay lets clients observe it.
-            await asyncio.sleep(self.gc_interval)
-            while self.gc_once():
-                pass
+    def _delete_stored(self, rtype: ResourceType, namespace: str | None, name: str) -> None:
+        """The garbage collector's DELETE: default options, finalizers honoured."""
+        self._delete(Target(rtype, rtype.storage_version, namespace, name, None), {}, False)
 
     # -- HTTP ----------------------------------------------------------------------------------
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._errors_middleware])
         r = app.router
-        r.add_get("/version", lambda _: web.json_response(KUBE_VERSION))
+        d = self.discovery
+        r.add_get("/version", d.h_version)
         for probe in ("/healthz", "/readyz", "/livez"):
             r.add_get(probe, lambda _: web.Response(text="ok"))
-        r.add_get("/api", self.h_api)
-        r.add_get("/apis", self.h_apis)
-        r.add_get("/openapi/v3", self.h_openapi_root)
-        r.add_route("*", "/openapi/v3/{path:.*}", self.h_openapi_gv)
-        r.add_route("*", "/api/v1", self.h_core_resources)
+        r.add_get("/api", d.h_api)
+        r.add_get("/apis", d.h_apis)
+        r.add_get("/openapi/v3", d.h_openapi_root)
+        r.add_route("*", "/openapi/v3/{path:.*}", d.h_openapi_gv)
+        r.add_route("*", "/api/v1", d.h_core_resources)
         r.add_route("*", "/api/v1/{rest:.*}", self.h_core)
-        r.add_route("*", "/apis/{group}", self.h_group)
-        r.add_route("*", "/apis/{group}/{version}", self.h_group_resources)
+        r.add_route("*", "/apis/{group}", d.h_group)
+        r.add_route("*", "/apis/{group}/{version}", d.h_group_resources)
         r.add_route("*", "/apis/{group}/{version}/{rest:.*}", self.h_grouped)
         app.on_startup.append(self._start_gc)
         app.on_cleanup.append(self._stop_gc)
         return app
 
     async def _start_gc(self, app: web.Application) -> None:
-        app["gc"] = asyncio.create_task(self.gc_loop())
+        app["gc"] = asyncio.create_task(self.gc.run())
 
     async def _stop_gc(self, app: web.Application) -> None:
         app["gc"].cancel()
@@ -399,95 +322,6 @@ class ApiServer:
             log.exception("internal error on %s %s", request.method, request.path_qs)
             return web.json_response(ApiError(500, "InternalError", f"emulator bug: {err!r}").status(), status=500)
 
-    # discovery
-
-    def _groups(self) -> dict[str, list[str]]:
-        groups: dict[str, list[str]] = {}
-        for t in self.types.values():
-            if t.group:
-                vs = groups.setdefault(t.group, [])
-                for v in t.versions:
-                    if v not in vs:
-                        vs.append(v)
-        return groups
-
-    def _api_group(self, group: str, versions: list[str]) -> dict:
-        gvs = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
-        return {"name": group, "versions": gvs, "preferredVersion": gvs[0]}
-
-    async def h_api(self, _: web.Request) -> web.Response:
-        return web.json_response({"kind": "APIVersions", "versions": ["v1"],
-                                  "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]})
-
-    async def h_apis(self, _: web.Request) -> web.Response:
-        groups = [self._api_group(g, vs) for g, vs in sorted(self._groups().items())]
-        return web.json_response({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
-
-    def _resource_list(self, group: str, version: str) -> dict:
-        resources = []
-        for t in sorted(self.served(group, version), key=lambda t: t.plural):
-            resources += t.discovery_entries()
-        gv = f"{group}/{version}" if group else version
-        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
-
-    async def h_core_resources(self, request: web.Request) -> web.Response:
-        return web.json_response(self._resource_list("", "v1"))
-
-    async def h_group(self, request: web.Request) -> web.Response:
-        group = request.match_info["group"]
-        versions = self._groups().get(group)
-        if not versions:
-            raise ApiError(404, "NotFound", "the server could not find the requested resource")
-        return web.json_response({"kind": "APIGroup", "apiVersion": "v1", **self._api_group(group, versions)})
-
-    async def h_group_resources(self, request: web.Request) -> web.Response:
-        group, version = request.match_info["group"], request.match_info["version"]
-        if not self.served(group, version):
-            raise ApiError(404, "NotFound", "the server could not find the requested resource")
-        return web.json_response(self._resource_list(group, version))
-
-    # openapi v3: enough for kubectl to see that the server validates fields itself (it then
-    # sends `fieldValidation=Strict` instead of downloading schemas to validate client-side).
-
-    def _gv_paths(self) -> dict[str, tuple[str, str]]:
-        out = {"api/v1": ("", "v1")}
-        for g, vs in self._groups().items():
-            for v in vs:
-                out[f"apis/{g}/{v}"] = (g, v)
-        return out
-
-    def _openapi_doc(self, group: str, version: str) -> dict:
-        paths: dict[str, Any] = {}
-        schemas: dict[str, Any] = {}
-        prefix = f"/apis/{group}/{version}" if group else "/api/v1"
-        params = [{"name": n, "in": "query", "schema": {"type": "string"}}
-                  for n in ("dryRun", "fieldManager", "fieldValidation", "force")]
-        for t in self.served(group, version):
-            gvk = [{"group": t.group, "version": version, "kind": t.kind}]
-            base = f"{prefix}/namespaces/{{namespace}}/{t.plural}" if t.namespaced else f"{prefix}/{t.plural}"
-            op = {"parameters": params, "x-kubernetes-group-version-kind": gvk[0], "responses": {}}
-            paths[base + "/{name}"] = {"patch": op, "put": op, "get": op, "delete": op}
-            paths[base] = {"post": op, "get": op}
-            sch = copy.deepcopy(t.schemas.get(version) or {"type": "object",
-                                                           "x-kubernetes-preserve-unknown-fields": True})
-            sch["x-kubernetes-group-version-kind"] = gvk
-            schemas[f"{t.group or 'core'}.{version}.{t.kind}"] = sch
-        return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": KUBE_VERSION["gitVersion"]},
-                "paths": paths, "components": {"schemas": schemas}}
-
-    async def h_openapi_root(self, _: web.Request) -> web.Response:
-        paths = {}
-        for path, (g, v) in self._gv_paths().items():
-            digest = hashlib.sha256(json.dumps(self._openapi_doc(g, v), sort_keys=True).encode()).hexdigest()
-            paths[path] = {"serverRelativeURL": f"/openapi/v3/{path}?hash={digest[:32].upper()}"}
-        return web.json_response({"paths": paths})
-
-    async def h_openapi_gv(self, request: web.Request) -> web.Response:
-        gv = self._gv_paths().get(request.match_info["path"])
-        if gv is None:
-            raise ApiError(404, "NotFound", "the server could not find the requested resource")
-        return web.json_response(self._openapi_doc(*gv))
-
     # resources
 
     async def h_core(self, request: web.Request) -> web.StreamResponse:
@@ -502,7 +336,7 @@ class ApiServer:
     async def dispatch(self, request: web.Request, t: Target) -> web.StreamResponse:
         method = request.method
         if t.rtype.namespaced and t.name is not None and t.namespace is None:
-            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            raise errors.no_such_path()
         if t.subresource == "binding":
             if method != "POST":
                 raise errors.method_not_allowed()

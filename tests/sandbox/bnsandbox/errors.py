@@ -62,6 +62,11 @@ def invalid(kind: str, group: str, name: str, causes: list[str]) -> ApiError:
     return ApiError(422, "Invalid", f'{qualified_kind} "{name}" is invalid: ' + ", ".join(causes), details)
 
 
+def no_such_path() -> ApiError:
+    """A URL that names no served group, version, resource or subresource."""
+    return ApiError(404, "NotFound", "the server could not find the requested resource")
+
+
 def bad_request(message: str) -> ApiError:
     return ApiError(400, "BadRequest", message)
 

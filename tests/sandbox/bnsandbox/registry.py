@@ -7,7 +7,7 @@ import copy
 import datetime as dt
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import jsonpath, patch, schema
 
@@ -379,3 +379,35 @@ def from_crd(crd: dict) -> ResourceType:
         printer_columns={v["name"]: v.get("additionalPrinterColumns") or [] for v in served},
         custom=True,
     )
+
+
+class Types:
+    """The types served right now, keyed by (group, plural): the built-in ones, then one per
+    CRD in the order they were created. The server, its garbage collector and its discovery
+    documents share one instance, so a CRD is served, collected and discoverable at once."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[tuple[str, str], ResourceType] = {}
+        for t in builtin_types():
+            self._by_name[(t.group, t.plural)] = t
+
+    def __iter__(self) -> Iterator[ResourceType]:
+        return iter(self._by_name.values())
+
+    def get(self, group: str, plural: str) -> ResourceType | None:
+        return self._by_name.get((group, plural))
+
+    def served(self, group: str, version: str) -> list[ResourceType]:
+        return [t for t in self if t.group == group and version in t.versions]
+
+    def by_storage(self) -> dict[str, ResourceType]:
+        """Where two types share a storage (core and events.k8s.io Events), the later one."""
+        return {t.storage: t for t in self}
+
+    def add_crd(self, crd: dict) -> None:
+        """Serves `crd`'s resource, or replaces its type in place when the CRD changed."""
+        t = from_crd(crd)
+        self._by_name[(t.group, t.plural)] = t
+
+    def remove_crd(self, crd: dict) -> None:
+        self._by_name.pop((crd["spec"]["group"], crd["spec"]["names"]["plural"]), None)
