@@ -48,8 +48,11 @@ pub fn transaction(rules: &[Rule], any_network: bool) -> Value {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::dataplane::Desired;
     use crate::dataplane::firewall::observed_keys;
     use crate::dataplane::firewall::rules::{keys, rules, tests::nets};
+    use crate::dataplane::tests::{node, spec};
+    use bridgenet_crds::v1alpha1::NodeBridgeIpv6;
 
     #[test]
     fn transaction_fits_the_crate_schema_and_observation_roundtrips() {
@@ -65,5 +68,53 @@ mod tests {
         let cleanup = transaction(&[], false);
         let cmds = cleanup["nftables"].as_array().unwrap();
         assert_eq!(cmds.len(), 4, "add+delete for each table only: {cleanup}");
+    }
+
+    /// Networks covering every kind of rule: a lone v4 network, an internal dual-stack one
+    /// without inter-pod traffic, a dual-stack masquerading one whose name is too long for a
+    /// comment, and one that does not masquerade.
+    fn cases() -> Vec<(&'static str, Vec<Desired>, bool)> {
+        let two = nets();
+        let mut c = spec(
+            &format!("net-c-{}", "x".repeat(100)),
+            "br-c",
+            "10.77.0.0/24",
+            "10.77.0.254",
+            16_777_215,
+        );
+        c.inter_pod_traffic = false;
+        c.ipv6 = Some(NodeBridgeIpv6 {
+            subnet: "fd00:77:0:12::/64".into(),
+            gateway: "fd00:77:0:12::3456".into(),
+        });
+        let mut d = spec("net-d", "br-d", "10.88.0.0/16", "10.88.0.1", 9);
+        d.masquerade = false;
+        let four = vec![
+            Desired::from_spec(&d, &node()).unwrap(),
+            Desired::from_spec(&c, &node()).unwrap(),
+            two[1].clone(),
+            two[0].clone(),
+        ];
+        vec![
+            ("two", two.clone(), true),
+            ("lone", two[..1].to_vec(), true),
+            ("four", four, true),
+            ("cleanup", vec![], false),
+        ]
+    }
+
+    /// `testdata/transaction.json` is what the `serde_json::json!` builder this module had
+    /// before the typed schema sent to `nft -j -f -` for [`cases`]: the typed batch must send
+    /// exactly the same commands, in the same order, with the same comment hashes.
+    #[test]
+    fn transaction_sends_what_the_untyped_builder_sent() {
+        let expected: Value = serde_json::from_str(include_str!("testdata/transaction.json"))
+            .expect("the fixture is JSON");
+        for (name, networks, any_network) in cases() {
+            let typed: nftables::schema::Nftables =
+                serde_json::from_value(transaction(&rules(&networks), any_network)).unwrap();
+            let sent = serde_json::to_value(&typed).unwrap();
+            assert_eq!(sent, expected[name], "case {name}");
+        }
     }
 }
