@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::TABLE;
 use super::generation::{current_netns, ruleset_generation};
-use super::rules::{Rule, RuleKey, keys, rules};
+use super::rules::{Family, Rule, RuleKey, keys, rules};
 use super::transaction::transaction;
 use crate::dataplane::Desired;
 
@@ -23,16 +23,25 @@ pub enum FirewallError {
         /// The error from the nftables crate.
         source: nftables::helper::NftablesError,
     },
-    /// Our JSON does not fit the nftables crate's schema (a bug).
+    /// A rule's statements did not serialize to JSON for its content hash: a bug in the
+    /// schema types, never a property of the input.
     #[error("nftables: building the rule set: {0}")]
-    Schema(#[from] serde_json::Error),
+    Schema(#[source] serde_json::Error),
+    /// `nft -j list table` printed something that is not JSON.
+    #[error("nftables: reading `nft -j list table {family} {TABLE}`: {source}")]
+    Listing {
+        /// Family of the table listed.
+        family: &'static str,
+        /// The parse error.
+        source: serde_json::Error,
+    },
     /// Asking the kernel for the nftables ruleset generation failed.
     #[error("nftables: reading the ruleset generation over netlink: {0}")]
     Generation(#[source] std::io::Error),
 }
 
 impl FirewallError {
-    /// Condition reason.
+    /// The condition and metrics reason: `FirewallFailed`, whichever call failed.
     pub fn reason(&self) -> &'static str {
         "FirewallFailed"
     }
@@ -42,6 +51,10 @@ impl FirewallError {
 pub type ObservedTables = (Option<BTreeSet<RuleKey>>, Option<BTreeSet<RuleKey>>);
 
 /// Rule identities found in `nft -j list table` output.
+///
+/// Read as untyped JSON on purpose: the table may hold a rule someone else added with a
+/// statement the `nftables` crate's schema cannot parse, and such a table must be replaced,
+/// not fail the check.
 pub fn observed_keys(listing: &Value) -> BTreeSet<RuleKey> {
     let mut out = BTreeSet::new();
     let Some(items) = listing.get("nftables").and_then(Value::as_array) else {
@@ -106,10 +119,17 @@ impl Firewall {
     }
 
     /// Lists one bridgenet table; `None` when it does not exist.
-    fn list(&self, family: &str) -> Result<Option<Value>, FirewallError> {
-        let args = ["list", "table", family, TABLE];
+    fn list(&self, family: Family) -> Result<Option<Value>, FirewallError> {
+        let args = ["list", "table", family.name(), TABLE];
         match nftables::helper::get_current_ruleset_raw(self.program(), args.iter().copied()) {
-            Ok(out) => Ok(Some(serde_json::from_str(&out)?)),
+            Ok(out) => {
+                serde_json::from_str(&out)
+                    .map(Some)
+                    .map_err(|source| FirewallError::Listing {
+                        family: family.name(),
+                        source,
+                    })
+            }
             Err(nftables::helper::NftablesError::NftFailed { stderr, .. })
                 if stderr.contains("No such file or directory") =>
             {
@@ -128,8 +148,8 @@ impl Firewall {
     /// most of a no-change check. The helper thread inherits the caller's network namespace.
     pub fn observe(&self) -> Result<ObservedTables, FirewallError> {
         let (inet, bridge) = std::thread::scope(|scope| {
-            let bridge = scope.spawn(|| self.list("bridge"));
-            let inet = self.list("inet");
+            let bridge = scope.spawn(|| self.list(Family::Bridge));
+            let inet = self.list(Family::Inet);
             (inet, bridge.join())
         });
         let bridge = bridge.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -148,7 +168,7 @@ impl Firewall {
     /// differ. Skips listing them when the kernel's ruleset generation shows nothing changed
     /// since a check that found exactly these rules.
     pub fn reconcile(&self, networks: &[Desired]) -> Result<FirewallOutcome, FirewallError> {
-        let wanted = rules(networks);
+        let wanted = rules(networks)?;
         let wanted_keys = keys(&wanted);
         let netns = current_netns()?;
         let generation = ruleset_generation()?;
@@ -193,8 +213,7 @@ impl Firewall {
 
     /// Applies the replacing transaction unconditionally.
     pub fn replace(&self, rules: &[Rule], any_network: bool) -> Result<(), FirewallError> {
-        let batch: nftables::schema::Nftables =
-            serde_json::from_value(transaction(rules, any_network))?;
+        let batch = transaction(rules, any_network);
         crate::metrics::nftables_write();
         nftables::helper::apply_ruleset_with_args(
             &batch,

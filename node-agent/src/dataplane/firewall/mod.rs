@@ -45,7 +45,7 @@ mod transaction;
 
 pub use exec::{Firewall, FirewallError, FirewallOutcome, ObservedTables, observed_keys};
 pub use generation::ruleset_generation;
-pub use rules::{Rule, RuleKey, keys, rules};
+pub use rules::{Family, Hook, Rule, RuleKey, keys, rules};
 pub use transaction::transaction;
 
 /// Name of both bridgenet tables.

@@ -1,47 +1,107 @@
-//! The one nftables transaction that replaces both bridgenet tables with a rule set.
+//! The one nftables transaction that replaces both bridgenet tables with a rule set, built
+//! with the `nftables` crate's [`Batch`].
 
-use serde_json::{Value, json};
+use std::borrow::Cow;
+
+use nftables::batch::Batch;
+use nftables::schema::{self, NfListObject, Nftables, Table};
+use nftables::types::{NfChainPolicy, NfChainType};
 
 use super::TABLE;
-use super::rules::Rule;
+use super::rules::{Family, Hook, Rule};
 
-/// The chains of each table: (family, name, type, hook, priority).
-const CHAINS: &[(&str, &str, &str, &str, i32)] = &[
-    ("inet", "forward", "filter", "forward", 0),
-    ("inet", "input", "filter", "input", 0),
-    ("inet", "postrouting", "nat", "postrouting", 100),
-    ("bridge", "forward", "filter", "forward", 0),
-    ("bridge", "input", "filter", "input", 0),
-    ("bridge", "output", "filter", "output", 0),
+/// A base chain of a bridgenet table; every one accepts what its rules do not drop.
+struct BaseChain {
+    family: Family,
+    hook: Hook,
+    kind: NfChainType,
+    priority: i32,
+}
+
+const CHAINS: &[BaseChain] = &[
+    BaseChain {
+        family: Family::Inet,
+        hook: Hook::Forward,
+        kind: NfChainType::Filter,
+        priority: 0,
+    },
+    BaseChain {
+        family: Family::Inet,
+        hook: Hook::Input,
+        kind: NfChainType::Filter,
+        priority: 0,
+    },
+    // srcnat: masquerade after the filter chains have had their say.
+    BaseChain {
+        family: Family::Inet,
+        hook: Hook::Postrouting,
+        kind: NfChainType::NAT,
+        priority: 100,
+    },
+    BaseChain {
+        family: Family::Bridge,
+        hook: Hook::Forward,
+        kind: NfChainType::Filter,
+        priority: 0,
+    },
+    BaseChain {
+        family: Family::Bridge,
+        hook: Hook::Input,
+        kind: NfChainType::Filter,
+        priority: 0,
+    },
+    BaseChain {
+        family: Family::Bridge,
+        hook: Hook::Output,
+        kind: NfChainType::Filter,
+        priority: 0,
+    },
 ];
 
+fn table<'a>(family: Family) -> NfListObject<'a> {
+    NfListObject::Table(Table {
+        family: family.schema(),
+        name: Cow::Borrowed(TABLE),
+        handle: None,
+    })
+}
+
 /// The one transaction that replaces both tables with `rules` (or removes them when there is
-/// no network left).
-pub fn transaction(rules: &[Rule], any_network: bool) -> Value {
-    let mut cmds = Vec::new();
-    for family in ["inet", "bridge"] {
-        let table = json!({"family": family, "name": TABLE});
+/// no network left). It borrows the rules' statements and comments.
+pub fn transaction(rules: &[Rule], any_network: bool) -> Nftables<'_> {
+    let mut batch = Batch::new();
+    for family in Family::ALL {
         // `add` first so that `delete` cannot fail on a missing table; all in one commit.
-        cmds.push(json!({"add": {"table": table.clone()}}));
-        cmds.push(json!({"delete": {"table": table.clone()}}));
+        batch.add(table(family));
+        batch.delete(table(family));
         if !any_network {
             continue;
         }
-        cmds.push(json!({"add": {"table": table}}));
-        for (fam, name, ty, hook, prio) in CHAINS.iter().filter(|c| c.0 == family) {
-            cmds.push(json!({"add": {"chain": {
-                "family": fam, "table": TABLE, "name": name,
-                "type": ty, "hook": hook, "prio": prio, "policy": "accept"
-            }}}));
+        batch.add(table(family));
+        for chain in CHAINS.iter().filter(|c| c.family == family) {
+            batch.add(NfListObject::Chain(schema::Chain {
+                family: family.schema(),
+                table: Cow::Borrowed(TABLE),
+                name: Cow::Borrowed(chain.hook.name()),
+                _type: Some(chain.kind),
+                hook: Some(chain.hook.schema()),
+                prio: Some(chain.priority),
+                policy: Some(NfChainPolicy::Accept),
+                ..schema::Chain::default()
+            }));
         }
-        for r in rules.iter().filter(|r| r.family == family) {
-            cmds.push(json!({"add": {"rule": {
-                "family": r.family, "table": TABLE, "chain": r.chain,
-                "comment": r.comment, "expr": r.expr
-            }}}));
+        for rule in rules.iter().filter(|r| r.family == family) {
+            batch.add(NfListObject::Rule(schema::Rule {
+                family: family.schema(),
+                table: Cow::Borrowed(TABLE),
+                chain: Cow::Borrowed(rule.chain.name()),
+                expr: Cow::Borrowed(&rule.expr),
+                comment: Some(Cow::Borrowed(&rule.comment)),
+                ..schema::Rule::default()
+            }));
         }
     }
-    json!({"nftables": cmds})
+    batch.to_nftables()
 }
 
 #[cfg(test)]
@@ -53,21 +113,21 @@ mod tests {
     use crate::dataplane::firewall::rules::{keys, rules, tests::nets};
     use crate::dataplane::tests::{node, spec};
     use bridgenet_crds::v1alpha1::NodeBridgeIpv6;
+    use serde_json::{Value, json};
 
     #[test]
     fn transaction_fits_the_crate_schema_and_observation_roundtrips() {
-        let r = rules(&nets());
-        let tx = transaction(&r, true);
-        let typed: nftables::schema::Nftables = serde_json::from_value(tx.clone()).unwrap();
+        let r = rules(&nets()).unwrap();
+        let typed = transaction(&r, true);
         assert!(typed.objects.len() > r.len());
         // What `nft -j list table` prints has the same rule objects (plus handles).
         let listing = json!({"nftables": r.iter().map(|x| json!({"rule": {
-            "family": x.family, "table": TABLE, "chain": x.chain, "handle": 3, "comment": x.comment, "expr": x.expr
+            "family": x.family.name(), "table": TABLE, "chain": x.chain.name(), "handle": 3, "comment": x.comment, "expr": x.expr
         }})).collect::<Vec<_>>()});
         assert_eq!(observed_keys(&listing), keys(&r));
         let cleanup = transaction(&[], false);
-        let cmds = cleanup["nftables"].as_array().unwrap();
-        assert_eq!(cmds.len(), 4, "add+delete for each table only: {cleanup}");
+        let cmds = &cleanup.objects;
+        assert_eq!(cmds.len(), 4, "add+delete for each table only: {cleanup:?}");
     }
 
     /// Networks covering every kind of rule: a lone v4 network, an internal dual-stack one
@@ -103,17 +163,17 @@ mod tests {
         ]
     }
 
-    /// `testdata/transaction.json` is what the `serde_json::json!` builder this module had
-    /// before the typed schema sent to `nft -j -f -` for [`cases`]: the typed batch must send
-    /// exactly the same commands, in the same order, with the same comment hashes.
+    /// `testdata/transaction.json` was generated from the `serde_json::json!` builder this
+    /// module had before the typed schema: what it sent to `nft -j -f -` for [`cases`]. The
+    /// typed batch must send exactly the same commands, in the same order, with the same
+    /// comment hashes (compared as JSON values, so key order does not matter).
     #[test]
     fn transaction_sends_what_the_untyped_builder_sent() {
         let expected: Value = serde_json::from_str(include_str!("testdata/transaction.json"))
             .expect("the fixture is JSON");
         for (name, networks, any_network) in cases() {
-            let typed: nftables::schema::Nftables =
-                serde_json::from_value(transaction(&rules(&networks), any_network)).unwrap();
-            let sent = serde_json::to_value(&typed).unwrap();
+            let rules = rules(&networks).unwrap();
+            let sent = serde_json::to_value(transaction(&rules, any_network)).unwrap();
             assert_eq!(sent, expected[name], "case {name}");
         }
     }
