@@ -92,7 +92,7 @@ struct Verified {
     /// The ruleset generation read *before* the listing that found the rules right: any
     /// commit after that read, including one racing the listing, has bumped it.
     generation: u32,
-    /// The rules found.
+    /// The rule identities the listing found, which were the wanted ones.
     keys: BTreeSet<RuleKey>,
 }
 
@@ -211,7 +211,8 @@ impl Firewall {
         Ok(FirewallOutcome::Replaced)
     }
 
-    /// Applies the replacing transaction unconditionally.
+    /// Applies the replacing transaction unconditionally, counting the write in the
+    /// `nftables_writes` metric (an unchanged node must count none).
     pub fn replace(&self, rules: &[Rule], any_network: bool) -> Result<(), FirewallError> {
         let batch = transaction(rules, any_network);
         crate::metrics::nftables_write();

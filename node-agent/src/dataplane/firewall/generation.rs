@@ -85,7 +85,8 @@ fn parse_generation(reply: &[u8]) -> Result<u32, std::io::Error> {
     Err(bad_reply("no generation id in the reply"))
 }
 
-/// Identity of the calling thread's network namespace.
+/// Identity of the calling thread's network namespace: (device, inode) of its nsfs file, so a
+/// check verified in one namespace is never trusted in another (tests and benches use several).
 pub(super) fn current_netns() -> Result<(u64, u64), FirewallError> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata("/proc/thread-self/ns/net").map_err(FirewallError::Generation)?;

@@ -27,7 +27,7 @@
 //!     source" drops and log noise).
 //!
 //! Every rule carries a comment `bridgenet:<network> <purpose> <hash>`, the hash covering the
-//! rule's chain and expression. The kernel's rule set matches the desired one exactly when the
+//! rule's family, chain and expression. The kernel's rule set matches the desired one exactly when the
 //! sets of (table, chain, comment) match, so a check costs two `nft -j list table` reads and no
 //! write, also right after an agent restart. Once a check has found the tables right, later
 //! checks first ask the kernel for the ruleset generation (one netlink round trip, see
@@ -37,6 +37,14 @@
 //! Changes are applied as ONE `nft -j -f -` transaction that adds, deletes and re-adds each
 //! table with all its chains and rules: the kernel commits it atomically, so packets see either
 //! the old or the new rule set, never an empty table — replacing is safe for running pods.
+//!
+//! Layout, decide then act:
+//! - `rules.rs`: the pure rule set of a list of [`Desired`](crate::dataplane::Desired)
+//!   networks, as `nftables` crate statements with their identities ([`rules()`], [`keys`]);
+//! - `transaction.rs`: the batch that replaces both tables with a rule set ([`transaction()`]);
+//! - `generation.rs`: the ruleset generation over netlink and the namespace it belongs to;
+//! - `exec.rs`: [`Firewall`], which lists, compares, remembers a verified state and writes,
+//!   and [`FirewallError`].
 
 mod exec;
 mod generation;
@@ -48,5 +56,6 @@ pub use generation::ruleset_generation;
 pub use rules::{Family, Hook, Rule, RuleKey, keys, rules};
 pub use transaction::transaction;
 
-/// Name of both bridgenet tables.
+/// Name of bridgenet's table in both families (`inet bridgenet`, `bridge bridgenet`); the
+/// nftables-change monitor watches for changes to tables of this name.
 pub const TABLE: &str = "bridgenet";

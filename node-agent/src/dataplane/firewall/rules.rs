@@ -206,7 +206,9 @@ fn rule(
     })
 }
 
-/// The rules for a set of networks (all networks realized on this node).
+/// The rules for all networks realized on this node, in network-name order so the transaction
+/// is the same whatever order the networks come in. Fails only on a serialization bug
+/// ([`FirewallError::Schema`]).
 pub fn rules(networks: &[Desired]) -> Result<Vec<Rule>, FirewallError> {
     let mut out = Vec::new();
     let mut sorted: Vec<&Desired> = networks.iter().collect();
@@ -427,7 +429,7 @@ pub fn rules(networks: &[Desired]) -> Result<Vec<Rule>, FirewallError> {
     Ok(out)
 }
 
-/// The identities of `rules`.
+/// The identities of `rules`, to compare with [`observed_keys`](super::observed_keys).
 pub fn keys(rules: &[Rule]) -> BTreeSet<RuleKey> {
     rules
         .iter()
