@@ -181,13 +181,36 @@ fn owner_tag(network: &str) -> String {
     }
 }
 
-fn rule(
+/// A rule before its comment: where it goes, what it is for, what it matches.
+struct Draft {
     family: Family,
     chain: Hook,
-    network: &str,
-    purpose: &str,
+    purpose: String,
     expr: Vec<Statement<'static>>,
-) -> Result<Rule, FirewallError> {
+}
+
+fn draft(
+    family: Family,
+    chain: Hook,
+    purpose: impl Into<String>,
+    expr: Vec<Statement<'static>>,
+) -> Draft {
+    Draft {
+        family,
+        chain,
+        purpose: purpose.into(),
+        expr,
+    }
+}
+
+/// Gives a draft of `network` its comment.
+fn finish(network: &str, draft: Draft) -> Result<Rule, FirewallError> {
+    let Draft {
+        family,
+        chain,
+        purpose,
+        expr,
+    } = draft;
     // The hash covers the expression's JSON with its keys sorted (what `serde_json::Value`
     // prints), as the untyped builder hashed it: the same rule keeps the same comment across
     // agent versions, so an upgrade does not rewrite unchanged tables.
@@ -210,223 +233,229 @@ fn rule(
 /// is the same whatever order the networks come in. Fails only on a serialization bug
 /// ([`FirewallError::Schema`]).
 pub fn rules(networks: &[Desired]) -> Result<Vec<Rule>, FirewallError> {
-    let mut out = Vec::new();
     let mut sorted: Vec<&Desired> = networks.iter().collect();
     sorted.sort_by(|a, b| a.network.cmp(&b.network));
+    let mut out = Vec::new();
     for n in &sorted {
-        let b = text(&n.bridge);
         let others: Vec<&str> = sorted
             .iter()
             .filter(|o| o.bridge != n.bridge)
             .map(|o| o.bridge.as_str())
             .collect();
-        let name = n.network.as_str();
-        if !others.is_empty() {
-            let set = if others.len() == 1 {
-                text(others[0])
-            } else {
-                Expression::Named(NamedExpression::Set(
-                    others.iter().map(|o| SetItem::Element(text(*o))).collect(),
-                ))
-            };
-            out.push(rule(
-                Family::Inet,
-                Hook::Forward,
-                name,
-                "isolation",
-                vec![
-                    eq(meta(MetaKey::Iifname), b.clone()),
-                    eq(meta(MetaKey::Oifname), set),
-                    drop(),
-                ],
-            )?);
+        let drafts = isolation(n, &others)
+            .into_iter()
+            .chain(internal(n))
+            .chain(no_inter_pod(n))
+            .chain(masquerade(n))
+            .chain(gateway_fence(n));
+        for d in drafts {
+            out.push(finish(&n.network, d)?);
         }
-        if n.internal {
-            out.push(rule(
-                Family::Inet,
-                Hook::Forward,
-                name,
-                "internal-out",
-                vec![
-                    eq(meta(MetaKey::Iifname), b.clone()),
-                    ne(meta(MetaKey::Oifname), b.clone()),
-                    drop(),
-                ],
-            )?);
-            out.push(rule(
-                Family::Inet,
-                Hook::Forward,
-                name,
-                "internal-in",
-                vec![
-                    ne(meta(MetaKey::Iifname), b.clone()),
-                    eq(meta(MetaKey::Oifname), b.clone()),
-                    drop(),
-                ],
-            )?);
-            out.push(rule(
-                Family::Inet,
-                Hook::Input,
-                name,
-                "internal-host-v4",
-                vec![
-                    eq(meta(MetaKey::Iifname), b.clone()),
-                    ne(payload("ip", "daddr"), text(n.gateway4.addr().to_string())),
-                    drop(),
-                ],
-            )?);
-            let mut v6 = vec![
-                eq(meta(MetaKey::Iifname), b.clone()),
-                eq(meta(MetaKey::Nfproto), text("ipv6")),
-            ];
-            if let Some((_, gw6)) = n.v6 {
-                v6.push(ne(payload("ip6", "daddr"), text(gw6.addr().to_string())));
-            }
-            v6.push(ne(
-                payload("ip6", "daddr"),
-                prefix(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0).into(), 10),
-            ));
-            v6.push(ne(
-                payload("ip6", "daddr"),
-                prefix(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0).into(), 8),
-            ));
-            v6.push(drop());
-            out.push(rule(
-                Family::Inet,
-                Hook::Input,
-                name,
-                "internal-host-v6",
-                v6,
-            )?);
-        }
-        if !n.inter_pod_traffic {
-            out.push(rule(
-                Family::Inet,
-                Hook::Forward,
-                name,
-                "no-inter-pod",
-                vec![
-                    eq(meta(MetaKey::Iifname), b.clone()),
-                    eq(meta(MetaKey::Oifname), b.clone()),
-                    drop(),
-                ],
-            )?);
-            out.push(rule(
-                Family::Bridge,
-                Hook::Forward,
-                name,
-                "no-inter-pod-v4",
-                vec![
-                    eq(payload("ip", "saddr"), subnet(&n.subnet4)),
-                    eq(payload("ip", "daddr"), subnet(&n.subnet4)),
-                    drop(),
-                ],
-            )?);
-            if let Some((s6, _)) = n.v6 {
-                out.push(rule(
-                    Family::Bridge,
-                    Hook::Forward,
-                    name,
-                    "no-inter-pod-v6",
-                    vec![
-                        eq(payload("ip6", "saddr"), subnet(&s6)),
-                        eq(payload("ip6", "daddr"), subnet(&s6)),
-                        drop(),
-                    ],
-                )?);
-            }
-        }
-        if n.masquerade && !n.internal {
-            out.push(rule(
-                Family::Inet,
-                Hook::Postrouting,
-                name,
-                "masquerade-v4",
-                vec![
-                    eq(payload("ip", "saddr"), subnet(&n.subnet4)),
-                    ne(payload("ip", "daddr"), subnet(&n.subnet4)),
-                    Statement::Masquerade(None),
-                ],
-            )?);
-            if let Some((s6, _)) = n.v6 {
-                out.push(rule(
-                    Family::Inet,
-                    Hook::Postrouting,
-                    name,
-                    "masquerade-v6",
-                    vec![
-                        eq(payload("ip6", "saddr"), subnet(&s6)),
-                        ne(payload("ip6", "daddr"), subnet(&s6)),
-                        Statement::Masquerade(None),
-                    ],
-                )?);
-            }
-        }
-        // The anycast gateway's fence on the overlay port.
-        let vx = text(&n.vxlan);
-        let mac = text(format_mac(&n.mac));
-        let gw4 = text(n.gateway4.addr().to_string());
-        // `dir` names the purpose as the untyped builder did: it is part of the comment.
-        for (chain, key, dir) in [
-            (Hook::Forward, MetaKey::Oifname, "oifname"),
-            (Hook::Forward, MetaKey::Iifname, "iifname"),
-            (Hook::Input, MetaKey::Iifname, "iifname"),
-        ] {
-            out.push(rule(
-                Family::Bridge,
-                chain,
-                name,
-                &format!("gateway-arp-{dir}"),
-                vec![
-                    eq(meta(key), vx.clone()),
-                    eq(payload("arp", "daddr ip"), gw4.clone()),
-                    drop(),
-                ],
-            )?);
-            if let Some((_, gw6)) = n.v6
-                && let IpAddr::V6(ip) = gw6.addr()
-            {
-                out.push(rule(
-                    Family::Bridge,
-                    chain,
-                    name,
-                    &format!("gateway-nd-{dir}"),
-                    vec![
-                        eq(meta(key), vx.clone()),
-                        eq(
-                            payload("ip6", "daddr"),
-                            text(solicited_node(ip).to_string()),
-                        ),
-                        eq(payload("icmpv6", "type"), text("nd-neighbor-solicit")),
-                        drop(),
-                    ],
-                )?);
-            }
-        }
-        out.push(rule(
-            Family::Bridge,
-            Hook::Output,
-            name,
-            "gateway-mac-out",
-            vec![
-                eq(meta(MetaKey::Oifname), vx.clone()),
-                eq(payload("ether", "saddr"), mac.clone()),
-                drop(),
-            ],
-        )?);
-        out.push(rule(
-            Family::Bridge,
-            Hook::Input,
-            name,
-            "gateway-mac-in",
-            vec![
-                eq(meta(MetaKey::Iifname), vx.clone()),
-                eq(payload("ether", "saddr"), mac),
-                drop(),
-            ],
-        )?);
     }
     Ok(out)
+}
+
+/// Docker's isolation: nothing routed from this network's bridge to another bridgenet bridge.
+/// The other direction is the other network's rule. A lone network has none.
+fn isolation(n: &Desired, others: &[&str]) -> Option<Draft> {
+    let set = match others {
+        [] => return None,
+        [one] => text(*one),
+        _ => Expression::Named(NamedExpression::Set(
+            others.iter().map(|o| SetItem::Element(text(*o))).collect(),
+        )),
+    };
+    Some(draft(
+        Family::Inet,
+        Hook::Forward,
+        "isolation",
+        vec![
+            eq(meta(MetaKey::Iifname), text(&n.bridge)),
+            eq(meta(MetaKey::Oifname), set),
+            drop(),
+        ],
+    ))
+}
+
+/// `internal`: nothing routed in or out, and of the node only the gateway (plus the IPv6
+/// link-local and multicast ranges ND needs).
+fn internal(n: &Desired) -> Vec<Draft> {
+    if !n.internal {
+        return Vec::new();
+    }
+    let mut v6 = vec![
+        eq(meta(MetaKey::Iifname), text(&n.bridge)),
+        eq(meta(MetaKey::Nfproto), text("ipv6")),
+    ];
+    if let Some((_, gw6)) = n.v6 {
+        v6.push(ne(payload("ip6", "daddr"), text(gw6.addr().to_string())));
+    }
+    v6.push(ne(
+        payload("ip6", "daddr"),
+        prefix(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0).into(), 10),
+    ));
+    v6.push(ne(
+        payload("ip6", "daddr"),
+        prefix(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0).into(), 8),
+    ));
+    v6.push(drop());
+    vec![
+        draft(
+            Family::Inet,
+            Hook::Forward,
+            "internal-out",
+            through(&n.bridge, Operator::EQ, Operator::NEQ),
+        ),
+        draft(
+            Family::Inet,
+            Hook::Forward,
+            "internal-in",
+            through(&n.bridge, Operator::NEQ, Operator::EQ),
+        ),
+        draft(
+            Family::Inet,
+            Hook::Input,
+            "internal-host-v4",
+            vec![
+                eq(meta(MetaKey::Iifname), text(&n.bridge)),
+                ne(payload("ip", "daddr"), text(n.gateway4.addr().to_string())),
+                drop(),
+            ],
+        ),
+        draft(Family::Inet, Hook::Input, "internal-host-v6", v6),
+    ]
+}
+
+/// `interPodTraffic: false`: routed bridge-to-itself traffic (seen only with `br_netfilter`)
+/// and, in the bridge family, IP packets with both ends in the subnet.
+fn no_inter_pod(n: &Desired) -> Vec<Draft> {
+    if n.inter_pod_traffic {
+        return Vec::new();
+    }
+    let mut out = vec![draft(
+        Family::Inet,
+        Hook::Forward,
+        "no-inter-pod",
+        through(&n.bridge, Operator::EQ, Operator::EQ),
+    )];
+    for (version, protocol, net) in subnets(n) {
+        out.push(draft(
+            Family::Bridge,
+            Hook::Forward,
+            format!("no-inter-pod-{version}"),
+            from_subnet(protocol, &net, Operator::EQ, drop()),
+        ));
+    }
+    out
+}
+
+/// `masquerade` (never on an `internal` network): what leaves the subnet takes the node's
+/// address.
+fn masquerade(n: &Desired) -> Vec<Draft> {
+    if !n.masquerade || n.internal {
+        return Vec::new();
+    }
+    subnets(n)
+        .map(|(version, protocol, net)| {
+            draft(
+                Family::Inet,
+                Hook::Postrouting,
+                format!("masquerade-{version}"),
+                from_subnet(protocol, &net, Operator::NEQ, Statement::Masquerade(None)),
+            )
+        })
+        .collect()
+}
+
+/// The network's subnets, IPv4 first: (`v4`/`v6`, payload protocol, subnet).
+fn subnets(n: &Desired) -> impl Iterator<Item = (&'static str, &'static str, ipnet::IpNet)> {
+    std::iter::once(("v4", "ip", n.subnet4)).chain(n.v6.map(|(s6, _)| ("v6", "ip6", s6)))
+}
+
+/// `iifname <iif> bridge oifname <oif> bridge drop`: with `==`/`!=`, traffic leaving,
+/// entering or staying on the bridge.
+fn through(bridge: &str, iif: Operator, oif: Operator) -> Vec<Statement<'static>> {
+    vec![
+        matches(iif, meta(MetaKey::Iifname), text(bridge)),
+        matches(oif, meta(MetaKey::Oifname), text(bridge)),
+        drop(),
+    ]
+}
+
+/// `<protocol> saddr <net> <protocol> daddr <daddr> <net> <verdict>`: with `==`/`!=`, traffic
+/// staying in or leaving the subnet.
+fn from_subnet(
+    protocol: &'static str,
+    net: &ipnet::IpNet,
+    daddr: Operator,
+    verdict: Statement<'static>,
+) -> Vec<Statement<'static>> {
+    vec![
+        eq(payload(protocol, "saddr"), subnet(net)),
+        matches(daddr, payload(protocol, "daddr"), subnet(net)),
+        verdict,
+    ]
+}
+
+/// The anycast gateway's fence on the overlay port: its ARP and neighbour solicitations, and
+/// every frame from its MAC, stay off the VXLAN port.
+fn gateway_fence(n: &Desired) -> Vec<Draft> {
+    let vx = || text(&n.vxlan);
+    let mut out = Vec::new();
+    // `dir` names the purpose as the untyped builder did: it is part of the comment.
+    for (chain, key, dir) in [
+        (Hook::Forward, MetaKey::Oifname, "oifname"),
+        (Hook::Forward, MetaKey::Iifname, "iifname"),
+        (Hook::Input, MetaKey::Iifname, "iifname"),
+    ] {
+        out.push(draft(
+            Family::Bridge,
+            chain,
+            format!("gateway-arp-{dir}"),
+            vec![
+                eq(meta(key), vx()),
+                eq(
+                    payload("arp", "daddr ip"),
+                    text(n.gateway4.addr().to_string()),
+                ),
+                drop(),
+            ],
+        ));
+        if let Some((_, gw6)) = n.v6
+            && let IpAddr::V6(ip) = gw6.addr()
+        {
+            out.push(draft(
+                Family::Bridge,
+                chain,
+                format!("gateway-nd-{dir}"),
+                vec![
+                    eq(meta(key), vx()),
+                    eq(
+                        payload("ip6", "daddr"),
+                        text(solicited_node(ip).to_string()),
+                    ),
+                    eq(payload("icmpv6", "type"), text("nd-neighbor-solicit")),
+                    drop(),
+                ],
+            ));
+        }
+    }
+    for (chain, key, purpose) in [
+        (Hook::Output, MetaKey::Oifname, "gateway-mac-out"),
+        (Hook::Input, MetaKey::Iifname, "gateway-mac-in"),
+    ] {
+        out.push(draft(
+            Family::Bridge,
+            chain,
+            purpose,
+            vec![
+                eq(meta(key), vx()),
+                eq(payload("ether", "saddr"), text(format_mac(&n.mac))),
+                drop(),
+            ],
+        ));
+    }
+    out
 }
 
 /// The identities of `rules`, to compare with [`observed_keys`](super::observed_keys).
