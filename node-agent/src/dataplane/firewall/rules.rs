@@ -58,7 +58,7 @@ pub enum Hook {
     Forward,
     /// Traffic addressed to the node itself.
     Input,
-    /// Frames the bridge sends out of a port (bridge family only here).
+    /// Frames the node itself sends through a bridge (used in the bridge family only).
     Output,
     /// Routed traffic leaving the node, after routing: where masquerade happens.
     Postrouting,
