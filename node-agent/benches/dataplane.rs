@@ -151,7 +151,7 @@ fn bench(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 bridgenet_agent::dataplane::firewall::keys(
-                    &bridgenet_agent::dataplane::firewall::rules(&fifty),
+                    &bridgenet_agent::dataplane::firewall::rules(&fifty).unwrap(),
                 )
             })
         },
