@@ -199,13 +199,29 @@ fn error_policy(nb: Arc<NodeBridge>, error: &ReconcileError, _ctx: Arc<Context>)
 #[tracing::instrument(skip_all, fields(nodebridge = %nb.name_any(), network = %nb.spec.network))]
 async fn reconcile(nb: Arc<NodeBridge>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let api = ctx.api.clone();
-    finalizer(&api, FINALIZER_AGENT, nb, |event| async {
+    let result = finalizer(&api, FINALIZER_AGENT, nb, |event| async {
         match event {
             Finalizer::Apply(nb) => apply(&nb, &ctx).await,
             Finalizer::Cleanup(nb) => cleanup(&nb, &ctx).await,
         }
     })
-    .await
+    .await;
+    settled(result)
+}
+
+/// A NodeBridge that is gone by the time its finalizer is to be added or removed (the operator
+/// or an uninstall removed it first) needs nothing more: done, not a failure to retry forever.
+fn settled(result: Result<Action, ReconcileError>) -> Result<Action, ReconcileError> {
+    use kube::runtime::finalizer::Error as F;
+    match result {
+        Err(F::AddFinalizer(kube::Error::Api(s)) | F::RemoveFinalizer(kube::Error::Api(s)))
+            if s.code == 404 =>
+        {
+            tracing::debug!("gone before its finalizer was updated");
+            Ok(Action::await_change())
+        }
+        other => other,
+    }
 }
 
 async fn publish(ctx: &Context, nb: &NodeBridge, type_: EventType, reason: &str, note: String) {
@@ -304,4 +320,38 @@ async fn cleanup(nb: &NodeBridge, ctx: &Context) -> Result<Action, ControllerErr
     ctx.specs.forget(&name);
     tracing::info!("torn down; releasing finalizer");
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use kube::core::Status;
+    use kube::runtime::finalizer::Error as F;
+
+    use super::*;
+
+    fn api(code: u16) -> kube::Error {
+        let mut status = Status::failure("nodebridges.bridgenet.io \"x\" not found", "NotFound");
+        status.code = code;
+        kube::Error::Api(Box::new(status))
+    }
+
+    #[test]
+    fn a_nodebridge_gone_before_its_finalizer_changes_is_done() {
+        assert_eq!(
+            settled(Err(F::RemoveFinalizer(api(404)))).unwrap(),
+            Action::await_change()
+        );
+        assert_eq!(
+            settled(Err(F::AddFinalizer(api(404)))).unwrap(),
+            Action::await_change()
+        );
+    }
+
+    #[test]
+    fn other_finalizer_failures_are_still_retried() {
+        assert!(settled(Err(F::RemoveFinalizer(api(409)))).is_err());
+        assert!(settled(Err(F::AddFinalizer(api(500)))).is_err());
+    }
 }
