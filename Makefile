@@ -36,8 +36,11 @@ root-test: setup
 	BRIDGENET_REQUIRE_TOOLS=1 $(CARGO) test --workspace --locked -- --ignored --skip real_server::
 
 ## The sandbox's Kubernetes API emulator and node plumbing, driven by real kubectl and raw HTTP.
+## The kubectl plugin is built first: its tests run `kubectl bridgenet` against the emulator, and
+## BRIDGENET_REQUIRE_PLUGIN=1 makes a missing binary a failure instead of a skip.
 sandbox-test:
-	cd tests/sandbox && python3 -m pytest -q
+	$(CARGO) build --locked -p bridgenet-kubectl
+	cd tests/sandbox && BRIDGENET_REQUIRE_PLUGIN=1 python3 -m pytest -q
 
 ## The Docker story end to end on a two-node sandbox with the real operator, agents and plugin.
 sandbox-e2e: setup
