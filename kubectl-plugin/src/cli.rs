@@ -93,3 +93,52 @@ impl From<Shell> for clap_complete::Shell {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_go_anywhere_after_the_plugin_name() {
+        let cli = Cli::try_parse_from([
+            "kubectl-bridgenet",
+            "--context",
+            "kind-a",
+            "inspect",
+            "web",
+            "db",
+            "--kubeconfig",
+            "/tmp/kc",
+            "--format",
+            "table",
+        ])
+        .unwrap();
+        assert_eq!(cli.context.as_deref(), Some("kind-a"));
+        assert_eq!(cli.kubeconfig.as_deref(), Some("/tmp/kc"));
+        match cli.command {
+            Command::Inspect { networks, format } => {
+                assert_eq!(networks, ["web", "db"]);
+                assert!(matches!(format, InspectFormat::Table));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_the_choices() {
+        let err = Cli::try_parse_from(["kubectl-bridgenet", "ls", "-o", "xml"]).unwrap_err();
+        assert!(err.to_string().contains("wide, json, yaml"), "{err}");
+        let err = Cli::try_parse_from(["kubectl-bridgenet", "inspect"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let err = Cli::try_parse_from(["kubectl-bridgenet", "completion", "tcsh"]).unwrap_err();
+        assert!(err.to_string().contains("bash, zsh, fish"), "{err}");
+    }
+}
