@@ -4,7 +4,10 @@
 
 use bridgenet_crds::{BridgeNetwork, NodeBridge, v1alpha1::Endpoint};
 use kube::ResourceExt;
-use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Value, json};
 
 /// Columns of `ls`, and with `wide` the extra ones of `ls -o wide`.
 pub fn ls_table(networks: &[BridgeNetwork], wide: bool, now_seconds: i64) -> String {
@@ -63,78 +66,141 @@ pub fn ls_list(networks: &[BridgeNetwork]) -> Value {
     })
 }
 
-/// One network as `docker network inspect` shows it, with its attached pods gathered from the
-/// status of every NodeBridge that belongs to it (`spec.network`), wherever they run.
-pub fn inspect(net: &BridgeNetwork, node_bridges: &[NodeBridge]) -> Value {
+/// One network as `docker network inspect` shows it: Docker's keys, in Docker's order.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkDoc {
+    name: String,
+    id: String,
+    created: String,
+    scope: &'static str,
+    driver: &'static str,
+    #[serde(rename = "EnableIPv6")]
+    enable_ipv6: bool,
+    #[serde(rename = "IPAM")]
+    ipam: Ipam,
+    internal: bool,
+    /// Keyed `namespace/pod/interface`, the way Docker keys containers by id.
+    containers: BTreeMap<String, ContainerDoc>,
+    options: BTreeMap<&'static str, String>,
+    labels: BTreeMap<String, String>,
+}
+
+/// `IPAM`: one config entry per address family.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Ipam {
+    driver: &'static str,
+    config: Vec<IpamConfig>,
+}
+
+/// One entry of `IPAM.Config`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct IpamConfig {
+    subnet: String,
+    #[serde(rename = "IPRange", skip_serializing_if = "Option::is_none")]
+    ip_range: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    excluded_addresses: Vec<String>,
+}
+
+/// One attached pod interface in `Containers`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ContainerDoc {
+    name: String,
+    namespace: String,
+    node: String,
+    interface: String,
+    #[serde(rename = "EndpointID")]
+    endpoint_id: String,
+    mac_address: String,
+    #[serde(rename = "IPv4Address")]
+    ipv4_address: String,
+    #[serde(rename = "IPv6Address")]
+    ipv6_address: String,
+}
+
+/// Builds the `inspect` document, with the attached pods gathered from the status of every
+/// NodeBridge that belongs to the network (`spec.network`), wherever they run.
+pub fn inspect(net: &BridgeNetwork, node_bridges: &[NodeBridge]) -> NetworkDoc {
     let name = net.name_any();
-    let mut ipam = vec![ipam_entry(
-        &net.spec.subnet,
-        net.spec.ip_range.as_deref(),
-        gateway(net).as_deref(),
-        net.spec
-            .exclude_addresses
-            .iter()
-            .filter(|a| !a.contains(':')),
-    )];
+    let (v6_excluded, v4_excluded): (Vec<String>, Vec<String>) = net
+        .spec
+        .exclude_addresses
+        .iter()
+        .cloned()
+        .partition(|a| a.contains(':'));
+    let mut config = vec![IpamConfig {
+        subnet: net.spec.subnet.clone(),
+        ip_range: net.spec.ip_range.clone(),
+        gateway: gateway(net),
+        excluded_addresses: v4_excluded,
+    }];
     if let Some(v6) = &net.spec.ipv6 {
-        let gw6 = v6
-            .gateway
-            .clone()
-            .or_else(|| net.status.as_ref().and_then(|s| s.gateway_v6.clone()));
-        ipam.push(ipam_entry(
-            &v6.subnet,
-            v6.ip_range.as_deref(),
-            gw6.as_deref(),
-            net.spec
-                .exclude_addresses
-                .iter()
-                .filter(|a| a.contains(':')),
-        ));
+        config.push(IpamConfig {
+            subnet: v6.subnet.clone(),
+            ip_range: v6.ip_range.clone(),
+            gateway: v6
+                .gateway
+                .clone()
+                .or_else(|| net.status.as_ref().and_then(|s| s.gateway_v6.clone())),
+            excluded_addresses: v6_excluded,
+        });
     }
-    let mut options = Map::new();
-    options.insert("masquerade".into(), json!(net.spec.masquerade.to_string()));
-    options.insert(
-        "interPodTraffic".into(),
-        json!(net.spec.inter_pod_traffic.to_string()),
-    );
+    let mut options = BTreeMap::from([
+        ("masquerade", net.spec.masquerade.to_string()),
+        ("interPodTraffic", net.spec.inter_pod_traffic.to_string()),
+    ]);
     if let Some(mtu) = net.spec.mtu {
-        options.insert("mtu".into(), json!(mtu.to_string()));
+        options.insert("mtu", mtu.to_string());
     }
     if let Some(b) = bridge(net) {
-        options.insert("bridge".into(), json!(b));
+        options.insert("bridge", b);
     }
     if let Some(vni) = net.status.as_ref().and_then(|s| s.vni) {
-        options.insert("vni".into(), json!(vni.to_string()));
+        options.insert("vni", vni.to_string());
     }
-    let mut containers = Map::new();
-    for (node, ep) in endpoints(&name, node_bridges) {
-        containers.insert(
-            format!("{}/{}/{}", ep.namespace, ep.pod, ep.interface),
-            json!({
-                "Name": ep.pod,
-                "Namespace": ep.namespace,
-                "Node": node,
-                "Interface": ep.interface,
-                "EndpointID": ep.container_id.clone().unwrap_or_default(),
-                "MacAddress": ep.mac,
-                "IPv4Address": ep.ipv4.clone().unwrap_or_default(),
-                "IPv6Address": ep.ipv6.clone().unwrap_or_default(),
-            }),
-        );
+    let containers = endpoints(&name, node_bridges)
+        .into_iter()
+        .map(|(node, ep)| {
+            (
+                format!("{}/{}/{}", ep.namespace, ep.pod, ep.interface),
+                ContainerDoc {
+                    name: ep.pod.clone(),
+                    namespace: ep.namespace.clone(),
+                    node: node.to_owned(),
+                    interface: ep.interface.clone(),
+                    endpoint_id: ep.container_id.clone().unwrap_or_default(),
+                    mac_address: ep.mac.clone(),
+                    ipv4_address: ep.ipv4.clone().unwrap_or_default(),
+                    ipv6_address: ep.ipv6.clone().unwrap_or_default(),
+                },
+            )
+        })
+        .collect();
+    NetworkDoc {
+        id: net.metadata.uid.clone().unwrap_or_default(),
+        created: net
+            .creation_timestamp()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default(),
+        scope: "cluster",
+        driver: "bridge",
+        enable_ipv6: net.spec.ipv6.is_some(),
+        ipam: Ipam {
+            driver: "default",
+            config,
+        },
+        internal: net.spec.internal,
+        containers,
+        options,
+        labels: net.labels().clone(),
+        name,
     }
-    json!({
-        "Name": name,
-        "Id": net.metadata.uid.clone().unwrap_or_default(),
-        "Created": net.creation_timestamp().map(|t| t.0.to_string()).unwrap_or_default(),
-        "Scope": "cluster",
-        "Driver": "bridge",
-        "EnableIPv6": net.spec.ipv6.is_some(),
-        "IPAM": {"Driver": "default", "Config": ipam},
-        "Internal": net.spec.internal,
-        "Containers": containers,
-        "Options": options,
-        "Labels": net.labels(),
-    })
 }
 
 /// `inspect --format table`: the network's settings, then one row per attached pod interface.
@@ -204,27 +270,6 @@ fn endpoints<'a>(network: &str, node_bridges: &'a [NodeBridge]) -> Vec<(&'a str,
         (&a.1.namespace, &a.1.pod, &a.1.interface).cmp(&(&b.1.namespace, &b.1.pod, &b.1.interface))
     });
     all
-}
-
-fn ipam_entry<'a>(
-    subnet: &str,
-    ip_range: Option<&str>,
-    gateway: Option<&str>,
-    excluded: impl Iterator<Item = &'a String>,
-) -> Value {
-    let mut entry = Map::new();
-    entry.insert("Subnet".into(), json!(subnet));
-    if let Some(r) = ip_range {
-        entry.insert("IPRange".into(), json!(r));
-    }
-    if let Some(g) = gateway {
-        entry.insert("Gateway".into(), json!(g));
-    }
-    let excluded: Vec<&String> = excluded.collect();
-    if !excluded.is_empty() {
-        entry.insert("ExcludedAddresses".into(), json!(excluded));
-    }
-    Value::Object(entry)
 }
 
 /// The spec's gateway, else the one the operator chose and reported.
@@ -400,7 +445,7 @@ mod tests {
             nb("web", "node1", json!([ep("default", "a", "172.20.0.2/16")])),
             nb("other", "node1", json!([ep("default", "x", "10.0.0.2/24")])),
         ];
-        let v = inspect(&n, &nbs);
+        let v = serde_json::to_value(inspect(&n, &nbs)).unwrap();
         assert_eq!(v["Name"], "web");
         assert_eq!(v["Id"], "u-1");
         assert_eq!(v["Created"], "2026-01-01T00:00:00Z");
@@ -426,6 +471,30 @@ mod tests {
         assert_eq!(c["default/b/net1"]["Node"], "node2");
         assert_eq!(c["default/a/net1"]["IPv4Address"], "172.20.0.2/16");
         assert_eq!(c["default/a/net1"]["MacAddress"], "02:aa:00:00:00:01");
+    }
+
+    #[test]
+    fn inspect_keys_come_in_dockers_order() {
+        let text = serde_json::to_string(&inspect(&net(json!({})), &[])).unwrap();
+        let at = |k: &str| text.find(&format!("\"{k}\":")).unwrap();
+        let keys = [
+            "Name",
+            "Id",
+            "Created",
+            "Scope",
+            "Driver",
+            "EnableIPv6",
+            "IPAM",
+            "Internal",
+            "Containers",
+            "Options",
+            "Labels",
+        ];
+        assert!(keys.windows(2).all(|w| at(w[0]) < at(w[1])), "{text}");
+        assert!(
+            text.contains("\"Config\":[{\"Subnet\":\"172.20.0.0/16\",\"Gateway\":\"172.20.0.1\"}]"),
+            "{text}"
+        );
     }
 
     #[test]
