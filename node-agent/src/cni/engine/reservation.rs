@@ -186,4 +186,35 @@ mod tests {
             "and the journal says so"
         );
     }
+
+    /// An attach that fails in the pod (its netns does not exist, nor does the bridge) has
+    /// still gone through every phase, and each is timed.
+    #[tokio::test]
+    async fn every_phase_of_an_attach_is_timed() {
+        let phase = |p: &str| {
+            crate::metrics::sample(&format!(
+                "bridgenet_agent_attach_phase_duration_seconds_count{{phase=\"{p}\"}}"
+            ))
+            .unwrap()
+        };
+        let before = ["admit", "reserve", "interfaces"].map(phase);
+        let state = tempfile::tempdir().unwrap();
+        let engine = Engine::new(TwoNetworks::default(), state.path(), None).unwrap();
+        let target = Target {
+            container_id: "sb-timed".into(),
+            netns: "/nonexistent/netns".into(),
+            pod: None,
+            cni_name: "k8s-pod-network".into(),
+        };
+        let err = engine
+            .attach(&target, &[request("red", "net1", None)])
+            .await
+            .unwrap_err();
+        assert_ne!(err.code, code::POD_REQUEST_REJECTED, "{}", err.msg);
+        let after = ["admit", "reserve", "interfaces"].map(phase);
+        for (b, a) in before.iter().zip(after) {
+            assert!(a >= b + 1.0, "before {before:?}, after {after:?}");
+        }
+        assert!(engine.allocations().await.is_empty());
+    }
 }
