@@ -35,6 +35,7 @@ VALUE_SETS = {
             "image": {"tag": "dev", "pullPolicy": "Never"},
         },
         "agent": {"logJson": True, "image": {"tag": "dev", "pullPolicy": "Never"}},
+        "dashboards": {"enabled": True, "annotations": {"grafana_folder": "Networking"}},
     },
     # Nodes that keep CNI and containerd elsewhere (k3s layout), privileged fallback.
     "k3s-privileged": {
@@ -62,6 +63,7 @@ BAD_VALUE_SETS = {
     "bad-cidr": {"operator": {"clusterCidrs": ["10.0.0.0"]}},
     "bad-pull-policy": {"operator": {"image": {"pullPolicy": "Sometimes"}}},
     "bad-duration": {"agent": {"resyncInterval": "ten seconds"}},
+    "bad-dashboard-label": {"dashboards": {"enabled": True, "label": "grafana dashboard"}},
 }
 
 

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
@@ -15,6 +16,7 @@ use crate::cni::annotation::{self, NetworkRequest};
 use crate::cni::cri::{Cri, Sandbox};
 use crate::cni::engine::{Directory, Engine, Notice, PodRef, Target};
 use crate::ipam::Allocation;
+use crate::metrics;
 
 /// What to change in one sandbox.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -104,9 +106,15 @@ pub async fn sync_pod<D: Directory>(
     let attached = engine.allocations_of(&sandbox.id).await;
     let plan = plan(&desired, &attached);
     for network in &plan.detach {
-        match engine.detach_interface(&sandbox.id, network).await {
+        let started = Instant::now();
+        let outcome = engine.detach_interface(&sandbox.id, network).await;
+        metrics::finished(metrics::Path::HotDetach, started);
+        match outcome {
             Ok(()) => tracing::info!(pod = %pod_ref, network, "hot-detached"),
-            Err(e) => tracing::warn!(pod = %pod_ref, network, error = %e.msg, "hot-detach failed"),
+            Err(e) => {
+                metrics::hotplug_failed(metrics::Path::HotDetach, e.code);
+                tracing::warn!(pod = %pod_ref, network, error = %e.msg, "hot-detach failed");
+            }
         }
     }
     if plan.attach.is_empty() {
@@ -135,11 +143,15 @@ pub async fn sync_pod<D: Directory>(
         if reported.contains(&key) {
             continue;
         }
-        match engine.attach(&target, std::slice::from_ref(&request)).await {
+        let started = Instant::now();
+        let outcome = engine.attach(&target, std::slice::from_ref(&request)).await;
+        metrics::finished(metrics::Path::HotAttach, started);
+        match outcome {
             Ok(_) => {
                 tracing::info!(pod = %pod_ref, container = %sandbox.id, network = %request.name, interface = %request.interface, "hot-attached")
             }
             Err(e) => {
+                metrics::hotplug_failed(metrics::Path::HotAttach, e.code);
                 tracing::warn!(pod = %pod_ref, container = %sandbox.id, network = %request.name, error = %e.msg, "hot-attach failed");
                 // A refused request (Event already sent) waits for the annotation to change;
                 // transient failures are retried at the next resync.

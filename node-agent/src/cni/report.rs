@@ -3,7 +3,7 @@
 //! and compared with the cluster's copy, so a crash between an ADD and its report loses nothing;
 //! rejection notices become Events on the pod.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use crate::cni::engine::{Directory, Engine, Notice, PodRef, failpoint};
 use crate::cni::kube::KubeDirectory;
 use crate::ipam::{Allocation, Pool};
+use crate::metrics::{self, NetworkUsage};
 use crate::nodebridge::StatusWriter;
 
 /// The `bridgenet.io/network-status` value for one pod's allocations.
@@ -238,6 +239,25 @@ pub async fn status_loop(
     }
 }
 
+/// What this node holds of `network`: its attached interfaces (one per sandbox interface,
+/// whatever its families), its journaled IPv4 addresses and what its blocks (`capacity_v4`
+/// addresses) have left.
+pub fn network_usage(allocs: &[Allocation], network: &str, capacity_v4: u64) -> NetworkUsage {
+    let mine = || allocs.iter().filter(|a| a.network == network);
+    let attachments = mine()
+        .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
+        .collect::<BTreeSet<_>>()
+        .len();
+    let used = mine().filter(|a| a.ip.is_ipv4()).count();
+    let used = u64::try_from(used).unwrap_or(u64::MAX);
+    NetworkUsage {
+        network: network.to_owned(),
+        attachments: u64::try_from(attachments).unwrap_or(u64::MAX),
+        used,
+        free: capacity_v4.saturating_sub(used),
+    }
+}
+
 /// Writes the `network-status` of every pod whose annotation differs from the journal.
 async fn write_network_status(
     engine: &Engine<KubeDirectory>,
@@ -279,6 +299,7 @@ async fn write_network_status(
 /// blocks and are recomputed on every pass, so a NodeBridge that appears or gets a new block is
 /// reported at once: the operator grows a node's blocks from them.
 async fn write_endpoints(dir: &KubeDirectory, status: &StatusWriter, allocs: &[Allocation]) {
+    let mut usage = Vec::new();
     for nb in dir.bridges() {
         let Some(name) = nb.metadata.name.clone() else {
             continue;
@@ -291,6 +312,7 @@ async fn write_endpoints(dir: &KubeDirectory, status: &StatusWriter, allocs: &[A
         let capacity = dir
             .resolved(&nb)
             .map_or(0, |r| Pool::from_resolved(&r).capacity_v4());
+        usage.push(network_usage(allocs, &nb.spec.network, capacity));
         status.seed(&name, nb.status.as_ref());
         if status.get(&name).map(|s| s.endpoints) != Some(list.clone()) {
             failpoint(failpoint::REPORT_BEFORE_ENDPOINTS);
@@ -309,6 +331,7 @@ async fn write_endpoints(dir: &KubeDirectory, status: &StatusWriter, allocs: &[A
             tracing::warn!(nodebridge = %name, error = %e, "writing endpoints");
         }
     }
+    metrics::set_network_usage(&usage);
 }
 
 #[cfg(test)]
@@ -346,6 +369,33 @@ mod tests {
         assert_eq!(v[0]["interface"], "net1");
         assert_eq!(v[0]["ips"], json!(["172.20.0.5", "fd00::5"]));
         assert_eq!(v[0]["gateway"], json!(["172.20.0.1"]));
+    }
+
+    #[test]
+    fn usage_counts_interfaces_and_ipv4_addresses() {
+        let mut other = alloc("172.20.0.6", "net1");
+        other.container_id = "sb2".into();
+        let mut blue = alloc("172.30.0.5", "net2");
+        blue.network = "blue".into();
+        let allocs = vec![
+            alloc("172.20.0.5", "net1"),
+            alloc("fd00::5", "net1"),
+            other,
+            blue,
+        ];
+        let u = network_usage(&allocs, "red", 254);
+        assert_eq!(
+            u,
+            NetworkUsage {
+                network: "red".into(),
+                attachments: 2,
+                used: 2,
+                free: 252,
+            }
+        );
+        let blue = network_usage(&allocs, "blue", 0);
+        assert_eq!((blue.attachments, blue.used, blue.free), (1, 1, 0));
+        assert_eq!(network_usage(&allocs, "green", 16).free, 16);
     }
 
     fn pod(name: &str, status: Option<&str>) -> Arc<Pod> {

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bridgenet_crds::{Mac, ResolvedNodeBridge};
 use serde_json::Value;
@@ -24,6 +24,7 @@ use crate::attach::{self, AttachError, AttachSpec};
 use crate::cni::annotation::{NetworkRequest, parse_mac};
 use crate::cni::types::{CniError, Command, NetConf, Request, Response, code, version_result};
 use crate::ipam::{AllocRequest, Allocation, Ipam, IpamError, Pool};
+use crate::metrics;
 
 mod directory;
 mod error;
@@ -175,6 +176,7 @@ impl<D: Directory> Engine<D> {
             .and_then(Value::as_str)
             .unwrap_or(crate::cni::types::CNI_VERSION)
             .to_owned();
+        let started = Instant::now();
         let result = match serde_json::to_vec(&req.config)
             .map_err(|e| CniError::new(code::DECODE_FAILURE, e.to_string(), ""))
             .and_then(|b| NetConf::parse(&b))
@@ -189,9 +191,15 @@ impl<D: Directory> Engine<D> {
             },
             Err(e) => Err(e),
         };
+        match req.command {
+            Command::Add => metrics::finished(metrics::Path::CniAdd, started),
+            Command::Del => metrics::finished(metrics::Path::CniDel, started),
+            _ => {}
+        }
         match result {
             Ok(v) => Response::Ok(v),
             Err(e) => {
+                metrics::cni_failed(req.command, e.code);
                 tracing::warn!(code = e.code, msg = %e.msg, "CNI call failed");
                 Response::Error(e.with_version(&version))
             }
@@ -241,7 +249,10 @@ impl<D: Directory> Engine<D> {
     ) -> Result<Vec<Attached>, CniError> {
         let _sandbox = self.sandboxes.lock(&target.container_id).await;
         let pod = target.pod.as_ref();
+        // Timed from here: waiting for another call on the same sandbox is not attaching.
+        let mut watch = metrics::Stopwatch::start();
         let planned = request::admit_all(&self.dir, requests, pod).await?;
+        watch.lap(metrics::Phase::Admit);
         if planned.is_empty() {
             return Ok(Vec::new());
         }
@@ -249,9 +260,12 @@ impl<D: Directory> Engine<D> {
         let mut reservation = Reservation::new(self);
         let outcome = async {
             let reserved = self.reserve(&mut reservation, target, planned).await?;
+            watch.lap(metrics::Phase::Reserve);
             failpoint(failpoint::ADD_AFTER_RESERVE);
             reservation.making_interfaces();
-            self.make_interfaces(target, &reserved).await
+            let made = self.make_interfaces(target, &reserved).await;
+            watch.lap(metrics::Phase::Interfaces);
+            made
         }
         .await;
         let done = reservation.settle(outcome).await?;

@@ -186,4 +186,65 @@ mod tests {
             "and the journal says so"
         );
     }
+
+    /// An attach that fails in the pod (its netns does not exist, nor does the bridge) has
+    /// still gone through every phase, and each is timed.
+    #[tokio::test]
+    async fn every_phase_of_an_attach_is_timed() {
+        let phase = |p: &str| {
+            crate::metrics::sample(&format!(
+                "bridgenet_agent_attach_phase_duration_seconds_count{{phase=\"{p}\"}}"
+            ))
+            .unwrap()
+        };
+        let before = ["admit", "reserve", "interfaces"].map(phase);
+        let state = tempfile::tempdir().unwrap();
+        let engine = Engine::new(TwoNetworks::default(), state.path(), None).unwrap();
+        let target = Target {
+            container_id: "sb-timed".into(),
+            netns: "/nonexistent/netns".into(),
+            pod: None,
+            cni_name: "k8s-pod-network".into(),
+        };
+        let err = engine
+            .attach(&target, &[request("red", "net1", None)])
+            .await
+            .unwrap_err();
+        assert_ne!(err.code, code::POD_REQUEST_REJECTED, "{}", err.msg);
+        let after = ["admit", "reserve", "interfaces"].map(phase);
+        for (b, a) in before.iter().zip(after) {
+            assert!(a >= b + 1.0, "before {before:?}, after {after:?}");
+        }
+        assert!(engine.allocations().await.is_empty());
+    }
+
+    /// A failed CNI ADD is timed as a whole and counted by its reason.
+    #[tokio::test]
+    async fn a_failed_add_is_timed_and_counted_by_reason() {
+        use crate::cni::types::{Command, Request, Response};
+        let failures = "bridgenet_agent_operation_failures_total{operation=\"cni_add\",reason=\"invalid_env\"}";
+        let adds = "bridgenet_agent_operation_duration_seconds_count{path=\"cni_add\"}";
+        let before = (
+            crate::metrics::sample(failures).unwrap_or(0.0),
+            crate::metrics::sample(adds).unwrap(),
+        );
+        let state = tempfile::tempdir().unwrap();
+        let engine = Engine::new(TwoNetworks::default(), state.path(), None).unwrap();
+        let response = engine
+            .handle(Request {
+                command: Command::Add,
+                container_id: String::new(),
+                netns: String::new(),
+                ifname: "eth0".into(),
+                args: String::new(),
+                config: json!({"cniVersion": "1.1.0", "name": "k8s-pod-network", "type": "bridgenet"}),
+            })
+            .await;
+        assert!(
+            matches!(&response, Response::Error(e) if e.code == code::INVALID_ENV),
+            "{response:?}"
+        );
+        assert!(crate::metrics::sample(failures).unwrap() >= before.0 + 1.0);
+        assert!(crate::metrics::sample(adds).unwrap() >= before.1 + 1.0);
+    }
 }
