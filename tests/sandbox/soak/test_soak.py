@@ -298,7 +298,10 @@ def test_fault_soak(cluster):
     soak = Soak(cluster)
     soak.setup()
     quiet = 3 * SPACING
-    streams = soak.start_streams(SECONDS + quiet + 5)
+    # The last fault may start just before SECONDS and take SPACING (or, slow, longer); the
+    # pings must outlive the quiet time after it, or the tail check counts pings never sent as
+    # lost. They run a minute longer than that and are stopped below; their end is checked.
+    streams = soak.start_streams(SECONDS + SPACING + quiet + 60)
     print(f"\nsoak: {SECONDS:.0f} s, a fault every {SPACING:.0f} s, seed {SEED}", flush=True)
     order: list[str] = []
     started = time.monotonic()
@@ -318,6 +321,8 @@ def test_fault_soak(cluster):
         # Quiet time: the last fault gets its repair window too.
         time.sleep(quiet)
         finished = time.monotonic()
+        ended = [s.name for s in streams if s.proc.poll() is not None]
+        assert not ended, f"probe streams ended before the soak did (their tails would read as lost): {ended}"
     finally:
         for s in streams:
             s.stop()
