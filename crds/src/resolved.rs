@@ -75,6 +75,8 @@ pub struct ResolvedNodeBridge {
     pub masquerade: bool,
     /// Pods of the network may talk to each other.
     pub inter_pod_traffic: bool,
+    /// The node answers DNS on the gateway addresses.
+    pub dns: bool,
     /// Namespaces whose pods may attach; `None` admits every namespace.
     pub namespace_selector: Option<LabelSelector>,
     /// Every node of the network listed in the spec, this one included.
@@ -188,6 +190,7 @@ pub fn resolve_node_bridge(spec: &NodeBridgeSpec) -> Result<ResolvedNodeBridge, 
         internal: spec.internal,
         masquerade: spec.masquerade,
         inter_pod_traffic: spec.inter_pod_traffic,
+        dns: spec.dns,
         namespace_selector: spec.namespace_selector.clone(),
         peers,
     })
@@ -273,6 +276,7 @@ mod tests {
             internal: false,
             masquerade: true,
             inter_pod_traffic: true,
+            dns: true,
             namespace_selector: None,
             peers: vec![
                 Peer {

@@ -212,6 +212,12 @@ pub struct BridgeNetworkSpec {
     #[serde(default = "default_true")]
     pub inter_pod_traffic: bool,
 
+    /// Name resolution on the network, like Docker's embedded DNS: every node answers at the
+    /// gateway address (port 53) with the addresses of the network's pods by name,
+    /// `name.namespace` and alias, and forwards other names upstream. Default: on.
+    #[serde(default = "default_true")]
+    pub dns: bool,
+
     /// Prefix length of the per-node address blocks carved from `ipRange` (or `subnet`).
     /// Default: /26 (64 addresses), or the whole range when it is smaller. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -469,6 +475,9 @@ pub struct NodeBridgeSpec {
     /// Pods of the network may talk to each other.
     #[serde(default = "default_true")]
     pub inter_pod_traffic: bool,
+    /// The node answers DNS on the gateway address (copied from the network).
+    #[serde(default = "default_true")]
+    pub dns: bool,
     /// Namespaces whose pods may attach (copied from the network).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
@@ -545,6 +554,9 @@ pub struct Endpoint {
     pub ipv6: Option<String>,
     /// MAC address of the pod interface.
     pub mac: String,
+    /// DNS aliases of the pod on this network (docker `--network-alias`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
     /// Sandbox (pod infra container) ID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,

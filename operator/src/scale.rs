@@ -24,6 +24,7 @@ pub fn network(name: &str, subnet: &str, created: i64) -> BridgeNetwork {
         internal: false,
         masquerade: true,
         inter_pod_traffic: true,
+        dns: true,
         block_size: None,
         node_selector: None,
         namespace_selector: None,

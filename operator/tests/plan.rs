@@ -336,6 +336,7 @@ fn leaving_node_loses_its_node_bridge_and_its_block_is_reused_only_when_empty() 
         ipv4: Some("172.20.0.70/24".into()),
         ipv6: None,
         mac: "02:00:00:00:00:01".into(),
+        aliases: Vec::new(),
         container_id: None,
         since: None,
     }];
@@ -727,6 +728,7 @@ fn deletion_is_held_by_attached_pods_unless_forced() {
         ipv4: None,
         ipv6: None,
         mac: "02:00:00:00:00:02".into(),
+        aliases: Vec::new(),
         container_id: None,
         since: None,
     }];

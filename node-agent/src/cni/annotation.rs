@@ -25,6 +25,10 @@ pub struct NetworkRequest {
     /// Route the pod's default traffic through this network's gateway (JSON `defaultRoute`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub default_route: bool,
+    /// Further names the pod answers to on this network's DNS (docker `--network-alias`),
+    /// lowercase.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// Why an annotation was refused; the message is shown in the pod's events.
@@ -53,6 +57,12 @@ pub enum AnnotationError {
     /// `mac` is not a unicast MAC.
     #[error("{0:?} is not a unicast MAC address like 02:42:ac:14:00:05")]
     BadMac(String),
+    /// An alias that cannot be a DNS name.
+    #[error(
+        "alias {0:?} is not a DNS name (labels of letters, digits and '-', separated by '.', \
+         at most 63 characters each and 253 in all)"
+    )]
+    BadAlias(String),
 }
 
 #[derive(Deserialize)]
@@ -67,6 +77,8 @@ struct Entry {
     mac: Option<String>,
     #[serde(default, rename = "defaultRoute")]
     default_route: bool,
+    #[serde(default)]
+    aliases: Vec<String>,
 }
 
 /// Parses the annotation value into the list of networks, naming unnamed interfaces `net1`,
@@ -86,6 +98,7 @@ pub fn parse(value: &str) -> Result<Vec<NetworkRequest>, AnnotationError> {
                 ip: None,
                 mac: None,
                 default_route: false,
+                aliases: Vec::new(),
             })
             .collect()
     };
@@ -121,12 +134,23 @@ pub fn parse(value: &str) -> Result<Vec<NetworkRequest>, AnnotationError> {
             .mac
             .map(|s| parse_mac(&s).ok_or(AnnotationError::BadMac(s)))
             .transpose()?;
+        let mut aliases = Vec::with_capacity(entry.aliases.len());
+        for alias in entry.aliases {
+            if !is_valid_dns_name(&alias) {
+                return Err(AnnotationError::BadAlias(alias));
+            }
+            let alias = alias.to_ascii_lowercase();
+            if !aliases.contains(&alias) {
+                aliases.push(alias);
+            }
+        }
         out.push(NetworkRequest {
             name: entry.name,
             interface,
             ip,
             mac,
             default_route: entry.default_route,
+            aliases,
         });
     }
     Ok(out)
@@ -147,6 +171,22 @@ fn is_valid_network_name(name: &str) -> bool {
             .bytes()
             .last()
             .is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+/// A name DNS can carry as a host name: dot-separated labels of ASCII letters, digits and
+/// `-` (not first or last), 1–63 bytes each, 253 in all; a trailing dot is not part of it.
+pub fn is_valid_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 /// Parses a pod interface's MAC as users write it in the annotation or `runtimeConfig`:
@@ -188,6 +228,31 @@ mod tests {
         assert_eq!(reqs[0].ip, Some("172.20.0.9".parse().unwrap()));
         assert_eq!(reqs[0].mac, Some([2, 0x42, 0xac, 0x14, 0, 9]));
         assert_eq!(reqs[1].interface, "net2");
+    }
+
+    #[test]
+    fn aliases_are_dns_names_kept_lowercase_once() {
+        let reqs =
+            parse(r#"[{"name":"a","aliases":["DB","postgres.internal","db"]},{"name":"b"}]"#)
+                .unwrap();
+        assert_eq!(reqs[0].aliases, ["db", "postgres.internal"]);
+        assert!(reqs[1].aliases.is_empty());
+        for bad in [
+            "",
+            "-db",
+            "db-",
+            "a..b",
+            "under_score",
+            "x.",
+            &"a".repeat(64),
+        ] {
+            let value = serde_json::json!([{"name": "a", "aliases": [bad]}]).to_string();
+            assert_eq!(
+                parse(&value),
+                Err(AnnotationError::BadAlias(bad.to_owned())),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

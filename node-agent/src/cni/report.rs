@@ -50,8 +50,13 @@ pub fn network_status(
     serde_json::Value::Array(list)
 }
 
-/// The endpoints of `network` on this node, for `NodeBridge.status`.
-pub fn endpoints(allocs: &[Allocation], network: &str) -> Vec<Endpoint> {
+/// The endpoints of `network` on this node, for `NodeBridge.status`. `aliases` gives the DNS
+/// aliases a pod (`namespace/name`) asks for on a network, from its current annotation.
+pub fn endpoints(
+    allocs: &[Allocation],
+    network: &str,
+    aliases: impl Fn(&str, &str) -> Vec<String>,
+) -> Vec<Endpoint> {
     let mut by_if: BTreeMap<(String, String), Endpoint> = BTreeMap::new();
     for a in allocs.iter().filter(|a| a.network == network) {
         let (namespace, pod) = a.pod.split_once('/').unwrap_or(("", a.pod.as_str()));
@@ -64,6 +69,7 @@ pub fn endpoints(allocs: &[Allocation], network: &str) -> Vec<Endpoint> {
                 ipv4: None,
                 ipv6: None,
                 mac: a.mac.clone(),
+                aliases: aliases(&a.pod, network),
                 container_id: Some(a.container_id.clone()),
                 since: Timestamp::from_second(i64::try_from(a.since).unwrap_or(0))
                     .ok()
@@ -304,7 +310,9 @@ async fn write_endpoints(dir: &KubeDirectory, status: &StatusWriter, allocs: &[A
         let Some(name) = nb.metadata.name.clone() else {
             continue;
         };
-        let list = endpoints(allocs, &nb.spec.network);
+        let list = endpoints(allocs, &nb.spec.network, |pod, network| {
+            pod_aliases(dir, pod, network)
+        });
         let allocated = allocs
             .iter()
             .filter(|a| a.network == nb.spec.network && a.ip.is_ipv4())
@@ -334,6 +342,31 @@ async fn write_endpoints(dir: &KubeDirectory, status: &StatusWriter, allocs: &[A
     metrics::set_network_usage(&usage);
 }
 
+/// The aliases pod `namespace/name` asks for on `network`, read from its annotation in the pod
+/// cache; none when the pod is not cached or its annotation does not parse (its attachment
+/// then did not come from it either).
+fn pod_aliases(dir: &KubeDirectory, pod: &str, network: &str) -> Vec<String> {
+    let Some((namespace, name)) = pod.split_once('/') else {
+        return Vec::new();
+    };
+    let pod = PodRef {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    };
+    dir.cached_pod(&pod)
+        .and_then(|p| {
+            let value = p
+                .metadata
+                .annotations
+                .as_ref()?
+                .get(bridgenet_crds::ANNOTATION_NETWORKS)?;
+            let requests = crate::cni::annotation::parse(value).ok()?;
+            requests.into_iter().find(|r| r.name == network)
+        })
+        .map(|r| r.aliases)
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -357,13 +390,20 @@ mod tests {
     #[test]
     fn status_views_merge_families_per_interface() {
         let allocs = vec![alloc("172.20.0.5", "net1"), alloc("fd00::5", "net1")];
-        let eps = endpoints(&allocs, "red");
+        let eps = endpoints(&allocs, "red", |pod, network| {
+            if pod == "default/web" && network == "red" {
+                vec!["db".to_owned()]
+            } else {
+                Vec::new()
+            }
+        });
         assert_eq!(eps.len(), 1);
         assert_eq!(eps[0].ipv4.as_deref(), Some("172.20.0.5/24"));
         assert_eq!(eps[0].ipv6.as_deref(), Some("fd00::5/64"));
         assert_eq!(eps[0].pod, "web");
+        assert_eq!(eps[0].aliases, ["db"]);
         assert!(eps[0].since.is_some());
-        assert!(endpoints(&allocs, "blue").is_empty());
+        assert!(endpoints(&allocs, "blue", |_, _| Vec::new()).is_empty());
         let gw = BTreeMap::from([("red".to_owned(), vec!["172.20.0.1".to_owned()])]);
         let v = network_status(&allocs, &gw);
         assert_eq!(v[0]["interface"], "net1");

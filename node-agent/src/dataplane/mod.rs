@@ -226,6 +226,7 @@ pub(crate) mod tests {
             internal: false,
             masquerade: true,
             inter_pod_traffic: true,
+            dns: true,
             namespace_selector: None,
             peers: vec![
                 Peer {

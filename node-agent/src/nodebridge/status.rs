@@ -252,6 +252,7 @@ mod writer_tests {
             ipv4: Some("10.0.0.5/24".into()),
             ipv6: None,
             mac: "02:00:00:00:00:05".into(),
+            aliases: Vec::new(),
             container_id: None,
             since: None,
         };

@@ -67,6 +67,7 @@ pub fn spec(
         internal: false,
         masquerade: true,
         inter_pod_traffic: true,
+        dns: true,
         namespace_selector: None,
         peers: peers
             .iter()

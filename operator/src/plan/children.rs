@@ -188,6 +188,7 @@ impl Children {
             internal,
             masquerade,
             inter_pod_traffic,
+            dns,
             namespace_selector,
             peers: _,
         } = spec;
@@ -205,6 +206,7 @@ impl Children {
             && *internal == t.internal
             && *masquerade == t.masquerade
             && *inter_pod_traffic == t.inter_pod_traffic
+            && *dns == t.dns
             && *namespace_selector == t.namespace_selector
     }
 
@@ -308,6 +310,7 @@ pub(crate) fn plan_children(
         internal: net.spec.internal,
         masquerade: net.spec.masquerade,
         inter_pod_traffic: net.spec.inter_pod_traffic,
+        dns: net.spec.dns,
         namespace_selector: net.spec.namespace_selector.clone(),
         peers: Vec::new(),
     };

@@ -99,6 +99,7 @@ pub(super) async fn requested<D: Directory>(
             ip,
             mac,
             default_route: false,
+            aliases: Vec::new(),
         }]);
     }
     let Some(value) = info.annotations.get(bridgenet_crds::ANNOTATION_NETWORKS) else {

@@ -137,6 +137,7 @@ mod tests {
             ip: ip.map(|ip| ip.parse().unwrap()),
             mac: None,
             default_route: false,
+            aliases: Vec::new(),
         }
     }
 
