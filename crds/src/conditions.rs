@@ -14,6 +14,9 @@ pub const ACCEPTED: &str = "Accepted";
 /// programmed the network.
 pub const READY: &str = "Ready";
 
+/// NodeBridge condition: the network's resolver answers DNS on the node's gateway addresses.
+pub const RESOLVER_READY: &str = "ResolverReady";
+
 /// Every reason bridgenet puts in a condition (and in the Event announcing it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
@@ -52,11 +55,17 @@ pub enum Reason {
     FirewallFailed,
     /// Removing the network from the node failed.
     TeardownFailed,
+    /// NodeBridge `ResolverReady=True`: the network's resolver answers on the gateway.
+    Serving,
+    /// `ResolverReady=False`: the resolver could not listen on a gateway address.
+    ListenFailed,
+    /// `ResolverReady=False`: the network has `dns: false`.
+    DnsDisabled,
 }
 
 impl Reason {
     /// Every reason, for parsing.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 20] = [
         Reason::Accepted,
         Reason::InvalidSpec,
         Reason::SubnetOverlap,
@@ -74,6 +83,9 @@ impl Reason {
         Reason::NetlinkFailed,
         Reason::FirewallFailed,
         Reason::TeardownFailed,
+        Reason::Serving,
+        Reason::ListenFailed,
+        Reason::DnsDisabled,
     ];
 
     /// The CamelCase string written to the API.
@@ -96,6 +108,9 @@ impl Reason {
             Reason::NetlinkFailed => "NetlinkFailed",
             Reason::FirewallFailed => "FirewallFailed",
             Reason::TeardownFailed => "TeardownFailed",
+            Reason::Serving => "Serving",
+            Reason::ListenFailed => "ListenFailed",
+            Reason::DnsDisabled => "DnsDisabled",
         }
     }
 }

@@ -106,6 +106,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ctx.links_changed.clone(),
         ));
     }
+    {
+        // Name resolution on every network of this node.
+        let settings = dns_settings(&ctx.cli)?;
+        tasks.spawn(crate::dns::run(
+            ctx.client.clone(),
+            settings,
+            ctx.status.clone(),
+        ));
+    }
     // Further parts of the agent add one `tasks.spawn(...)` each here.
 
     tokio::select! {
@@ -143,6 +152,30 @@ pub fn uninstall_cni(cmd: &crate::cli::UninstallCni) -> anyhow::Result<()> {
     let files = crate::cni::install::uninstall_config(&cmd.cni_conf_dir)?;
     tracing::info!(files, dir = %cmd.cni_conf_dir.display(), "removed bridgenet from the CNI configuration");
     Ok(())
+}
+
+/// The resolvers' settings from the flags; the upstream resolvers default to the node's.
+fn dns_settings(cli: &Cli) -> anyhow::Result<crate::dns::Settings> {
+    let upstream = if cli.dns_upstream.is_empty() {
+        let path = std::path::Path::new("/etc/resolv.conf");
+        match crate::dns::upstream::resolv_conf_servers(path) {
+            Ok(servers) => servers,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading /etc/resolv.conf: the networks' DNS forwards nothing");
+                Vec::new()
+            }
+        }
+    } else {
+        cli.dns_upstream.clone()
+    };
+    Ok(crate::dns::Settings {
+        node: cli.node_name.clone(),
+        upstream,
+        cluster: cli.cluster_dns.clone(),
+        cluster_domain: cli.cluster_domain.clone(),
+        port: 53,
+        client_rate: cli.dns_client_qps,
+    })
 }
 
 /// The NodeBridge controller and the node's data plane.

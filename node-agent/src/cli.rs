@@ -86,6 +86,32 @@ pub struct Cli {
     #[arg(long, env = "POD_NAMESPACE")]
     pub pod_namespace: Option<String>,
 
+    /// Resolvers the networks' DNS forwards other names to, `IP[:PORT]` separated by commas.
+    /// Default: the nameservers of `/etc/resolv.conf` (the node's, as the agent runs in the
+    /// host network).
+    #[arg(long, env = "BRIDGENET_DNS_UPSTREAM", value_delimiter = ',', value_parser = crate::dns::upstream::parse_server)]
+    pub dns_upstream: Vec<std::net::SocketAddr>,
+
+    /// The cluster DNS service (e.g. `10.96.0.10`), `IP[:PORT]` separated by commas: names of
+    /// `--cluster-domain` go there, so `kubernetes.default.svc.cluster.local` resolves through
+    /// a network's resolver; internal networks forward nothing else. Unset: cluster names go
+    /// to the upstream resolvers too (internal networks refuse them).
+    #[arg(long, env = "BRIDGENET_CLUSTER_DNS", value_delimiter = ',', value_parser = crate::dns::upstream::parse_server)]
+    pub cluster_dns: Vec<std::net::SocketAddr>,
+
+    /// The cluster's DNS domain.
+    #[arg(
+        long,
+        env = "BRIDGENET_CLUSTER_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    pub cluster_domain: String,
+
+    /// DNS queries a second each client may send to a network's resolver (bursts of twice
+    /// that); beyond it queries are dropped.
+    #[arg(long, env = "BRIDGENET_DNS_CLIENT_QPS", default_value_t = 500)]
+    pub dns_client_qps: u32,
+
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "BRIDGENET_LOG_JSON")]
     pub log_json: bool,

@@ -1,5 +1,5 @@
 //! bridgenet node agent: realizes this node's NodeBridges (bridge, gateway, overlay, firewall),
-//! serves the CNI plugin and hot-plugs running pods.
+//! serves the CNI plugin, hot-plugs running pods and answers DNS on every network.
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -7,6 +7,7 @@ pub mod attach;
 pub mod cli;
 pub mod cni;
 pub mod dataplane;
+pub mod dns;
 pub mod durable;
 pub mod health;
 pub mod ipam;

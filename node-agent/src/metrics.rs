@@ -204,6 +204,16 @@ pub struct Metrics {
     attachments: Family<NetworkLabel, Gauge>,
     addresses_used: Family<NetworkLabel, Gauge>,
     addresses_free: Family<NetworkLabel, Gauge>,
+    dns_queries: Family<DnsLabel, Counter>,
+    dns_names: Family<NetworkLabel, Gauge>,
+}
+
+/// Labels of the DNS query counter: the network (bounded by the BridgeNetworks) and how the
+/// query ended (a closed set).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DnsLabel {
+    network: String,
+    outcome: &'static str,
 }
 
 /// Buckets from 1 ms to about 16 s: a phase takes milliseconds, but a call can wait up to the
@@ -288,6 +298,19 @@ impl Metrics {
             "IPv4 addresses still free in this node's blocks, by network",
             addresses_free.clone(),
         );
+        let dns_queries = Family::<DnsLabel, Counter>::default();
+        let dns_names = Family::<NetworkLabel, Gauge>::default();
+        registry.register(
+            "dns_queries",
+            "DNS queries to the network resolvers, by network and outcome (answered, nxdomain, \
+             forwarded, upstream_failed, refused, malformed, limited, ignored)",
+            dns_queries.clone(),
+        );
+        registry.register(
+            "dns_names",
+            "Names (pods and aliases) the resolver answers for, by network",
+            dns_names.clone(),
+        );
         Metrics {
             registry,
             netlink_writes,
@@ -299,6 +322,8 @@ impl Metrics {
             attachments,
             addresses_used,
             addresses_free,
+            dns_queries,
+            dns_names,
         }
     }
 
@@ -460,6 +485,42 @@ pub fn set_network_usage(usage: &[NetworkUsage]) {
         set(&m.attachments, u.attachments);
         set(&m.addresses_used, u.used);
         set(&m.addresses_free, u.free);
+    }
+}
+
+/// Counts one DNS query of `network`'s resolver.
+pub fn dns_query(network: &str, outcome: crate::dns::answer::Outcome) {
+    global()
+        .dns_queries
+        .get_or_create(&DnsLabel {
+            network: network.to_owned(),
+            outcome: outcome.label(),
+        })
+        .inc();
+}
+
+/// Sets how many names `network`'s resolver answers for; `None` when it no longer serves the
+/// network, which removes its series.
+pub fn set_dns_names(network: &str, names: Option<usize>) {
+    let m = global();
+    let label = NetworkLabel {
+        network: network.to_owned(),
+    };
+    match names {
+        Some(n) => {
+            m.dns_names
+                .get_or_create(&label)
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+            for outcome in crate::dns::answer::Outcome::ALL {
+                drop(m.dns_queries.get_or_create(&DnsLabel {
+                    network: network.to_owned(),
+                    outcome: outcome.label(),
+                }));
+            }
+        }
+        None => {
+            m.dns_names.remove(&label);
+        }
     }
 }
 
