@@ -10,7 +10,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crate::blocks::{self, BlockPlan};
 use crate::observed::{Membership, endpoint_count};
 
-pub use bridgenet_crds::conditions::{ACCEPTED, READY, Reason, condition, set_condition};
+pub use bridgenet_crds::conditions::{
+    ACCEPTED, READY, RESOLVER_READY, Reason, condition, set_condition,
+};
 
 /// A condition to set: type, status, reason and message.
 pub type Cond = bridgenet_crds::conditions::Cond<'static>;
@@ -141,6 +143,8 @@ pub(crate) struct AcceptedFacts<'a> {
     pub blocks: &'a BlockPlan,
     /// Members whose NodeBridge is not ready (see `Children::not_ready`).
     pub not_ready: Vec<String>,
+    /// The network's `dns` (its resolver on every node).
+    pub dns: bool,
 }
 
 /// The status of an accepted network: what is in effect, the blocks, the counts, and the
@@ -244,7 +248,59 @@ pub(crate) fn accepted(prev: &BridgeNetworkStatus, f: &AcceptedFacts<'_>) -> Bri
         }
     };
     set_condition(&mut status.conditions, ready_cond, f.generation, f.now);
+    if let Some(cond) = resolver_condition(f, &v4.gateway.to_string()) {
+        set_condition(&mut status.conditions, cond, f.generation, f.now);
+    }
     status
+}
+
+/// `ResolverReady`: the network's DNS answers on every member node (each agent reports its
+/// own in its NodeBridge). None while the network has no node.
+fn resolver_condition(f: &AcceptedFacts<'_>, gateway: &str) -> Option<Cond> {
+    if !f.dns {
+        return Some(Cond {
+            type_: RESOLVER_READY,
+            status: false,
+            reason: Reason::DnsDisabled.as_str(),
+            message: "dns is off for this network".to_owned(),
+        });
+    }
+    let total = f.membership.names.len();
+    if total == 0 {
+        return None;
+    }
+    let waiting: Vec<String> = f
+        .membership
+        .names
+        .iter()
+        .filter(|node| {
+            !f.membership.live(node).is_some_and(|nb| {
+                nb.status.as_ref().is_some_and(|s| {
+                    condition(&s.conditions, RESOLVER_READY).is_some_and(|c| c.status == "True")
+                })
+            })
+        })
+        .cloned()
+        .collect();
+    let serving = total - waiting.len();
+    Some(if waiting.is_empty() {
+        Cond {
+            type_: RESOLVER_READY,
+            status: true,
+            reason: Reason::Serving.as_str(),
+            message: format!("answering DNS at {gateway} on {serving}/{total} nodes"),
+        }
+    } else {
+        Cond {
+            type_: RESOLVER_READY,
+            status: false,
+            reason: Reason::NodesNotReady.as_str(),
+            message: format!(
+                "answering DNS on {serving}/{total} nodes; waiting for {}",
+                name_list(&waiting, 5)
+            ),
+        }
+    })
 }
 
 /// The `Ready` condition of a network being deleted: held by the pods in `blocked_by`, else

@@ -842,3 +842,57 @@ fn cached_node_bridges_without_peers_compare_by_digest() {
     assert_eq!(writes, [true, true, false]);
     drop(full);
 }
+
+#[test]
+fn resolver_condition_follows_the_agents_reports_and_dns_off() {
+    let mut w = World::new(
+        vec![net(
+            "blue",
+            serde_json::json!({"subnet": "172.20.0.0/16"}),
+            1,
+        )],
+        nodes(&["a", "b"]),
+    );
+    let p = w.plan("blue");
+    w.apply("blue", &p);
+    let p = w.plan("blue");
+    let c = cond(&p.status, "ResolverReady");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "NodesNotReady")
+    );
+    assert!(
+        c.message.contains("0/2") && c.message.contains("a, b"),
+        "{}",
+        c.message
+    );
+    for node in ["a", "b"] {
+        let serving = Condition {
+            type_: "ResolverReady".into(),
+            status: "True".into(),
+            reason: "Serving".into(),
+            message: String::new(),
+            observed_generation: None,
+            last_transition_time: t(1),
+        };
+        w.nb_mut(node)
+            .status
+            .get_or_insert_with(Default::default)
+            .conditions
+            .push(serving);
+    }
+    let p = w.plan("blue");
+    let c = cond(&p.status, "ResolverReady");
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Serving"));
+    assert_eq!(c.message, "answering DNS at 172.20.0.1 on 2/2 nodes");
+
+    let mut off = (*w.nets[0]).clone();
+    off.spec.dns = false;
+    w.nets[0] = Arc::new(off);
+    let p = w.plan("blue");
+    let c = cond(&p.status, "ResolverReady");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "DnsDisabled")
+    );
+}

@@ -34,7 +34,11 @@ VALUE_SETS = {
             "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
             "image": {"tag": "dev", "pullPolicy": "Never"},
         },
-        "agent": {"logJson": True, "image": {"tag": "dev", "pullPolicy": "Never"}},
+        "agent": {
+            "logJson": True,
+            "image": {"tag": "dev", "pullPolicy": "Never"},
+            "dns": {"upstream": ["192.0.2.53", "[2001:db8::53]:5353"], "clusterDNS": ["10.96.0.10"]},
+        },
         "dashboards": {"enabled": True, "annotations": {"grafana_folder": "Networking"}},
     },
     # Nodes that keep CNI and containerd elsewhere (k3s layout), privileged fallback.
@@ -64,6 +68,7 @@ BAD_VALUE_SETS = {
     "bad-pull-policy": {"operator": {"image": {"pullPolicy": "Sometimes"}}},
     "bad-duration": {"agent": {"resyncInterval": "ten seconds"}},
     "bad-dashboard-label": {"dashboards": {"enabled": True, "label": "grafana dashboard"}},
+    "dns-upstream-by-name": {"agent": {"dns": {"upstream": ["dns.example.com"]}}},
 }
 
 
@@ -210,7 +215,7 @@ def test_agent_daemonset_has_what_the_node_needs_and_no_more(default_render):
     sc = c["securityContext"]
     assert "privileged" not in sc
     assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
-    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"]}
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW", "SYS_ADMIN", "NET_BIND_SERVICE"]}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert c["ports"][0]["containerPort"] == 9091
@@ -219,6 +224,9 @@ def test_agent_daemonset_has_what_the_node_needs_and_no_more(default_render):
     assert "--health-addr=0.0.0.0:9091" in c["args"]
     assert "--cri-endpoint=unix:///run/containerd/containerd.sock" in c["args"]
     assert "--socket=/run/bridgenet/cni.sock" in c["args"]
+    # The networks' DNS: the agent's resolv.conf upstream and no cluster DNS unless named.
+    assert "--cluster-domain=cluster.local" in c["args"] and "--dns-client-qps=500" in c["args"]
+    assert not [a for a in c["args"] if a.startswith(("--dns-upstream", "--cluster-dns"))]
 
     volumes = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
     assert volumes == {
@@ -281,3 +289,10 @@ def test_package_contains_the_chart_and_not_the_test_lists(tmp_path):
         assert len(chart.crds) == 2
         assert chart.schema is not None
         assert not any(f["name"] == "api-calls.yaml" for f in chart.files)
+
+
+def test_dns_values_become_agent_flags():
+    ds = render(VALUE_SETS["kind-monitoring"]).one("DaemonSet", "-agent")
+    args = _container(ds, "agent")["args"]
+    assert "--dns-upstream=192.0.2.53,[2001:db8::53]:5353" in args
+    assert "--cluster-dns=10.96.0.10" in args

@@ -116,6 +116,7 @@ fn plan_accepted(
             membership: &membership,
             blocks: &blocks,
             not_ready: children.not_ready(),
+            dns: net.spec.dns,
         },
     );
     NetworkPlan {
