@@ -255,6 +255,35 @@ mod tests {
         }
     }
 
+    /// Every pod of `examples/` asks for what its comments say, in a form the agent takes.
+    #[test]
+    fn example_pods_annotations_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut pods = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let doc = serde_yaml::Value::deserialize(doc).unwrap();
+                if doc["kind"] != "Pod" {
+                    continue;
+                }
+                pods += 1;
+                let value = doc["metadata"]["annotations"][bridgenet_crds::ANNOTATION_NETWORKS]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{}: a pod without networks", path.display()));
+                let reqs = parse(value).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                if doc["metadata"]["name"] == "db" && path.ends_with("pod-dns.yaml") {
+                    assert_eq!(reqs[0].aliases, ["postgres", "sql"]);
+                }
+            }
+        }
+        assert!(pods >= 4, "expected the example pods, found {pods}");
+    }
+
     #[test]
     fn refuses_bad_input() {
         assert!(matches!(
