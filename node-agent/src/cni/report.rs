@@ -201,8 +201,15 @@ pub async fn status_loop(
         },
     );
     let mut written: HashMap<PodRef, (Option<String>, Instant)> = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let changes = engine.journal_changes();
+    // A pass every second checks everything (level-triggered); a change of the journal brings
+    // the next pass forward, so a name or endpoint is out within moments of an attach or
+    // detach, but never more than one pass that wrote a NodeBridge per `MIN_WRITE_GAP`, so a
+    // burst of attachments costs one status write per NodeBridge per second, not one each.
+    let mut next = tokio::time::Instant::now();
+    let mut last_write = tokio::time::Instant::now()
+        .checked_sub(MIN_WRITE_GAP)
+        .unwrap_or_else(tokio::time::Instant::now);
     loop {
         tokio::select! {
             notice = notices.recv() => match notice {
@@ -230,7 +237,12 @@ pub async fn status_loop(
                     }
                 }
             },
-            _ = tick.tick() => {
+            () = changes.notified() => {
+                let soonest = (last_write + MIN_WRITE_GAP).max(tokio::time::Instant::now());
+                next = next.min(soonest);
+            }
+            () = tokio::time::sleep_until(next) => {
+                next = tokio::time::Instant::now() + PASS_INTERVAL;
                 let dir = engine.directory();
                 // Before both caches have listed, a pod or network missing from them is no
                 // evidence of anything.
@@ -239,11 +251,18 @@ pub async fn status_loop(
                 }
                 let allocs = engine.allocations().await;
                 write_network_status(&engine, &client, &allocs, &mut written).await;
-                write_endpoints(dir, &status, &allocs).await;
+                if write_endpoints(dir, &status, &allocs).await {
+                    last_write = tokio::time::Instant::now();
+                }
             }
         }
     }
 }
+
+/// Period of the level-triggered report pass.
+const PASS_INTERVAL: Duration = Duration::from_secs(1);
+/// Least time between two passes that wrote NodeBridge statuses.
+const MIN_WRITE_GAP: Duration = Duration::from_secs(1);
 
 /// What this node holds of `network`: its attached interfaces (one per sandbox interface,
 /// whatever its families), its journaled IPv4 addresses and what its blocks (`capacity_v4`
@@ -304,8 +323,14 @@ async fn write_network_status(
 /// (the status book compares; an equal status is not written). The counts describe the node's
 /// blocks and are recomputed on every pass, so a NodeBridge that appears or gets a new block is
 /// reported at once: the operator grows a node's blocks from them.
-async fn write_endpoints(dir: &KubeDirectory, status: &StatusWriter, allocs: &[Allocation]) {
+/// Writes each NodeBridge's endpoints and counts where they differ; whether any was written.
+async fn write_endpoints(
+    dir: &KubeDirectory,
+    status: &StatusWriter,
+    allocs: &[Allocation],
+) -> bool {
     let mut usage = Vec::new();
+    let mut wrote = false;
     for nb in dir.bridges() {
         let Some(name) = nb.metadata.name.clone() else {
             continue;
@@ -335,11 +360,13 @@ async fn write_endpoints(dir: &KubeDirectory, status: &StatusWriter, allocs: &[A
             })
             .await;
         // Retried at the next pass: the book keeps what was not applied.
-        if let Err(e) = result {
-            tracing::warn!(nodebridge = %name, error = %e, "writing endpoints");
+        match result {
+            Ok(sent) => wrote |= sent,
+            Err(e) => tracing::warn!(nodebridge = %name, error = %e, "writing endpoints"),
         }
     }
     metrics::set_network_usage(&usage);
+    wrote
 }
 
 /// The aliases pod `namespace/name` asks for on `network`, read from its annotation in the pod

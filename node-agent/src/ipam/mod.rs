@@ -249,9 +249,16 @@ pub struct Ipam {
     /// a freed address is not reused at once (like host-local) and a stale ARP entry or a late
     /// packet meets no one.
     last: HashMap<(String, Family), IpAddr>,
+    /// Notified after every change of the allocations, for the reports that follow them.
+    changed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Ipam {
+    /// Notified (a stored permit, never lost) after allocations were added or freed.
+    pub fn changes(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.changed.clone()
+    }
+
     /// Opens the journal under `state_dir/ipam` and rebuilds the allocations.
     pub fn open(state_dir: &Path) -> Result<Self, IpamError> {
         let (journal, records) = Journal::open(&state_dir.join("ipam"))?;
@@ -270,6 +277,7 @@ impl Ipam {
             journal,
             allocs,
             last: HashMap::new(),
+            changed: std::sync::Arc::default(),
         };
         if ipam.journal.wants_compaction(ipam.allocs.len()) {
             ipam.journal.compact(ipam.allocs.values())?;
@@ -357,6 +365,7 @@ impl Ipam {
                 .insert((a.network.clone(), Family::of(a.ip)), a.ip);
             self.allocs.insert((a.network.clone(), a.ip), a.clone());
         }
+        self.changed.notify_one();
         Ok(out)
     }
 
@@ -431,6 +440,9 @@ impl Ipam {
             if let Record::Free { network, ip } = r {
                 self.allocs.remove(&(network.clone(), *ip));
             }
+        }
+        if !records.is_empty() {
+            self.changed.notify_one();
         }
         if self.journal.wants_compaction(self.allocs.len()) {
             self.journal.compact(self.allocs.values())?;

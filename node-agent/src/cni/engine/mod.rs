@@ -109,6 +109,7 @@ pub struct Target {
 pub struct Engine<D> {
     dir: D,
     ipam: Mutex<Ipam>,
+    journal_changes: Arc<tokio::sync::Notify>,
     sandboxes: SandboxLocks,
     host_netns: Option<PathBuf>,
     network_grace: Duration,
@@ -132,9 +133,11 @@ impl<D: Directory> Engine<D> {
     /// An engine over the journal in `state_dir`. `host_netns` is the namespace holding the
     /// bridges (`None`: the agent's own — only tests run the node elsewhere).
     pub fn new(dir: D, state_dir: &Path, host_netns: Option<PathBuf>) -> Result<Self, IpamError> {
+        let ipam = Ipam::open(state_dir)?;
         Ok(Self {
             dir,
-            ipam: Mutex::new(Ipam::open(state_dir)?),
+            journal_changes: ipam.changes(),
+            ipam: Mutex::new(ipam),
             sandboxes: SandboxLocks::default(),
             host_netns,
             network_grace: NEW_NETWORK_GRACE,
@@ -146,6 +149,12 @@ impl<D: Directory> Engine<D> {
     pub fn with_network_grace(mut self, grace: Duration) -> Self {
         self.network_grace = grace;
         self
+    }
+
+    /// Notified after the journal's allocations changed (an attach reserved addresses, a
+    /// detach freed them): the reports follow at once instead of at their next tick.
+    pub fn journal_changes(&self) -> Arc<tokio::sync::Notify> {
+        self.journal_changes.clone()
     }
 
     /// The cluster as this engine sees it.
