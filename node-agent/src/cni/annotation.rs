@@ -276,7 +276,7 @@ mod tests {
                     .as_str()
                     .unwrap_or_else(|| panic!("{}: a pod without networks", path.display()));
                 let reqs = parse(value).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                if doc["metadata"]["name"] == "db" && path.ends_with("pod-dns.yaml") {
+                if doc["metadata"]["name"] == "store" && path.ends_with("pod-dns.yaml") {
                     assert_eq!(reqs[0].aliases, ["postgres", "sql"]);
                 }
             }
