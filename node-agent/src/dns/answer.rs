@@ -100,8 +100,16 @@ pub struct View<'a> {
 pub enum Decision {
     /// Send this response.
     Reply(Vec<u8>, Outcome),
-    /// Relay the query, unchanged, to `Route`; on failure answer [`server_failure`].
-    Forward(Route),
+    /// Relay the query, unchanged, to `route`. If the upstream does not know the name (or
+    /// fails) and there is a `fallback`, send that instead; else the upstream's answer, or
+    /// [`server_failure`].
+    Forward {
+        /// Where to.
+        route: Route,
+        /// The network's own answer for a name that is one of its names with a cluster
+        /// search domain appended (see [`search_head`]).
+        fallback: Option<Vec<u8>>,
+    },
     /// Send nothing.
     Drop(Outcome),
 }
@@ -183,26 +191,7 @@ pub fn decide(packet: &[u8], client: IpAddr, view: &View<'_>, udp: bool) -> Deci
 
     let asker = view.zone.namespace_of(client);
     match view.zone.lookup(&name, asker) {
-        Lookup::Found(addrs) => {
-            let answers = addrs
-                .into_iter()
-                .filter_map(|ip| match (ip, qtype) {
-                    (IpAddr::V4(v4), RecordType::A | RecordType::ANY) => Some(RData::A(A(v4))),
-                    (IpAddr::V6(v6), RecordType::AAAA | RecordType::ANY) => {
-                        Some(RData::AAAA(AAAA(v6)))
-                    }
-                    _ => None,
-                })
-                .map(|rdata| Record::from_rdata(asked.clone(), TTL, rdata))
-                .collect();
-            reply(
-                &query,
-                ResponseCode::NoError,
-                answers,
-                udp,
-                Outcome::Answered,
-            )
-        }
+        Lookup::Found(addrs) => addresses(&query, &asked, &addrs, qtype, udp),
         Lookup::NoSuchName => reply(
             &query,
             ResponseCode::NXDomain,
@@ -215,11 +204,32 @@ pub fn decide(packet: &[u8], client: IpAddr, view: &View<'_>, udp: bool) -> Deci
                 || name
                     .strip_suffix(view.cluster_domain)
                     .is_some_and(|head| head.ends_with('.'));
-            match (in_cluster && view.has_cluster_dns, view.internal) {
-                (true, _) => Decision::Forward(Route::Cluster),
-                (false, false) => Decision::Forward(Route::Upstream),
+            // `web.default.svc.cluster.local`: what a client with the cluster's search list
+            // asks first for `web` (busybox never asks the bare name at all). The cluster keeps
+            // precedence, so a Service of that name still wins; when the cluster does not know
+            // the name, it is the network's pod.
+            let fallback = in_cluster
+                .then(|| search_head(&name, asker, view.cluster_domain))
+                .flatten()
+                .and_then(|head| match view.zone.lookup(head, asker) {
+                    Lookup::Found(addrs) => match addresses(&query, &asked, &addrs, qtype, udp) {
+                        Decision::Reply(bytes, _) => Some(bytes),
+                        _ => None,
+                    },
+                    _ => None,
+                });
+            match (in_cluster && view.has_cluster_dns, view.internal, fallback) {
+                (true, _, fallback) => Decision::Forward {
+                    route: Route::Cluster,
+                    fallback,
+                },
+                (false, false, fallback) => Decision::Forward {
+                    route: Route::Upstream,
+                    fallback,
+                },
                 // Docker's internal networks resolve their own names and nothing beyond.
-                (false, true) => reply(
+                (false, true, Some(bytes)) => Decision::Reply(bytes, Outcome::Answered),
+                (false, true, None) => reply(
                     &query,
                     ResponseCode::Refused,
                     Vec::new(),
@@ -229,6 +239,52 @@ pub fn decide(packet: &[u8], client: IpAddr, view: &View<'_>, udp: bool) -> Deci
             }
         }
     }
+}
+
+/// The name a cluster search domain was appended to: `web` of `web.<ns>.svc.<domain>` (the
+/// asker's namespace), `svc.<domain>` or `<domain>` — the search list kubelet gives a pod.
+fn search_head<'n>(name: &'n str, asker: Option<&str>, domain: &str) -> Option<&'n str> {
+    let mut suffixes = Vec::with_capacity(3);
+    if let Some(ns) = asker {
+        suffixes.push(format!(".{ns}.svc.{domain}"));
+    }
+    suffixes.push(format!(".svc.{domain}"));
+    suffixes.push(format!(".{domain}"));
+    suffixes
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix.as_str()))
+        .filter(|head| !head.is_empty())
+}
+
+/// The addresses of a name of the network, as A or AAAA records (no data for other types).
+fn addresses(
+    query: &Message,
+    asked: &Name,
+    addrs: &[IpAddr],
+    qtype: RecordType,
+    udp: bool,
+) -> Decision {
+    let answers = addrs
+        .iter()
+        .filter_map(|ip| match (*ip, qtype) {
+            (IpAddr::V4(v4), RecordType::A | RecordType::ANY) => Some(RData::A(A(v4))),
+            (IpAddr::V6(v6), RecordType::AAAA | RecordType::ANY) => Some(RData::AAAA(AAAA(v6))),
+            _ => None,
+        })
+        .map(|rdata| Record::from_rdata(asked.clone(), TTL, rdata))
+        .collect();
+    reply(
+        query,
+        ResponseCode::NoError,
+        answers,
+        udp,
+        Outcome::Answered,
+    )
+}
+
+/// Whether `answer` (an upstream's response) says the name does not exist.
+pub fn is_nxdomain(answer: &[u8]) -> bool {
+    answer.get(3).is_some_and(|flags| flags & 0x0f == 3)
 }
 
 /// SERVFAIL for a query no upstream answered (or the query itself when it cannot be read).
@@ -437,7 +493,10 @@ mod tests {
         // Outside the network: upstream.
         assert_eq!(
             ask("8.8.8.8.in-addr.arpa.", RecordType::PTR, false).unwrap_err(),
-            Decision::Forward(Route::Upstream)
+            Decision::Forward {
+                route: Route::Upstream,
+                fallback: None
+            }
         );
     }
 
@@ -445,7 +504,10 @@ mod tests {
     fn routing_of_other_names() {
         assert_eq!(
             ask("example.com.", RecordType::A, false).unwrap_err(),
-            Decision::Forward(Route::Upstream)
+            Decision::Forward {
+                route: Route::Upstream,
+                fallback: None
+            }
         );
         assert_eq!(
             ask(
@@ -454,25 +516,101 @@ mod tests {
                 false
             )
             .unwrap_err(),
-            Decision::Forward(Route::Cluster)
+            Decision::Forward {
+                route: Route::Cluster,
+                fallback: None
+            }
         );
         // `db.blog` is not a pod of the network: upstream decides (and knows nothing of it).
         assert_eq!(
             ask("db.blog", RecordType::A, false).unwrap_err(),
-            Decision::Forward(Route::Upstream)
+            Decision::Forward {
+                route: Route::Upstream,
+                fallback: None
+            }
         );
         // Internal networks: cluster names to the cluster DNS, nothing else leaves.
         assert_eq!(
             ask("kubernetes.default.svc.cluster.local.", RecordType::A, true).unwrap_err(),
-            Decision::Forward(Route::Cluster)
+            Decision::Forward {
+                route: Route::Cluster,
+                fallback: None
+            }
         );
         let m = ask("example.com.", RecordType::A, true).unwrap();
         assert_eq!(m.response_code(), ResponseCode::Refused);
         // `notcluster.local` is not under `cluster.local`.
         assert_eq!(
             ask("notcluster.local.", RecordType::A, false).unwrap_err(),
-            Decision::Forward(Route::Upstream)
+            Decision::Forward {
+                route: Route::Upstream,
+                fallback: None
+            }
         );
+    }
+
+    #[test]
+    fn cluster_search_forms_fall_back_to_the_networks_names() {
+        let (zone, subnets) = (zone(), subnets());
+        let client = "10.0.0.3".parse().unwrap(); // db, namespace shop
+        for (internal, has_cluster_dns) in [(false, true), (false, false), (true, true)] {
+            let mut v = view(&zone, &subnets, internal);
+            v.has_cluster_dns = has_cluster_dns;
+            for name in [
+                "web.shop.svc.cluster.local.",
+                "web.svc.cluster.local.",
+                "web.cluster.local.",
+                "front.shop.svc.cluster.local.",
+                "web.shop.svc.cluster.local.",
+            ] {
+                let Decision::Forward {
+                    fallback: Some(bytes),
+                    ..
+                } = decide(&query(name, RecordType::A), client, &v, true)
+                else {
+                    panic!("{name}: no fallback ({internal}, {has_cluster_dns})")
+                };
+                let m = Message::from_vec(&bytes).unwrap();
+                assert_eq!(rdata(&m), ["10.0.0.2"], "{name}");
+                assert_eq!(m.answers()[0].name().to_ascii(), name);
+            }
+        }
+        // Names that are not the network's get no fallback; an internal network without a
+        // cluster DNS answers its own at once and refuses the rest.
+        let v = view(&zone, &subnets, false);
+        assert_eq!(
+            decide(
+                &query("nobody.shop.svc.cluster.local.", RecordType::A),
+                client,
+                &v,
+                true
+            ),
+            Decision::Forward {
+                route: Route::Cluster,
+                fallback: None
+            }
+        );
+        let mut v = view(&zone, &subnets, true);
+        v.has_cluster_dns = false;
+        assert!(matches!(
+            decide(
+                &query("web.shop.svc.cluster.local.", RecordType::A),
+                client,
+                &v,
+                true
+            ),
+            Decision::Reply(_, Outcome::Answered)
+        ));
+        assert!(matches!(
+            decide(
+                &query("nobody.shop.svc.cluster.local.", RecordType::A),
+                client,
+                &v,
+                true
+            ),
+            Decision::Reply(_, Outcome::Refused)
+        ));
+        assert!(is_nxdomain(&[0, 0, 0x81, 0x83]) && !is_nxdomain(&[0, 0, 0x81, 0x80]));
     }
 
     #[test]
@@ -484,7 +622,10 @@ mod tests {
         let client = "10.0.0.3".parse().unwrap();
         assert_eq!(
             decide(&q, client, &v, true),
-            Decision::Forward(Route::Upstream)
+            Decision::Forward {
+                route: Route::Upstream,
+                fallback: None
+            }
         );
         v.internal = true;
         assert!(matches!(

@@ -95,13 +95,19 @@ impl Resolver {
         match answer::decide(packet, client, &view, !tcp) {
             Decision::Reply(bytes, outcome) => (Some(bytes), outcome),
             Decision::Drop(outcome) => (None, outcome),
-            Decision::Forward(route) => match self.upstreams.forward(route, packet, tcp).await {
-                Ok(bytes) => (Some(bytes), Outcome::Forwarded),
-                Err(e) => {
-                    tracing::debug!(network = %state.network, error = %e, "forwarding a query");
-                    (answer::server_failure(packet), Outcome::UpstreamFailed)
+            Decision::Forward { route, fallback } => {
+                match (self.upstreams.forward(route, packet, tcp).await, fallback) {
+                    (Ok(bytes), Some(local)) if answer::is_nxdomain(&bytes) => {
+                        (Some(local), Outcome::Answered)
+                    }
+                    (Ok(bytes), _) => (Some(bytes), Outcome::Forwarded),
+                    (Err(_), Some(local)) => (Some(local), Outcome::Answered),
+                    (Err(e), None) => {
+                        tracing::debug!(network = %state.network, error = %e, "forwarding a query");
+                        (answer::server_failure(packet), Outcome::UpstreamFailed)
+                    }
                 }
-            },
+            }
         }
     }
 }
