@@ -29,7 +29,7 @@ SANDBOX = pathlib.Path(__file__).resolve().parents[1]
 REPO = SANDBOX.parents[1]
 sys.path.insert(0, str(SANDBOX))
 
-from bnsandbox import poll, realk8s, up  # noqa: E402
+from bnsandbox import podexec, poll, realk8s, up  # noqa: E402
 
 BIN_DIR = pathlib.Path(os.environ.get("BRIDGENET_BIN_DIR", REPO / "target" / "debug"))
 EXTERNAL = os.environ.get("SANDBOX_KUBECONFIG") or None
@@ -86,9 +86,21 @@ class Cluster:
     def get(self, *args: str) -> dict:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
 
-    def exec(self, pod: str, *cmd: str, namespace: str = "default") -> subprocess.CompletedProcess:
+    def exec(self, pod: str, *cmd: str, namespace: str = "default",
+             container: bool | str = False) -> subprocess.CompletedProcess:
+        """`cmd` in the pod, through `bnsandbox.podexec`: by default the host's busybox in the
+        pod's network namespace; with `container` (True: the first container, or its name) in
+        the container's mount and network namespaces — its files, its /etc/resolv.conf."""
+        which = ["-c", container] if isinstance(container, str) else ["--in-container"] if container else []
         return subprocess.run([sys.executable, "-m", "bnsandbox.podexec", "--state-dir", str(self.state), "-n",
-                               namespace, pod, "--", *cmd], cwd=SANDBOX, capture_output=True, text=True, timeout=60)
+                               namespace, *which, pod, "--", *cmd], cwd=SANDBOX, capture_output=True, text=True,
+                              timeout=60)
+
+    def exec_argv(self, pod: str, *cmd: str, namespace: str = "default", container: bool | str = False) -> list[str]:
+        """The command line `exec` would run, resolved once (CRI calls, in this process): a test
+        that runs many short commands in one pod — a query every 0.1 s — appends to it and
+        runs it itself, without a Python start-up per command."""
+        return podexec.exec_argv(self.state, namespace, pod, list(cmd), container)
 
     def ping(self, pod: str, ip: str, namespace: str = "default") -> bool:
         """Whether `pod` reaches `ip`: at most three packets within three seconds (the first may
