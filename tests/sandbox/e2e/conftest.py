@@ -115,10 +115,15 @@ class Cluster:
         self.apply({"apiVersion": "bridgenet.io/v1alpha1", "kind": "BridgeNetwork", "metadata": {"name": name},
                     "spec": {"subnet": subnet, **spec}})
 
-    def pod(self, name: str, networks: str | None = None, node: str | None = None, namespace: str = "default") -> None:
+    def pod(self, name: str, networks: str | list | None = None, node: str | None = None, namespace: str = "default",
+            dns_policy: str | None = None, dns_config: dict | None = None) -> None:
+        """A busybox pod; `networks` is the `bridgenet.io/networks` annotation, as a string or as
+        the JSON list form (`[{"name": net, "aliases": [...]}]`); `dns_policy` and `dns_config`
+        are the pod's `dnsPolicy` and `dnsConfig`."""
         meta: dict = {"name": name, "namespace": namespace}
         if networks is not None:
-            meta["annotations"] = {"bridgenet.io/networks": networks}
+            value = networks if isinstance(networks, str) else json.dumps(networks)
+            meta["annotations"] = {"bridgenet.io/networks": value}
         # PID 1 ignores signals it has no handler for: a bare `sleep` would make a real kubelet
         # wait out the grace period on every deletion. This one exits on SIGTERM within a second.
         spec: dict = {"containers": [{"name": "main", "image": "busybox:1.36",
@@ -126,6 +131,10 @@ class Cluster:
                       "terminationGracePeriodSeconds": 5}
         if node:
             spec["nodeSelector"] = {"kubernetes.io/hostname": node}
+        if dns_policy:
+            spec["dnsPolicy"] = dns_policy
+        if dns_config:
+            spec["dnsConfig"] = dns_config
         self.apply({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
 
     def wait_ready(self, *pods: str, namespace: str = "default", timeout: str = "60s") -> None:
