@@ -135,11 +135,34 @@ class ContainerInfo:
     state: int
 
 
+@dataclass
+class DnsConfig:
+    """`runtime.v1.DNSConfig`: what the runtime writes into the pod's /etc/resolv.conf. Options
+    are `name` or `name:value` strings, as the kubelet formats them (`ndots:5`)."""
+
+    servers: list[str]
+    searches: list[str]
+    options: list[str]
+
+    def encode(self) -> bytes:
+        return f_strs(1, self.servers) + f_strs(2, self.searches) + f_strs(3, self.options)
+
+
+@dataclass
+class ContainerStatus:
+    id: str
+    state: int
+    # The runtime's verbose info; containerd's `info` JSON carries the task's `pid`.
+    info: dict[str, str]
+
+
 def sandbox_config(meta: SandboxMeta, hostname: str, log_dir: str, labels: dict[str, str],
-                   annotations: dict[str, str], cgroup_parent: str = "") -> bytes:
+                   annotations: dict[str, str], cgroup_parent: str = "", dns: DnsConfig | None = None) -> bytes:
+    """A `PodSandboxConfig`. Without `dns` the runtime gives the pod the node's resolv.conf
+    (containerd copies the host's), as the kubelet's `Default` DNS policy does."""
     linux = f_str(1, cgroup_parent)
-    return (f_msg(1, meta.encode()) + f_str(2, hostname) + f_str(3, log_dir) + f_map(6, labels)
-            + f_map(7, annotations) + f_msg(8, linux))
+    return (f_msg(1, meta.encode()) + f_str(2, hostname) + f_str(3, log_dir)
+            + f_msg(4, dns.encode() if dns else None) + f_map(6, labels) + f_map(7, annotations) + f_msg(8, linux))
 
 
 def container_config(name: str, image: str, command: list[str], args: list[str], env: dict[str, str],
@@ -200,6 +223,11 @@ class RuntimeClient:
 
     def start_container(self, container_id: str) -> None:
         self._call("StartContainer", f_str(1, container_id))
+
+    def container_status(self, container_id: str, verbose: bool = False) -> ContainerStatus:
+        msg = self._call("ContainerStatus", f_str(1, container_id) + f_int(2, verbose))
+        status = _get(msg, 1, b"")
+        return ContainerStatus(_str(status, 1), int(_get(status, 3, 0)), _map(msg, 2))
 
     def list_containers(self, sandbox_id: str | None = None) -> list[ContainerInfo]:
         flt = f_str(3, sandbox_id)

@@ -3,7 +3,9 @@ become a CRI pod sandbox (the runtime calls the node's CNI plugins, as for a rea
 one container per Pod container, with the offline busybox image; their status (phase, IPs,
 container states, Ready) goes back to the Pod's status subresource; Pods that are gone or being
 deleted are stopped and removed. A failed sandbox gets a `FailedCreatePodSandBox` Warning Event
-on the Pod and is retried.
+on the Pod and is retried. A Pod's `dnsPolicy`/`dnsConfig` become the sandbox's DNS config, so the
+runtime writes its /etc/resolv.conf as for a real kubelet (there is no cluster DNS: `ClusterFirst`
+falls back to the node's resolv.conf, as a kubelet without `clusterDNS` does).
 
     python3 -m bnsandbox.kubelet --node-name node1 --node-ip 10.251.0.11 \\
         --kubeconfig K --cri-endpoint unix:///.../containerd.sock --log-dir D
@@ -43,9 +45,10 @@ def _micro_now() -> str:
 
 class Kubelet:
     def __init__(self, node: str, node_ip: str, kube: Kube, runtime: cri.RuntimeClient, log_dir: pathlib.Path,
-                 resync: float = 5.0) -> None:
+                 resync: float = 5.0, resolv_conf: pathlib.Path = pathlib.Path("/etc/resolv.conf")) -> None:
         self.node, self.node_ip, self.kube, self.runtime = node, node_ip, kube, runtime
         self.log_dir = log_dir
+        self.resolv_conf = resolv_conf
         self.resync = resync
         self.dirty = asyncio.Event()
         self.reported: dict[str, Any] = {}
@@ -135,8 +138,12 @@ class Kubelet:
         pod_logs = self.log_dir / f"{ns}_{name}_{uid}"
         pod_logs.mkdir(parents=True, exist_ok=True)
         sandbox_meta = cri.SandboxMeta(name, uid, ns)
+        try:
+            node_resolv = self.resolv_conf.read_text()
+        except OSError:
+            node_resolv = ""
         config = cri.sandbox_config(sandbox_meta, spec.get("hostname") or name, str(pod_logs), labels,
-                                    meta.get("annotations") or {})
+                                    meta.get("annotations") or {}, dns=pod_dns_config(spec, node_resolv))
         log.info("starting pod %s/%s", ns, name)
         try:
             sid = await self.call(self.runtime.run_pod_sandbox, config)
@@ -256,6 +263,44 @@ class Kubelet:
             log.warning("event for %s/%s: %s", meta["namespace"], meta["name"], err)
 
 
+def parse_resolv_conf(text: str) -> cri.DnsConfig:
+    """Nameservers, search domains and options of a resolv.conf (the last `search`/`domain`
+    line wins, as for the libc resolver)."""
+    conf = cri.DnsConfig([], [], [])
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split(";", 1)[0].split()
+        if len(words) < 2:
+            continue
+        if words[0] == "nameserver":
+            conf.servers.append(words[1])
+        elif words[0] in ("search", "domain"):
+            conf.searches = words[1:]
+        elif words[0] == "options":
+            conf.options += words[1:]
+    return conf
+
+
+def pod_dns_config(spec: dict, node_resolv_conf: str) -> cri.DnsConfig | None:
+    """The sandbox's DNS config for a Pod, following the kubelet: `dnsPolicy: None` takes
+    `dnsConfig` alone; any other policy (here always the node's resolv.conf: no cluster DNS)
+    gets `dnsConfig` merged into the node's — servers and searches appended without duplicates,
+    options replaced by name. None: the runtime copies the node's resolv.conf as it is."""
+    extra = spec.get("dnsConfig") or {}
+    if spec.get("dnsPolicy") == "None":
+        base = cri.DnsConfig([], [], [])
+    elif not extra:
+        return None
+    else:
+        base = parse_resolv_conf(node_resolv_conf)
+    servers = list(dict.fromkeys([*base.servers, *(extra.get("nameservers") or [])]))
+    searches = list(dict.fromkeys([*base.searches, *(extra.get("searches") or [])]))
+    options = {o.split(":", 1)[0]: o for o in base.options}
+    for opt in extra.get("options") or []:
+        value = opt.get("value")
+        options[opt["name"]] = f"{opt['name']}:{value}" if value not in (None, "") else opt["name"]
+    return cri.DnsConfig(servers, searches, list(options.values()))
+
+
 def _local_image(image: str) -> str:
     """Every image is the local busybox: no registry is reachable from the sandbox."""
     return images.BUSYBOX_TAGS[0]
@@ -269,7 +314,7 @@ async def amain(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with Kube(args.kubeconfig) as kube:
         kubelet = Kubelet(args.node_name, args.node_ip, kube, runtime, pathlib.Path(args.log_dir),
-                          resync=args.resync)
+                          resync=args.resync, resolv_conf=pathlib.Path(args.resolv_conf))
         task = asyncio.create_task(kubelet.run())
         await stop.wait()
         task.cancel()
@@ -284,6 +329,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cri-endpoint", required=True)
     p.add_argument("--log-dir", required=True)
     p.add_argument("--resync", type=float, default=5.0)
+    p.add_argument("--resolv-conf", default="/etc/resolv.conf",
+                   help="the node's resolver configuration, base of the pods' DNS unless dnsPolicy is None")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s kubelet[" + args.node_name + "] %(message)s")
     asyncio.run(amain(args))

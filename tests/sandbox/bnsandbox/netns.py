@@ -127,7 +127,8 @@ class Node:
     def exec(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
         return run("ip", "netns", "exec", self.netns, *args, check=check, input=input)
 
-    def popen(self, args: Sequence[str], log_path: str | None = None, env: dict | None = None) -> subprocess.Popen:
+    def popen(self, args: Sequence[str], log_path: str | None = None, env: dict | None = None,
+              cwd: str | None = None) -> subprocess.Popen:
         """Starts a long-running process inside the node's network namespace; it is killed at
         teardown."""
         out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
@@ -135,7 +136,7 @@ class Node:
         # namespace, which hides the cgroup mounts that runc (under containerd) needs.
         proc = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{self.netns}", *args], stdout=out,
                                 stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                                stdin=subprocess.DEVNULL, env=env, cwd=cwd, start_new_session=True)
         self.procs.append(proc)
         return proc
 

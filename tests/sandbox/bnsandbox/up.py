@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from . import containerd, forward, images, netns, poll, realk8s
+from . import containerd, forward, images, netns, poll, realk8s, upstream_dns
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 SANDBOX = REPO / "tests" / "sandbox"
@@ -75,6 +75,9 @@ class Sandbox:
         # Whether our operator created its leader Lease on an existing server (deleted at close).
         self.lease_created = False
         self.kubeconfig = pathlib.Path(kubeconfig) if kubeconfig else self.state / "kubeconfig"
+        # The outside world's DNS server (HOST:PORT, reachable from every node) and its query log.
+        self.upstream_dns = f"{upstream_dns.ADDRESS}:{upstream_dns.PORT}"
+        self.upstream_dns_queries = self.state / "upstream-dns.queries"
         # What processes inside the node namespaces use: the same file with the emulator (it
         # listens on the host link), a copy pointing at the forwarder with an existing server.
         self.node_kubeconfig = self.kubeconfig
@@ -90,6 +93,7 @@ class Sandbox:
             if realk8s.STATE_FILE.exists():
                 # What real kubelets of a killed run with this prefix left on the host.
                 realk8s.HostState(prefix).release()
+            self._start_upstream_dns()
             if kubeconfig:
                 self._start_forwarder(kubeconfig)
             else:
@@ -140,6 +144,22 @@ class Sandbox:
                                          "--port", "0", "--kubeconfig", str(self.kubeconfig), "--ready-file",
                                          str(ready)], "apiserver.log", cwd=SANDBOX)
         _wait_file(ready, proc, f"the API emulator (see {self.state / 'apiserver.log'})")
+
+    def _start_upstream_dns(self) -> None:
+        """The outside world's DNS server (`bnsandbox.upstream_dns`) in the internet namespace,
+        on an address of its own; the agents' resolvers forward to it. Queries are logged to
+        `upstream_dns_queries`."""
+        assert self.topo is not None and self.topo.internet is not None
+        internet = self.topo.internet
+        internet.exec("ip", "addr", "add", f"{upstream_dns.ADDRESS}/32", "dev", "lo")
+        ready = self.state / "upstream-dns.addr"
+        ready.unlink(missing_ok=True)
+        self.upstream_dns_queries.unlink(missing_ok=True)
+        proc = internet.popen([sys.executable, "-m", "bnsandbox.upstream_dns", "--listen", self.upstream_dns,
+                               "--log", str(self.upstream_dns_queries), "--ready-file", str(ready)],
+                              log_path=str(self.state / "upstream-dns.log"), cwd=str(SANDBOX))
+        self.procs.append(("upstream-dns", proc))
+        _wait_file(ready, proc, f"the upstream DNS server (see {self.state / 'upstream-dns.log'})")
 
     def _start_forwarder(self, kubeconfig: str) -> None:
         """An existing API server is usually not routed into the node namespaces (it may even be
@@ -274,7 +294,11 @@ class Sandbox:
         assert self.topo is not None
         agent, plugin, operator = (bin_dir / n for n in ("bridgenet-agent", "bridgenet", "bridgenet-operator"))
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-        node_env = {**os.environ, "KUBECONFIG": str(self.node_kubeconfig)}
+        # The resolvers' upstream through the environment, never as a flag: an agent without the
+        # flag ignores the variable, where it would refuse an unknown flag. Unset, the agent would
+        # take the node's resolv.conf — the host's nameservers, which the sandbox must not use.
+        node_env = {**os.environ, "KUBECONFIG": str(self.node_kubeconfig),
+                    "BRIDGENET_DNS_UPSTREAM": self.upstream_dns}
         if operator.exists():
             if self.external:
                 self.lease_created = not netns.run(*self.kubectl, "get", "lease", "-n", "default", _LEASE,

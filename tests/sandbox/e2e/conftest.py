@@ -29,7 +29,7 @@ SANDBOX = pathlib.Path(__file__).resolve().parents[1]
 REPO = SANDBOX.parents[1]
 sys.path.insert(0, str(SANDBOX))
 
-from bnsandbox import poll, realk8s, up  # noqa: E402
+from bnsandbox import podexec, poll, realk8s, up  # noqa: E402
 
 BIN_DIR = pathlib.Path(os.environ.get("BRIDGENET_BIN_DIR", REPO / "target" / "debug"))
 EXTERNAL = os.environ.get("SANDBOX_KUBECONFIG") or None
@@ -86,9 +86,21 @@ class Cluster:
     def get(self, *args: str) -> dict:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
 
-    def exec(self, pod: str, *cmd: str, namespace: str = "default") -> subprocess.CompletedProcess:
+    def exec(self, pod: str, *cmd: str, namespace: str = "default",
+             container: bool | str = False) -> subprocess.CompletedProcess:
+        """`cmd` in the pod, through `bnsandbox.podexec`: by default the host's busybox in the
+        pod's network namespace; with `container` (True: the first container, or its name) in
+        the container's mount and network namespaces — its files, its /etc/resolv.conf."""
+        which = ["-c", container] if isinstance(container, str) else ["--in-container"] if container else []
         return subprocess.run([sys.executable, "-m", "bnsandbox.podexec", "--state-dir", str(self.state), "-n",
-                               namespace, pod, "--", *cmd], cwd=SANDBOX, capture_output=True, text=True, timeout=60)
+                               namespace, *which, pod, "--", *cmd], cwd=SANDBOX, capture_output=True, text=True,
+                              timeout=60)
+
+    def exec_argv(self, pod: str, *cmd: str, namespace: str = "default", container: bool | str = False) -> list[str]:
+        """The command line `exec` would run, resolved once (CRI calls, in this process): a test
+        that runs many short commands in one pod — a query every 0.1 s — appends to it and
+        runs it itself, without a Python start-up per command."""
+        return podexec.exec_argv(self.state, namespace, pod, list(cmd), container)
 
     def ping(self, pod: str, ip: str, namespace: str = "default") -> bool:
         """Whether `pod` reaches `ip`: at most three packets within three seconds (the first may
@@ -103,10 +115,15 @@ class Cluster:
         self.apply({"apiVersion": "bridgenet.io/v1alpha1", "kind": "BridgeNetwork", "metadata": {"name": name},
                     "spec": {"subnet": subnet, **spec}})
 
-    def pod(self, name: str, networks: str | None = None, node: str | None = None, namespace: str = "default") -> None:
+    def pod(self, name: str, networks: str | list | None = None, node: str | None = None, namespace: str = "default",
+            dns_policy: str | None = None, dns_config: dict | None = None) -> None:
+        """A busybox pod; `networks` is the `bridgenet.io/networks` annotation, as a string or as
+        the JSON list form (`[{"name": net, "aliases": [...]}]`); `dns_policy` and `dns_config`
+        are the pod's `dnsPolicy` and `dnsConfig`."""
         meta: dict = {"name": name, "namespace": namespace}
         if networks is not None:
-            meta["annotations"] = {"bridgenet.io/networks": networks}
+            value = networks if isinstance(networks, str) else json.dumps(networks)
+            meta["annotations"] = {"bridgenet.io/networks": value}
         # PID 1 ignores signals it has no handler for: a bare `sleep` would make a real kubelet
         # wait out the grace period on every deletion. This one exits on SIGTERM within a second.
         spec: dict = {"containers": [{"name": "main", "image": "busybox:1.36",
@@ -114,6 +131,10 @@ class Cluster:
                       "terminationGracePeriodSeconds": 5}
         if node:
             spec["nodeSelector"] = {"kubernetes.io/hostname": node}
+        if dns_policy:
+            spec["dnsPolicy"] = dns_policy
+        if dns_config:
+            spec["dnsConfig"] = dns_config
         self.apply({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
 
     def wait_ready(self, *pods: str, namespace: str = "default", timeout: str = "60s") -> None:

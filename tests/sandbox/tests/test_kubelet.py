@@ -1,7 +1,8 @@
 """The kubelet stand-in on a sandbox node: a Pod bound to the node runs through CRI (sandbox +
 busybox container, primary network from the reference bridge plugin), reports Ready with its IP,
-answers ping from the node, and is removed when deleted; a sandbox that cannot be created gives
-the Pod a FailedCreatePodSandBox Event. Needs root and containerd."""
+answers ping from the node, gets the resolv.conf its dnsPolicy/dnsConfig ask for (seen from inside
+its container through podexec), and is removed when deleted; a sandbox that cannot be created
+gives the Pod a FailedCreatePodSandBox Event. Needs root and containerd."""
 
 import json
 import os
@@ -23,10 +24,20 @@ pytestmark = [
 ]
 
 
-def pod(name, node, ns):
+def pod(name, node, ns, **spec):
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
             "spec": {"nodeName": node, "containers": [{"name": "main", "image": "busybox:1.36",
-                                                        "command": ["sleep", "3600"]}]}}
+                                                        "command": ["sleep", "3600"]}], **spec}}
+
+
+DNS = {"dnsPolicy": "None", "dnsConfig": {"nameservers": ["172.20.0.1"], "searches": ["ns1.svc.cluster.local",
+                                                                                       "cluster.local"],
+                                          "options": [{"name": "ndots", "value": "5"}]}}
+
+
+def podexec(state, *args):
+    return subprocess.run([sys.executable, "-m", "bnsandbox.podexec", "--state-dir", str(state), *args],
+                          cwd=SANDBOX, capture_output=True, text=True, timeout=30)
 
 
 def test_pods_bound_to_the_node_run_report_and_go(emulator, tmp_path):
@@ -45,7 +56,7 @@ def test_pods_bound_to_the_node_run_report_and_go(emulator, tmp_path):
                  "--kubeconfig", str(emulator.kubeconfig), "--cri-endpoint", ctr.endpoint,
                  "--log-dir", str(tmp_path / "k1" / "pods"), "--resync", "1"],
                 cwd=SANDBOX, stdout=open(tmp_path / "kubelet.log", "w"), stderr=subprocess.STDOUT)
-            emulator.kubectl("apply", "-f", "-", input=json.dumps(pod("web", "k1", ns)))
+            emulator.kubectl("apply", "-f", "-", input=json.dumps(pod("web", "k1", ns, **DNS)))
             emulator.kubectl("wait", "-n", ns, "--for=condition=Ready", "pod/web", "--timeout=60s")
             got = json.loads(emulator.kubectl("get", "-n", ns, "pod", "web", "-o", "json").stdout)
             ip = got["status"]["podIP"]
@@ -55,6 +66,15 @@ def test_pods_bound_to_the_node_run_report_and_go(emulator, tmp_path):
             runtime = cri.RuntimeClient(ctr.endpoint)
             [sandbox] = runtime.list_pod_sandbox({"bnsandbox.io/pod-uid": got["metadata"]["uid"]})
             assert (sandbox.meta.name, sandbox.meta.namespace) == ("web", ns)
+            # The runtime wrote the Pod's dnsConfig; its container sees it, podexec's default
+            # (the host's busybox in the pod's netns only) sees the host's file.
+            inside = podexec(tmp_path, "-n", ns, "--in-container", "web", "--", "cat", "/etc/resolv.conf")
+            assert inside.returncode == 0, inside.stderr
+            assert inside.stdout.split("\n")[:3] == ["search ns1.svc.cluster.local cluster.local",
+                                                      "nameserver 172.20.0.1", "options ndots:5"], inside.stdout
+            assert podexec(tmp_path, "-n", ns, "-c", "main", "web", "--", "cat", "/etc/hostname").stdout == "web\n"
+            host = podexec(tmp_path, "-n", ns, "web", "--", "cat", "/etc/resolv.conf")
+            assert host.stdout == open("/etc/resolv.conf").read()
 
             emulator.kubectl("delete", "-n", ns, "pod", "web")
             wait_for(lambda: not runtime.list_pod_sandbox({"bnsandbox.io/node": "k1"}), timeout=30,

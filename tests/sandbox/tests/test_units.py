@@ -1,8 +1,9 @@
-"""The emulator's pure parts: selectors, JSONPath, patches, schema handling."""
+"""The emulator's pure parts: selectors, JSONPath, patches, schema handling, and the kubelet
+stand-in's pod DNS configuration."""
 
 import pytest
 
-from bnsandbox import jsonpath, patch, scheduler, schema, selectors
+from bnsandbox import cri, jsonpath, kubelet, patch, scheduler, schema, selectors
 
 
 def obj(labels=None, **fields):
@@ -236,3 +237,32 @@ def test_forwarder_relays_both_ways_passes_half_close_and_is_bounded():
             w3.close()
 
     asyncio.run(scenario())
+
+
+NODE_RESOLV = """# the node's
+nameserver 10.255.255.53
+search corp.example
+options ndots:1 timeout:2
+"""
+CLUSTER_FORM = {"nameservers": ["172.20.0.1"], "searches": ["ns.svc.cluster.local", "svc.cluster.local"],
+                "options": [{"name": "ndots", "value": "5"}, {"name": "edns0"}]}
+
+
+def test_pod_dns_policy_none_takes_dns_config_alone():
+    got = kubelet.pod_dns_config({"dnsPolicy": "None", "dnsConfig": CLUSTER_FORM}, NODE_RESOLV)
+    assert got == cri.DnsConfig(["172.20.0.1"], ["ns.svc.cluster.local", "svc.cluster.local"], ["ndots:5", "edns0"])
+    # What goes to the runtime: PodSandboxConfig field 4, DNSConfig fields 1, 2, 3 (CRI api.proto).
+    encoded = cri.sandbox_config(cri.SandboxMeta("p", "u", "ns"), "p", "/l", {}, {}, dns=got)
+    assert b"\x22" + bytes([len(got.encode())]) + got.encode() in encoded
+    assert got.encode().startswith(b"\x0a\x0a172.20.0.1\x12\x14ns.svc.cluster.local")
+
+
+def test_pod_dns_config_is_merged_into_the_nodes_for_other_policies():
+    # No dnsConfig: nothing to send, the runtime copies the node's resolv.conf.
+    assert kubelet.pod_dns_config({}, NODE_RESOLV) is None
+    assert kubelet.pod_dns_config({"dnsPolicy": "Default"}, NODE_RESOLV) is None
+    got = kubelet.pod_dns_config({"dnsPolicy": "ClusterFirst", "dnsConfig": {
+        "nameservers": ["10.255.255.53", "172.20.0.1"], "searches": ["corp.example", "x.test"],
+        "options": [{"name": "ndots", "value": "5"}, {"name": "rotate"}]}}, NODE_RESOLV)
+    assert got == cri.DnsConfig(["10.255.255.53", "172.20.0.1"], ["corp.example", "x.test"],
+                                ["ndots:5", "timeout:2", "rotate"])

@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from bnsandbox import netns
+from bnsandbox import netns, upstream_dns
 from conftest import SANDBOX, Emulator, requires_kubectl
 
 PREFIX = "bnt-sb-test-up-"
@@ -72,6 +72,12 @@ def test_up_with_the_emulator_then_down(tmp_path):
         ping = subprocess.run(["ip", "netns", "exec", PREFIX + "node2", "busybox", "ping", "-c", "1", "-W", "1", ip],
                               capture_output=True)
         assert ping.returncode == 0
+        # The outside world's DNS server answers every node at its own address, and logs who asked.
+        asked = subprocess.run(["ip", "netns", "exec", PREFIX + "node2", "busybox", "nslookup", "-timeout=2",
+                                "www.upstream.test", upstream_dns.ADDRESS], capture_output=True, text=True)
+        assert asked.returncode == 0 and "Address: 198.51.100.7" in asked.stdout, asked
+        queries = (tmp_path / "state" / "upstream-dns.queries").read_text()
+        assert " 10.251.0.12:" in queries and " www.upstream.test A NOERROR" in queries, queries
         # podexec runs in the Pod's own network namespace: it sees the Pod's address on eth0.
         inside = subprocess.run([sys.executable, "-m", "bnsandbox.podexec", "--state-dir", str(tmp_path / "state"),
                                  "p", "--", "ip", "-4", "-o", "addr", "show", "eth0"],
@@ -82,6 +88,8 @@ def test_up_with_the_emulator_then_down(tmp_path):
     assert code == 0, out
     assert "sandbox down" in out
     assert not [n for n in netns.list_netns() if n.startswith(PREFIX)]
+    # The upstream DNS server went with it.
+    assert subprocess.run(["pgrep", "-f", f"bnsandbox.upstream_dns .*{tmp_path}"]).returncode != 0
 
 
 def test_up_against_an_existing_api_server_unregisters_its_nodes(tmp_path):
