@@ -145,6 +145,29 @@ if [[ -n "$WEB_IP" ]]; then
     run podexec stranger -- ping -c 2 -W 1 "$WEB_IP"
 fi
 
+say "docker run --network-alias: pods find each other by name (DNS at the gateway, on every node)"
+run kubectl apply -f examples/pod-dns.yaml
+run kubectl wait --for=condition=Ready pod/store pod/client --timeout="$WAIT"
+wait_attached store custom-network
+wait_attached client custom-network
+run kubectl wait --for=condition=ResolverReady bridgenetwork/custom-network --timeout="$WAIT"
+# Every node learns a new pod's name from the endpoints its node reports; wait for it (bounded).
+for _ in $(seq 40); do
+    podexec web -- nslookup -timeout=1 postgres 172.20.0.1 >/dev/null 2>&1 && break
+    sleep 0.25
+done
+run kubectl get pods -o wide
+run podexec web -- nslookup db 172.20.0.1
+run podexec web -- nslookup postgres 172.20.0.1
+run podexec web -- nslookup 172.20.0.50 172.20.0.1
+echo "# client's resolv.conf names the gateway, so plain names work inside it:"
+run podexec --in-container client -- cat /etc/resolv.conf
+run podexec --in-container client -- nslookup store
+echo "# other names go to the node's resolvers (the sandbox runs one that knows upstream.test):"
+run podexec web -- nslookup www.upstream.test 172.20.0.1
+echo "# a pod on another network asking its own gateway: custom-network's names are not there"
+run podexec stranger -- nslookup web 172.21.0.1
+
 say "docker network inspect custom-network"
 run kubectl describe bridgenetwork custom-network
 echo "# the endpoints, per node:"
@@ -175,7 +198,7 @@ run kubectl get bridgenetwork custom-network -o jsonpath='{.status.conditions[?(
 echo
 
 say "delete the pods, then every network: nothing of bridgenet is left on the nodes"
-run kubectl delete pod web db stranger --wait=true --timeout=60s
+run kubectl delete pod web db stranger store client --wait=true --timeout=60s
 run kubectl delete bridgenetworks --all --wait=true --timeout=60s
 run kubectl get bridgenetworks,nodebridges
 for node in node1 node2; do

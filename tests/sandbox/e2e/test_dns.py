@@ -346,10 +346,11 @@ def test_dns_config_points_a_pod_at_its_gateway(world, cluster):
     assert ["nameserver", world.gw] in lines, conf.stdout
     assert ["search", "default.svc.cluster.local", "svc.cluster.local", "cluster.local"] in lines, conf.stdout
     assert ["options", "ndots:5"] in lines, conf.stdout
-    # No server given: nslookup asks the resolv.conf's nameserver, the gateway. A bare `NAME`
-    # would only be asked as NAME.<each search domain> by busybox (see the module's docstring):
-    # the peer is named absolutely, and by `NAME.NAMESPACE`.
-    for name in (f"{world.pods['a1']}.", f"{world.pods['a1']}.default"):
+    # No server given: nslookup asks the resolv.conf's nameserver, the gateway. busybox asks a
+    # bare `NAME` only as NAME.<each search domain> (see the module's docstring): the first,
+    # NAME.default.svc.cluster.local, is unknown upstream, so the network answers it with its
+    # pod. Named absolutely and as `NAME.NAMESPACE` it is asked as it is.
+    for name in (world.pods["a1"], f"{world.pods['a1']}.", f"{world.pods['a1']}.default"):
         got = resolves(world, "c1", name, {world.ips["a1"]}, container=True)
         assert re.search(rf"^Server:\s+{re.escape(world.gw)}$", got.out, re.M), got
 
