@@ -133,9 +133,16 @@ impl Book {
 
     fn known(&self, nb: NodeBridge) -> Known {
         let local = (nb.spec.node == self.settings.node).then(|| Box::new(nb.clone()));
+        // A NodeBridge being deleted is the network leaving its node (the node deleted, or no
+        // longer selected): its pods are no longer reachable there, so their names go now,
+        // not when the finalizer is released.
+        let leaving = nb.metadata.deletion_timestamp.is_some();
         Known {
             network: nb.spec.network.clone(),
-            endpoints: nb.status.map(|s| s.endpoints).unwrap_or_default(),
+            endpoints: match nb.status {
+                Some(status) if !leaving => status.endpoints,
+                _ => Vec::new(),
+            },
             local,
         }
     }
