@@ -141,9 +141,15 @@ fn agent_realizes_repairs_refuses_survives_kill_and_tears_down() {
         get(&node, "net-t.n1").and_then(|nb| ready(&nb))
             == Some(("False".into(), "BridgeNameTaken".into()))
     });
-    let message = get(&node, "net-t.n1").unwrap().status.unwrap().conditions[0]
-        .message
-        .clone();
+    let message = get(&node, "net-t.n1")
+        .unwrap()
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message;
     assert!(
         message.contains("bnt-ag-t") && message.contains("not a bridge"),
         "{message}"
