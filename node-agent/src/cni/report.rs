@@ -408,6 +408,7 @@ mod tests {
             ifname: ifname.into(),
             pod: "default/web".into(),
             cni_name: String::new(),
+            delegate: false,
             host_veth: "bnv1".into(),
             mac: "02:00:00:00:00:01".into(),
             since: 1_700_000_000,
