@@ -249,7 +249,10 @@ impl<D: Directory> Engine<D> {
             delegate: conf.network.is_some(),
         };
         let attached = self.attach(&target, &requests).await?;
-        let result = result::cni_result(&conf.cni_version, &req.netns, &attached);
+        let mut result = result::cni_result(&conf.cni_version, &req.netns, &attached);
+        if conf.network.is_some() {
+            result.dns = result::delegate_dns(&attached);
+        }
         failpoint(failpoint::ADD_AFTER_ATTACH);
         Ok(result.append_to(conf.prev_result.as_ref(), &conf.cni_version))
     }
@@ -372,6 +375,7 @@ impl<D: Directory> Engine<D> {
                     addresses,
                     gateways,
                     default_routes,
+                    resolver: spec.dns,
                 }),
                 Err(e) => return Err(attach_error(e)),
             }
