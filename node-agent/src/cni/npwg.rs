@@ -466,4 +466,121 @@ mod tests {
         assert!(check_delegates(Some("{"), &[red])[0].contains("not a JSON list"));
         assert!(check_delegates(Some("{"), &[]).is_empty());
     }
+
+    /// The YAML documents of the `.yaml` files directly in `dir`, as JSON.
+    fn yaml_docs(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Value)> {
+        use serde::Deserialize;
+        let mut paths: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        paths.sort();
+        let mut out = Vec::new();
+        for path in paths {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let v =
+                    Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                if !v.is_null() {
+                    out.push((path.clone(), v));
+                }
+            }
+        }
+        out
+    }
+
+    /// `examples/multus/` (outside the checks of `examples/*.yaml`: its kind needs Multus' CRD)
+    /// is what it says: each NetworkAttachmentDefinition is a bridgenet delegate configuration
+    /// for an example network, and each pod selects one of them, with an interface, address
+    /// and MAC the agent takes.
+    #[test]
+    fn the_multus_example_is_a_bridgenet_delegate() {
+        use crate::cni::types::NetConf;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let networks: BTreeMap<String, bridgenet_crds::BridgeNetwork> = yaml_docs(&root)
+            .into_iter()
+            .filter(|(_, d)| d["kind"] == "BridgeNetwork")
+            .map(|(_, d)| {
+                let bn: bridgenet_crds::BridgeNetwork = serde_json::from_value(d).unwrap();
+                (bn.metadata.name.clone().unwrap(), bn)
+            })
+            .collect();
+        let docs = yaml_docs(&root.join("multus"));
+        let mut nads = BTreeMap::new();
+        for (path, doc) in docs
+            .iter()
+            .filter(|(_, d)| d["kind"] == "NetworkAttachmentDefinition")
+        {
+            let file = path.display();
+            assert_eq!(doc["apiVersion"], "k8s.cni.cncf.io/v1", "{file}");
+            let name = doc["metadata"]["name"].as_str().unwrap();
+            let config = doc["spec"]["config"].as_str().unwrap();
+            let conf = NetConf::parse(config.as_bytes()).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(conf.plugin_type, "bridgenet", "{file}");
+            assert_eq!(conf.name, name, "{file}: config name");
+            assert_eq!(
+                conf.extra["capabilities"],
+                serde_json::json!({"ips": true, "mac": true}),
+                "{file}: without them Multus passes no runtimeConfig"
+            );
+            let network = conf
+                .network
+                .unwrap_or_else(|| panic!("{file}: no \"network\""));
+            assert!(
+                networks.contains_key(&network),
+                "{file}: no example network {network}"
+            );
+            nads.insert(name.to_owned(), network);
+        }
+        let mut pods = 0;
+        for (path, doc) in docs.iter().filter(|(_, d)| d["kind"] == "Pod") {
+            let file = path.display();
+            pods += 1;
+            let annotations = &doc["metadata"]["annotations"];
+            assert!(
+                annotations
+                    .get(bridgenet_crds::ANNOTATION_NETWORKS)
+                    .is_none(),
+                "{file}"
+            );
+            let value = annotations[ANNOTATION_NETWORKS].as_str().unwrap().trim();
+            let selected: Vec<Value> = if value.starts_with('[') {
+                serde_json::from_str(value).unwrap()
+            } else {
+                value
+                    .split(',')
+                    .map(|n| serde_json::json!({"name": n.trim()}))
+                    .collect()
+            };
+            for element in selected {
+                let nad = element["name"].as_str().unwrap();
+                let network = nads
+                    .get(nad)
+                    .unwrap_or_else(|| panic!("{file}: no NAD {nad}"));
+                let plan = bridgenet_crds::net::resolve(network, &networks[network].spec).unwrap();
+                for ip in element["ips"].as_array().into_iter().flatten() {
+                    let ip = ip
+                        .as_str()
+                        .unwrap()
+                        .split('/')
+                        .next()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    assert!(plan.v4.is_assignable(ip), "{file}: {ip} on {network}");
+                }
+                if let Some(mac) = element["mac"].as_str() {
+                    assert!(
+                        crate::cni::annotation::parse_mac(mac).is_some(),
+                        "{file}: {mac}"
+                    );
+                }
+                if let Some(interface) = element["interface"].as_str() {
+                    assert!(bridgenet_crds::names::is_valid_ifname(interface), "{file}");
+                }
+            }
+        }
+        assert!(!nads.is_empty() && pods >= 2, "{nads:?}, {pods} pods");
+    }
 }
