@@ -2,9 +2,10 @@
 //! Kubernetes API emulator (see `dataplane_support`), is aborted at every step from a pod's
 //! CNI ADD to the report of its results (`BRIDGENET_FAILPOINT`, like a `kill -9` at that
 //! instant) and started again. Whatever the step, the pod ends up with its
-//! `bridgenet.io/network-status` annotation naming the address and MAC its interface really
-//! has, and its NodeBridge lists it among the endpoints: nothing depends on a notice that lived
-//! only in the killed process. Needs root.
+//! `bridgenet.io/network-status` annotation and its entry in the NPWG
+//! `k8s.v1.cni.cncf.io/network-status` naming the address and MAC its interface really has,
+//! and its NodeBridge lists it among the endpoints: nothing depends on a notice that lived only
+//! in the killed process. Needs root.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cni_support;
@@ -37,25 +38,37 @@ fn interface(pod: &Netns) -> Option<(IpAddr, String)> {
     Some((ip, link["address"].as_str()?.to_owned()))
 }
 
-/// The pod's `bridgenet.io/network-status` entry for [`NETWORK`]: (address, MAC).
-fn reported(node: &Node, name: &str) -> Option<(IpAddr, String)> {
+/// The pod's entry for [`NETWORK`] in its `bridgenet.io/network-status` annotation and in the
+/// NPWG one: (address, MAC) of each.
+type Reported = Option<(IpAddr, String)>;
+
+fn reported(node: &Node, name: &str) -> (Reported, Reported) {
     let name = name.to_owned();
     let pod = node.kube(move |c| async move {
         Api::<Pod>::namespaced(c, "default")
             .get_opt(&name)
             .await
             .unwrap()
-    })?;
-    let raw = pod
-        .annotations()
-        .get(bridgenet_crds::ANNOTATION_NETWORK_STATUS)?
-        .clone();
-    let status: Value = serde_json::from_str(&raw).ok()?;
-    let entry = status.as_array()?.iter().find(|e| e["name"] == NETWORK)?;
-    Some((
-        entry["ips"][0].as_str()?.parse().ok()?,
-        entry["mac"].as_str()?.to_owned(),
-    ))
+    });
+    let entry = |annotation: &str, entry_name: &str| -> Reported {
+        let raw = pod.as_ref()?.annotations().get(annotation)?.clone();
+        let status: Value = serde_json::from_str(&raw).ok()?;
+        let entry = status
+            .as_array()?
+            .iter()
+            .find(|e| e["name"] == entry_name)?;
+        Some((
+            entry["ips"][0].as_str()?.parse().ok()?,
+            entry["mac"].as_str()?.to_owned(),
+        ))
+    };
+    (
+        entry(bridgenet_crds::ANNOTATION_NETWORK_STATUS, NETWORK),
+        entry(
+            bridgenet_agent::cni::npwg::ANNOTATION_NETWORK_STATUS,
+            &format!("bridgenet.io/{NETWORK}"),
+        ),
+    )
 }
 
 /// Whether the NodeBridge lists `pod` at `ip` among its endpoints.
@@ -146,7 +159,10 @@ fn results_are_reported_whichever_step_between_add_and_report_the_agent_dies_at(
         let (ip, mac) = interface(&pod_ns).expect("the pod has its interface");
         node.eventually(
             &format!("{fp}: {name}'s network-status after the restart"),
-            || reported(&node, &name) == Some((ip, mac.clone())),
+            || {
+                let want = Some((ip, mac.clone()));
+                reported(&node, &name) == (want.clone(), want)
+            },
         );
         node.eventually(
             &format!("{fp}: {name} among the NodeBridge's endpoints"),

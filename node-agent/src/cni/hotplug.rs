@@ -30,13 +30,18 @@ pub struct Plan {
 /// Compares what the annotation asks for with what the sandbox has. Attached networks keep
 /// their interface; a new one whose positional name (`netN`) is taken by an existing interface
 /// gets the next free `netN`.
+///
+/// A delegate call's attachments (a Multus NetworkAttachmentDefinition naming the network) are
+/// not the annotation's to take away: they are never detached here, and a network attached
+/// only that way still counts as missing, but their interface names are taken.
 pub fn plan(desired: &[NetworkRequest], attached: &[Allocation]) -> Plan {
     let have: BTreeMap<&str, &str> = attached
         .iter()
+        .filter(|a| !a.delegate)
         .map(|a| (a.network.as_str(), a.ifname.as_str()))
         .collect();
     let want: BTreeSet<&str> = desired.iter().map(|r| r.name.as_str()).collect();
-    let mut used: BTreeSet<String> = have.values().map(|s| (*s).to_owned()).collect();
+    let mut used: BTreeSet<String> = attached.iter().map(|a| a.ifname.clone()).collect();
     let mut attach = Vec::new();
     for request in desired
         .iter()
@@ -136,6 +141,7 @@ pub async fn sync_pod<D: Directory>(
         netns,
         pod: Some(pod_ref.clone()),
         cni_name: String::new(),
+        delegate: false,
     };
     // Each network on its own: one refused network must not hold back the others.
     for request in plan.attach {
@@ -221,6 +227,7 @@ mod tests {
             ifname: ifname.into(),
             pod: "default/web".into(),
             cni_name: String::new(),
+            delegate: false,
             host_veth: "bnv".into(),
             mac: String::new(),
             since: 0,
@@ -244,5 +251,24 @@ mod tests {
         );
         let p = plan(&[], &attached);
         assert_eq!(p.detach.len(), 2);
+    }
+
+    /// A Multus delegate attached `a` as net1 (the pod's annotation never named it): hot-plug
+    /// does not detach it, attaches `a` again from the annotation under a free name, and never
+    /// hands out net1.
+    #[test]
+    fn leaves_delegate_attachments_alone() {
+        let mut delegated = alloc("a", "net1");
+        delegated.delegate = true;
+        let attached = vec![delegated];
+        assert_eq!(plan(&[], &attached), Plan::default());
+        let p = plan(&annotation::parse("b,a").unwrap(), &attached);
+        assert!(p.detach.is_empty());
+        let names: Vec<(&str, &str)> = p
+            .attach
+            .iter()
+            .map(|r| (r.name.as_str(), r.interface.as_str()))
+            .collect();
+        assert_eq!(names, [("b", "net2"), ("a", "net3")]);
     }
 }

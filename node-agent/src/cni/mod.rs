@@ -1,7 +1,8 @@
 //! Pod attachment through CNI: the protocol types shared with the `bridgenet` plugin binary,
 //! the pod annotation, the agent's socket server, the engine behind each CNI command and
 //! hot-plug, installing the plugin into the host's CNI configuration, and reporting results
-//! back to the cluster.
+//! back to the cluster (`bridgenet.io/network-status`, and the Network Plumbing Working Group's
+//! `k8s.v1.cni.cncf.io/network-status` beside other writers').
 
 pub mod agent;
 pub mod annotation;
@@ -10,6 +11,7 @@ pub mod engine;
 pub mod hotplug;
 pub mod install;
 pub mod kube;
+pub mod npwg;
 pub mod report;
 pub mod server;
 pub mod types;

@@ -301,6 +301,14 @@ pub struct RouteConfig {
     pub gw: Option<String>,
 }
 
+/// DNS settings in a result.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Dns {
+    /// Name servers, in order of preference.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
+}
+
 /// A CNI result (1.x shape; 0.3.x and 0.4.0 add `version` to each IP).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -316,6 +324,10 @@ pub struct CniResult {
     /// Routes added.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteConfig>,
+    /// DNS of the attachment; only a result that starts a chain carries it (a delegate's): in
+    /// a chain the primary's `dns` describes the pod's resolv.conf and is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Dns>,
 }
 
 impl CniResult {
@@ -362,6 +374,12 @@ impl CniResult {
                         .into_iter()
                         .filter_map(|r| serde_json::to_value(r).ok()),
                 );
+            }
+            if let Some(dns) = self.dns
+                && !map.contains_key("dns")
+                && let Ok(v) = serde_json::to_value(dns)
+            {
+                map.insert("dns".into(), v);
             }
             for key in ["interfaces", "ips", "routes"] {
                 if map
@@ -438,11 +456,18 @@ mod tests {
                 interface: Some(0),
             }],
             routes: vec![],
+            dns: Some(Dns {
+                nameservers: vec!["172.20.0.1".into()],
+            }),
         };
         let out = ours.append_to(Some(&prev), "1.0.0");
         assert_eq!(out["interfaces"].as_array().unwrap().len(), 3);
         assert_eq!(out["ips"][1]["interface"], 2);
-        assert_eq!(out["dns"]["nameservers"][0], "10.96.0.10");
+        // The primary's DNS is the pod's: never replaced by an attachment's.
+        assert_eq!(
+            out["dns"],
+            serde_json::json!({"nameservers": ["10.96.0.10"]})
+        );
         assert!(out.get("routes").is_none());
         let legacy = CniResult {
             ips: vec![IpConfig {
@@ -451,10 +476,14 @@ mod tests {
                 gateway: None,
                 interface: None,
             }],
+            dns: Some(Dns {
+                nameservers: vec!["fd00::1".into()],
+            }),
             ..CniResult::default()
         }
         .append_to(None, "0.4.0");
         assert_eq!(legacy["ips"][0]["version"], "6");
+        assert_eq!(legacy["dns"]["nameservers"], serde_json::json!(["fd00::1"]));
         assert_eq!(legacy["cniVersion"], "0.4.0");
     }
 

@@ -126,6 +126,11 @@ pub struct Allocation {
     /// Name of the CNI network configuration that asked (empty for hot-plug), for GC.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cni_name: String,
+    /// Made by a delegate call (a Multus NetworkAttachmentDefinition naming the network), not
+    /// from the pod's `bridgenet.io/networks`: hot-plug leaves it alone, and the delegating
+    /// plugin, not the agent, reports it in `k8s.v1.cni.cncf.io/network-status`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delegate: bool,
     /// Host end of the pod's veth, deleted before the address is freed.
     pub host_veth: String,
     /// MAC of the pod's interface.
@@ -231,6 +236,8 @@ pub struct AllocRequest {
     pub pod: String,
     /// CNI configuration name (empty for hot-plug).
     pub cni_name: String,
+    /// A delegate call's attachment (see [`Allocation::delegate`]).
+    pub delegate: bool,
     /// Host veth name.
     pub host_veth: String,
     /// Pod MAC.
@@ -343,6 +350,7 @@ impl Ipam {
                 ifname: req.ifname.clone(),
                 pod: req.pod.clone(),
                 cni_name: req.cni_name.clone(),
+                delegate: req.delegate,
                 host_veth: req.host_veth.clone(),
                 mac: req.mac.clone(),
                 since: now,
@@ -472,6 +480,7 @@ mod tests {
             ifname: "net1".into(),
             pod: format!("default/{cid}"),
             cni_name: "k8s".into(),
+            delegate: false,
             host_veth: format!("v{cid}"),
             mac: String::new(),
             ip: None,

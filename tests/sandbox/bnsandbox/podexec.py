@@ -51,6 +51,11 @@ def pod_netns(state_dir: pathlib.Path, namespace: str, pod: str) -> str:
     return _in_sandbox(state_dir, namespace, pod, netns)
 
 
+def sandbox_id(state_dir: pathlib.Path, namespace: str, pod: str) -> str:
+    """The ID of the Pod's ready sandbox: CNI's container ID for its attachments."""
+    return _in_sandbox(state_dir, namespace, pod, lambda runtime, sb: sb.id)
+
+
 def container_pid(state_dir: pathlib.Path, namespace: str, pod: str, container: str | None = None) -> int:
     """The host pid of a running container of the Pod (`container` by name, else the first one),
     from containerd's verbose ContainerStatus."""

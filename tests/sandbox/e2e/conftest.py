@@ -116,14 +116,18 @@ class Cluster:
                     "spec": {"subnet": subnet, **spec}})
 
     def pod(self, name: str, networks: str | list | None = None, node: str | None = None, namespace: str = "default",
-            dns_policy: str | None = None, dns_config: dict | None = None) -> None:
+            dns_policy: str | None = None, dns_config: dict | None = None,
+            annotations: dict[str, str] | None = None) -> None:
         """A busybox pod; `networks` is the `bridgenet.io/networks` annotation, as a string or as
         the JSON list form (`[{"name": net, "aliases": [...]}]`); `dns_policy` and `dns_config`
-        are the pod's `dnsPolicy` and `dnsConfig`."""
-        meta: dict = {"name": name, "namespace": namespace}
+        are the pod's `dnsPolicy` and `dnsConfig`; `annotations` are more annotations it is
+        created with."""
+        meta: dict = {"name": name, "namespace": namespace, "annotations": dict(annotations or {})}
         if networks is not None:
             value = networks if isinstance(networks, str) else json.dumps(networks)
-            meta["annotations"] = {"bridgenet.io/networks": value}
+            meta["annotations"]["bridgenet.io/networks"] = value
+        if not meta["annotations"]:
+            del meta["annotations"]
         # PID 1 ignores signals it has no handler for: a bare `sleep` would make a real kubelet
         # wait out the grace period on every deletion. This one exits on SIGTERM within a second.
         spec: dict = {"containers": [{"name": "main", "image": "busybox:1.36",

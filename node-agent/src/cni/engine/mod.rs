@@ -102,6 +102,9 @@ pub struct Target {
     pub pod: Option<PodRef>,
     /// CNI configuration name (empty for hot-plug).
     pub cni_name: String,
+    /// A delegate call (the configuration names the network): recorded with the allocations,
+    /// so that hot-plug, which follows `bridgenet.io/networks`, leaves them alone.
+    pub delegate: bool,
 }
 
 /// Attaches and detaches pod interfaces for CNI calls, hot-plug and repair, over the IPAM
@@ -243,9 +246,13 @@ impl<D: Directory> Engine<D> {
             netns: PathBuf::from(&req.netns),
             pod: pod.clone(),
             cni_name: conf.name.clone(),
+            delegate: conf.network.is_some(),
         };
         let attached = self.attach(&target, &requests).await?;
-        let result = result::cni_result(&conf.cni_version, &req.netns, &attached);
+        let mut result = result::cni_result(&conf.cni_version, &req.netns, &attached);
+        if conf.network.is_some() {
+            result.dns = result::delegate_dns(&attached);
+        }
         failpoint(failpoint::ADD_AFTER_ATTACH);
         Ok(result.append_to(conf.prev_result.as_ref(), &conf.cni_version))
     }
@@ -302,6 +309,7 @@ impl<D: Directory> Engine<D> {
                     ifname: request.interface.clone(),
                     pod: pod.map(ToString::to_string).unwrap_or_default(),
                     cni_name: target.cni_name.clone(),
+                    delegate: target.delegate,
                     host_veth,
                     mac: Mac::new(request.mac.unwrap_or_else(attach::random_mac)).to_string(),
                     ip: request.ip,
@@ -367,6 +375,7 @@ impl<D: Directory> Engine<D> {
                     addresses,
                     gateways,
                     default_routes,
+                    resolver: spec.dns,
                 }),
                 Err(e) => return Err(attach_error(e)),
             }
@@ -587,7 +596,8 @@ impl<D: Directory> Engine<D> {
         .await
     }
 
-    /// Detaches one interface of a running sandbox (hot-unplug).
+    /// Detaches the interface hot-plug (or the annotation at ADD) gave a running sandbox on
+    /// `network` (hot-unplug); a delegate call's attachment to the same network stays.
     pub async fn detach_interface(
         &self,
         container_id: &str,
@@ -600,7 +610,7 @@ impl<D: Directory> Engine<D> {
             .await
             .of_container(container_id)
             .into_iter()
-            .filter(|a| a.network == network)
+            .filter(|a| a.network == network && !a.delegate)
             .collect();
         self.remove_locked(&allocs).await
     }

@@ -156,6 +156,7 @@ mod tests {
                 name: "web".into(),
             }),
             cni_name: "k8s-pod-network".into(),
+            delegate: false,
         };
         let requests = [
             request("red", "net1", None),
@@ -206,6 +207,7 @@ mod tests {
             netns: "/nonexistent/netns".into(),
             pod: None,
             cni_name: "k8s-pod-network".into(),
+            delegate: false,
         };
         let err = engine
             .attach(&target, &[request("red", "net1", None)])

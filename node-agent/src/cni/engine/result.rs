@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use crate::cni::types::{CniResult, Interface, IpConfig, RouteConfig};
+use crate::cni::types::{CniResult, Dns, Interface, IpConfig, RouteConfig};
 
 /// One pod interface an attach made, as the CNI result reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,6 +22,8 @@ pub struct Attached {
     pub gateways: Vec<IpAddr>,
     /// Gateways the pod's default routes go through (empty unless `defaultRoute`).
     pub default_routes: Vec<IpAddr>,
+    /// Whether the node's resolver answers on the gateways (the network's `spec.dns`).
+    pub resolver: bool,
 }
 
 /// The CNI result of `attached`, made in the pod namespace `sandbox`: one interface each, its
@@ -59,4 +61,16 @@ pub(super) fn cni_result(cni_version: &str, sandbox: &str, attached: &[Attached]
         }
     }
     result
+}
+
+/// The DNS a delegate's result reports: the gateways of its network when the node's resolver
+/// answers there. Multus copies it into the attachment's `network-status` entry, so the entry
+/// matches the ones the agent writes for chained attachments.
+pub(super) fn delegate_dns(attached: &[Attached]) -> Option<Dns> {
+    let nameservers: Vec<String> = attached
+        .iter()
+        .filter(|a| a.resolver)
+        .flat_map(|a| a.gateways.iter().map(ToString::to_string))
+        .collect();
+    (!nameservers.is_empty()).then_some(Dns { nameservers })
 }
