@@ -48,4 +48,46 @@ pub enum Error {
     /// Docker's words for a network that does not exist.
     #[error("No such network: {0}")]
     NoSuchNetwork(String),
+    /// A `create` flag value that makes no network.
+    #[error(transparent)]
+    Flag(#[from] crate::create::FlagError),
+    /// Docker's words for a name already taken.
+    #[error("network with name {0} already exists")]
+    NetworkExists(String),
+    /// The API server refused an object (its schema and CEL rules), in its own words.
+    #[error("{0}")]
+    Refused(String),
+    /// Any other failing API call, with the server's message.
+    #[error("cannot {what}: {}", api_message(.source))]
+    Api {
+        /// What was tried, e.g. `create bridgenetwork web`.
+        what: String,
+        /// Why.
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// Whether Docker reports this one from its daemon (`Error response from daemon: ...`)
+    /// rather than from its CLI (`Error: ...`); the prefix is part of Docker's words.
+    pub fn is_daemon_error(&self) -> bool {
+        matches!(self, Error::NetworkExists(_) | Error::Refused(_))
+    }
+
+    /// The line the user sees on stderr.
+    pub fn user_message(&self) -> String {
+        if self.is_daemon_error() {
+            format!("Error response from daemon: {self}")
+        } else {
+            format!("Error: {self}")
+        }
+    }
+}
+
+/// The API server's own message for a refused call (a `Status`), else the client's error.
+pub fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
+        other => other.to_string(),
+    }
 }
