@@ -1,5 +1,7 @@
 //! Flags and verbs, named like kubectl's global flags and Docker's `network` verbs.
 
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Docker's `network` verbs (ls, inspect, create, connect, disconnect, rm) for bridgenet's
@@ -38,6 +40,11 @@ pub enum Command {
     },
     /// Create a network from Docker's `network create` flags; prints its id (the uid).
     Create(Box<CreateArgs>),
+    /// Attach a running pod to a network (edits its `bridgenet.io/networks` annotation) and wait
+    /// until the node agent reports the interface.
+    Connect(ConnectArgs),
+    /// Detach a pod from a network and wait until the node agent reports it gone.
+    Disconnect(DisconnectArgs),
     /// Print a shell completion script.
     Completion {
         /// bash, zsh or fish.
@@ -133,6 +140,84 @@ fn parse_output_or_opt(s: &str) -> Result<OutputOrOpt, String> {
         _ if s.contains('=') => Ok(OutputOrOpt::Opt(s.to_owned())),
         _ => Err("expected yaml, json, or a driver option KEY=VALUE".to_owned()),
     }
+}
+
+/// `connect`: Docker's flags, plus where the pod is.
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// The network.
+    #[arg(value_name = "NET")]
+    pub network: String,
+    /// The pod.
+    #[arg(value_name = "POD")]
+    pub pod: String,
+    /// The pod's namespace (default: the kubeconfig context's).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Ask for this IPv4 address.
+    #[arg(long, value_name = "IP")]
+    pub ip: Option<String>,
+    /// Ask for this IPv6 address (the annotation carries one address: not with --ip).
+    #[arg(long, value_name = "IP")]
+    pub ip6: Option<String>,
+    /// Another name the pod answers to on the network's DNS (repeatable).
+    #[arg(long = "alias", value_name = "NAME")]
+    pub aliases: Vec<String>,
+    /// Interface name inside the pod (bridgenet's; default: the next free netN).
+    #[arg(long, value_name = "NAME")]
+    pub interface: Option<String>,
+    /// How long to wait for the node agent to report the attachment (0 returns once the
+    /// annotation is written).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// `disconnect`.
+#[derive(Debug, Args)]
+pub struct DisconnectArgs {
+    /// The network.
+    #[arg(value_name = "NET")]
+    pub network: String,
+    /// The pod.
+    #[arg(value_name = "POD")]
+    pub pod: String,
+    /// The pod's namespace (default: the kubeconfig context's).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// How long to wait for the node agent to report the detachment (0 does not wait).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// A Go/kubectl duration (`60s`, `1m30s`, `500ms`, `2h`) or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {s:?}: use e.g. 60s, 1m30s, 500ms");
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let part = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            _ => return Err(bad()),
+        };
+        total = total.saturating_add(part);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
 }
 
 /// `ls -o`.
@@ -238,6 +323,16 @@ mod tests {
             err.to_string().contains("yaml, json, or a driver option"),
             "{err}"
         );
+        let err = Cli::try_parse_from([
+            "kubectl-bridgenet",
+            "connect",
+            "n",
+            "p",
+            "--timeout",
+            "soon",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("invalid duration"), "{err}");
     }
 
     #[test]
@@ -272,5 +367,46 @@ mod tests {
         };
         assert_eq!(args.dry_run, Some(DryRun::Server));
         assert_eq!(args.driver, "bridge");
+    }
+
+    #[test]
+    fn connect_flags() {
+        let cli = Cli::try_parse_from([
+            "kubectl-bridgenet",
+            "connect",
+            "--alias",
+            "db",
+            "web",
+            "api-0",
+            "-n",
+            "shop",
+            "--alias",
+            "sql",
+            "--ip",
+            "172.20.0.9",
+            "--timeout",
+            "1m30s",
+        ])
+        .unwrap();
+        let Command::Connect(args) = cli.command else {
+            panic!("not connect");
+        };
+        assert_eq!((args.network.as_str(), args.pod.as_str()), ("web", "api-0"));
+        assert_eq!(args.namespace.as_deref(), Some("shop"));
+        assert_eq!(args.aliases, ["db", "sql"]);
+        assert_eq!(args.timeout, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn durations_like_kubectls() {
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        for bad in ["", "s", "10x", "1.5s", "-1s", "m5"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
     }
 }

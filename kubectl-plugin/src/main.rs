@@ -1,6 +1,8 @@
 //! `kubectl-bridgenet`: Docker's `network` verbs for BridgeNetworks, found by kubectl as the
 //! plugin `kubectl bridgenet` when it is on PATH.
 
+mod annotation;
+mod attach;
 mod cli;
 mod cluster;
 mod create;
@@ -104,6 +106,11 @@ async fn run(cli: Cli) -> Result<Vec<Error>, Error> {
             };
             (text, Vec::new())
         }
+        Command::Connect(args) => (attach::connect(connect().await?, args).await?, Vec::new()),
+        Command::Disconnect(args) => (
+            attach::disconnect(connect().await?, args).await?,
+            Vec::new(),
+        ),
     };
     stdout.write_all(text.as_bytes())?;
     Ok(errors)

@@ -14,10 +14,16 @@ this run's suffix, and the module deletes what it made."""
 
 from __future__ import annotations
 
+import datetime
+import http.client
+import http.server
 import json
 import os
 import pathlib
 import subprocess
+import threading
+import time
+import urllib.parse
 import uuid
 
 import pytest
@@ -224,3 +230,302 @@ def test_create_shows_the_servers_cel_message(server):
     res = server.bridgenet("create", name, "--subnet=10.47.0.0/24", "--gateway=10.47.0.255", "--dry-run=server")
     assert res.returncode == 1 and "broadcast address" in res.stderr
     assert server.get("bridgenetwork", name) is None
+
+
+# -- connect / disconnect ----------------------------------------------------------------------
+
+NETWORKS = "bridgenet.io/networks"
+STATUS = "bridgenet.io/network-status"
+
+
+def pod(server: Server, base: str, networks: str | None = None, status: list | None = None,
+        host_network: bool = False) -> str:
+    """A pod of this run's namespace that no node ever runs (so no agent touches it), with the
+    given `bridgenet.io/networks` and `bridgenet.io/network-status`."""
+    name = unique(base)
+    annotations = {}
+    if networks is not None:
+        annotations[NETWORKS] = networks
+    if status is not None:
+        annotations[STATUS] = json.dumps(status)
+    obj = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": server.namespace, "annotations": annotations},
+           "spec": {"containers": [{"name": "c", "image": "busybox"}], "automountServiceAccountToken": False,
+                    "hostNetwork": host_network, "nodeSelector": {"bnt-plugin-test": "no-such-node"}}}
+    deadline = time.monotonic() + 30
+    while True:
+        res = server.kubectl("create", "-f", "-", input=json.dumps(obj), check=False)
+        # A real server admits pods only once its controller has made the namespace's default
+        # ServiceAccount, moments after the namespace.
+        if res.returncode == 0 or "serviceaccount" not in res.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert res.returncode == 0, res.stderr
+    return name
+
+
+def annotations_of(server: Server, name: str) -> dict:
+    got = server.get("pod", name, "-n", server.namespace)
+    assert got is not None, f"pod {name} is gone"
+    return got["metadata"].get("annotations") or {}
+
+
+def write_status(server: Server, name: str, entries: list) -> None:
+    """What the agent does once an attachment or detachment is done."""
+    server.kubectl("annotate", "--overwrite", "pod", name, "-n", server.namespace, f"{STATUS}={json.dumps(entries)}")
+
+
+def when_annotation(server: Server, name: str, want, then, timeout: float = 20) -> None:
+    """Plays the agent: waits until the pod's networks annotation satisfies `want`, then `then()`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if want(annotations_of(server, name).get(NETWORKS)):
+            then()
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the networks annotation of {name} never matched: {annotations_of(server, name)}")
+
+
+def agent_event(server: Server, pod_name: str, reason: str, note: str) -> None:
+    """A Warning Event about the pod as the agent posts it (events.k8s.io/v1, like kube's Recorder)."""
+    uid = server.get("pod", pod_name, "-n", server.namespace)["metadata"]["uid"]
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    server.kubectl("create", "-f", "-", input=json.dumps({
+        "apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": f"{pod_name}.{uuid.uuid4().hex[:10]}", "namespace": server.namespace},
+        "eventTime": now, "reportingController": "bridgenet-agent", "reportingInstance": "node1",
+        "action": "AttachNetwork", "reason": reason, "note": note, "type": "Warning",
+        "regarding": {"apiVersion": "v1", "kind": "Pod", "name": pod_name, "namespace": server.namespace,
+                      "uid": uid}}))
+
+
+def finish(proc: subprocess.Popen, timeout: float = 40) -> subprocess.CompletedProcess:
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_connect_keeps_the_comma_form_and_prints_what_the_agent_reports(server):
+    net = network(server, "web")
+    p = pod(server, "api", networks="other")
+    proc = server.start("connect", net, p, "-n", server.namespace, "--timeout", "30s")
+    entry = {"name": net, "interface": "net2", "ips": ["172.20.0.5"], "mac": "02:42:ac:14:00:05",
+             "gateway": ["172.20.0.1"]}
+    try:
+        when_annotation(server, p, lambda v: v == f"other,{net}",
+                        lambda: write_status(server, p, [{"name": "other", "interface": "net1"}, entry]))
+    finally:
+        res = finish(proc)
+    assert res.returncode == 0, res.stderr
+    header, row = res.stdout.splitlines()
+    assert header.split() == ["NAMESPACE", "POD", "NETWORK", "INTERFACE", "IPS", "MAC", "GATEWAY"]
+    assert row.split() == [server.namespace, p, net, "net2", "172.20.0.5", "02:42:ac:14:00:05", "172.20.0.1"]
+    assert res.stderr == ""
+
+
+def test_connect_with_an_address_and_aliases_writes_the_json_form(server):
+    net = network(server, "web", ipv6={"subnet": "fd00:20::/64"})
+    p = pod(server, "api", networks="a,b")
+    res = server.bridgenet("connect", net, p, "-n", server.namespace, "--ip6", "fd00:20::9",
+                           "--alias", "DB", "--alias", "sql", "--interface", "data0", "--timeout=0")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == ""
+    assert json.loads(annotations_of(server, p)[NETWORKS]) == [
+        {"name": "a"}, {"name": "b"},
+        {"name": net, "interface": "data0", "ip": "fd00:20::9", "aliases": ["db", "sql"]}]
+
+
+def test_connect_to_a_pod_without_networks_and_to_a_json_list(server):
+    net = network(server, "web")
+    bare = pod(server, "bare")
+    assert server.bridgenet("connect", net, bare, "-n", server.namespace, "--timeout", "0").returncode == 0
+    assert annotations_of(server, bare)[NETWORKS] == net
+    listed = pod(server, "listed", networks='[{"name": "a", "interface": "net2", "defaultRoute": true}]')
+    assert server.bridgenet("connect", net, listed, "-n", server.namespace, "--timeout", "0").returncode == 0
+    # `a` has net2, so the new entry cannot have its positional name.
+    assert json.loads(annotations_of(server, listed)[NETWORKS]) == [
+        {"name": "a", "interface": "net2", "defaultRoute": True}, {"name": net, "interface": "net1"}]
+
+
+def test_connect_without_an_agent_times_out_saying_so(server):
+    net = network(server, "web")
+    p = pod(server, "api")
+    start = time.monotonic()
+    res = server.bridgenet("connect", net, p, "-n", server.namespace, "--timeout", "1s")
+    assert time.monotonic() - start < 15
+    assert res.returncode == 1
+    assert res.stderr == (
+        f"Error: timed out after 1s waiting for the bridgenet agent to attach pod {server.namespace}/{p} to network "
+        f"{net}: the pod's {STATUS} does not list it yet. Its {NETWORKS} annotation asks for it, so the agent "
+        "attaches it when it can; the pod is not on a node yet\n")
+    assert annotations_of(server, p)[NETWORKS] == net
+
+
+def test_connect_reports_the_agents_warning_and_ignores_earlier_ones(server):
+    net = network(server, "web")
+    p = pod(server, "api")
+    agent_event(server, p, "InvalidNetworkAnnotation", "an earlier complaint, already seen")
+    proc = server.start("connect", net, p, "-n", server.namespace, "--ip", "172.20.0.9", "--timeout", "30s")
+    try:
+        when_annotation(server, p, lambda v: v is not None and net in v,
+                        lambda: agent_event(server, p, "AddressUnavailable",
+                                            f"172.20.0.9 is taken on network {net}"))
+    finally:
+        res = finish(proc)
+    assert res.returncode == 1
+    assert res.stderr == (
+        f"Error response from daemon: the bridgenet agent could not attach pod {server.namespace}/{p} to network "
+        f"{net}: AddressUnavailable: 172.20.0.9 is taken on network {net}\n")
+
+
+def test_connect_refusals_in_dockers_words_change_nothing(server):
+    net = network(server, "web")
+    ns = server.namespace
+    on = pod(server, "on", networks=f"a,{net}")
+    cases = [
+        (["connect", net, on], f"Error response from daemon: endpoint with name {on} already exists in network {net}"),
+        (["connect", "nope-" + RUN, on], f"Error: No such network: nope-{RUN}"),
+        (["connect", net, "nopod"], f"Error response from daemon: No such container: {ns}/nopod"),
+        (["connect", net, on, "--ip", "10.9.9.9"],
+         "Error: Invalid address 10.9.9.9: It does not belong to any of this network's subnets"),
+        (["connect", net, on, "--ip", "172.20.0.9", "--ip6", "fd00::9"], "Error: give --ip or --ip6, not both"),
+        (["connect", net, on, "--alias", "no_underscores"], 'Error: invalid alias "no_underscores"'),
+    ]
+    for args, message in cases:
+        res = server.bridgenet(*args, "-n", ns, "--timeout", "5s")
+        assert res.returncode == 1, (args, res.stderr)
+        assert res.stderr.startswith(message + ("\n" if "already" in message or "No such" in message else "")), \
+            (args, res.stderr)
+    assert annotations_of(server, on)[NETWORKS] == f"a,{net}"
+    host = pod(server, "host", host_network=True)
+    res = server.bridgenet("connect", net, host, "-n", ns)
+    assert res.returncode == 1
+    assert res.stderr == ("Error response from daemon: container cannot be disconnected from host network or "
+                          "connected to host network\n")
+    assert NETWORKS not in annotations_of(server, host)
+
+
+class RacingProxy:
+    """An HTTP proxy in front of the emulator that, when the plugin sends its first PATCH of a
+    pod, first lets `race` change that pod, as another client would between the plugin's read
+    and its write. It records each request's method, path and answer."""
+
+    def __init__(self, upstream: str, race) -> None:
+        target = urllib.parse.urlparse(upstream)
+        self.log: list[tuple[str, str, int]] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                path = self.path.split("?")[0]
+                if self.command == "PATCH" and "/pods/" in path and not any(m == "PATCH" for m, _, _ in proxy.log):
+                    race()
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                conn.request(self.command, self.path, body=body or None, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                conn.close()
+                proxy.log.append((self.command, path, resp.status))
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = forward
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def kubeconfig(self, original: pathlib.Path, path: pathlib.Path) -> pathlib.Path:
+        cfg = yaml.safe_load(original.read_text())
+        cfg["clusters"][0]["cluster"]["server"] = self.url
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@emulator_only
+def test_connect_recomputes_its_edit_when_the_pod_changed_underneath(server, tmp_path):
+    net = network(server, "web")
+    p = pod(server, "api", networks="other")
+    # Another client connects the pod to `racer` between the plugin's read and its write.
+    proxy = RacingProxy(server.emulator.url, lambda: server.kubectl(
+        "annotate", "--overwrite", "pod", p, "-n", server.namespace, f"{NETWORKS}=other,racer"))
+    try:
+        res = server.bridgenet("connect", net, p, "-n", server.namespace, "--timeout", "0",
+                               kubeconfig=proxy.kubeconfig(server.kubeconfig, tmp_path / "kubeconfig"))
+    finally:
+        proxy.stop()
+    assert res.returncode == 0, res.stderr
+    # The stale write was refused, and the second one kept the other client's change.
+    assert annotations_of(server, p)[NETWORKS] == f"other,racer,{net}"
+    pod_calls = [(m, code) for m, path, code in proxy.log if path.endswith(f"/pods/{p}")]
+    assert pod_calls == [("GET", 200), ("PATCH", 409), ("GET", 200), ("PATCH", 200)], proxy.log
+
+
+def test_disconnect_keeps_the_form_and_waits_until_the_agent_drops_the_interface(server):
+    net = network(server, "web")
+    status = [{"name": "a", "interface": "net1"}, {"name": net, "interface": "net2"}, {"name": "b", "interface": "net3"}]
+    p = pod(server, "api", networks=f"a,{net},b", status=status)
+    proc = server.start("disconnect", net, p, "-n", server.namespace, "--timeout", "30s")
+    try:
+        time.sleep(0.5)
+        assert proc.poll() is None, "disconnect returned while the agent still reports the interface"
+        when_annotation(server, p, lambda v: v == "a,b",
+                        lambda: write_status(server, p, [status[0], status[2]]))
+    finally:
+        res = finish(proc)
+    assert res.returncode == 0, res.stderr
+    assert (res.stdout, res.stderr) == ("", "")
+
+
+def test_disconnect_of_the_last_network_removes_the_annotation(server):
+    net = network(server, "web")
+    p = pod(server, "api", networks=f'[{{"name": "a", "interface": "x"}}, {{"name": "{net}", "ip": "172.20.0.9"}}]')
+    assert server.bridgenet("disconnect", net, p, "-n", server.namespace, "--timeout", "0").returncode == 0
+    assert json.loads(annotations_of(server, p)[NETWORKS]) == [{"name": "a", "interface": "x"}]
+    assert server.bridgenet("disconnect", "a", p, "-n", server.namespace, "--timeout", "0").returncode == 0
+    assert NETWORKS not in annotations_of(server, p)
+
+
+def test_disconnect_refusals_in_dockers_words(server):
+    net = network(server, "web")
+    ns = server.namespace
+    p = pod(server, "api", networks="a")
+    res = server.bridgenet("disconnect", net, p, "-n", ns)
+    assert res.returncode == 1
+    assert res.stderr == f"Error response from daemon: container {p} is not connected to network {net}\n"
+    res = server.bridgenet("disconnect", "nope-" + RUN, p, "-n", ns)
+    assert res.returncode == 1 and res.stderr == f"Error: No such network: nope-{RUN}\n"
+    res = server.bridgenet("disconnect", "nope-" + RUN, "nopod", "-n", ns)
+    assert res.returncode == 1 and res.stderr == f"Error: No such network: nope-{RUN}\n"
+    res = server.bridgenet("disconnect", net, "nopod", "-n", ns)
+    assert res.returncode == 1 and res.stderr == f"Error response from daemon: No such container: {ns}/nopod\n"
+    assert annotations_of(server, p)[NETWORKS] == "a"
+    # `a` is no BridgeNetwork (any more), but the pod asks for it: disconnecting still cleans up.
+    res = server.bridgenet("disconnect", "a", p, "-n", ns, "--timeout", "0")
+    assert res.returncode == 0, res.stderr
+    assert NETWORKS not in annotations_of(server, p)
+
+
+def test_disconnect_without_an_agent_times_out_saying_so(server):
+    net = network(server, "web")
+    p = pod(server, "api", networks=net, status=[{"name": net, "interface": "net1"}])
+    res = server.bridgenet("disconnect", net, p, "-n", server.namespace, "--timeout", "500ms")
+    assert res.returncode == 1
+    assert res.stderr.startswith(
+        f"Error: timed out after 500ms waiting for the bridgenet agent to detach pod {server.namespace}/{p} from "
+        f"network {net}: the pod's {STATUS} still lists it."), res.stderr
+    assert NETWORKS not in annotations_of(server, p)
