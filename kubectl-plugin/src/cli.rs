@@ -45,6 +45,9 @@ pub enum Command {
     Connect(ConnectArgs),
     /// Detach a pod from a network and wait until the node agent reports it gone.
     Disconnect(DisconnectArgs),
+    /// Remove networks; one that pods still use is refused like Docker refuses it.
+    #[command(visible_alias = "remove")]
+    Rm(RmArgs),
     /// Print a shell completion script.
     Completion {
         /// bash, zsh or fish.
@@ -186,6 +189,24 @@ pub struct DisconnectArgs {
     pub namespace: Option<String>,
     /// How long to wait for the node agent to report the detachment (0 does not wait).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// `rm`.
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Network names.
+    #[arg(required = true, value_name = "NET")]
+    pub networks: Vec<String>,
+    /// Docker's: do not error if a network does not exist.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// bridgenet's: remove the network even while pods use it (annotates it
+    /// `bridgenet.io/force-delete=true`; the pods lose their interface on it).
+    #[arg(long = "force-delete")]
+    pub force_delete: bool,
+    /// How long to wait for a deletion held by attached pods to show.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
 }
 
@@ -333,6 +354,8 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.to_string().contains("invalid duration"), "{err}");
+        let err = Cli::try_parse_from(["kubectl-bridgenet", "rm"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
     }
 
     #[test]
@@ -370,7 +393,7 @@ mod tests {
     }
 
     #[test]
-    fn connect_flags() {
+    fn connect_and_rm_flags() {
         let cli = Cli::try_parse_from([
             "kubectl-bridgenet",
             "connect",
@@ -395,6 +418,13 @@ mod tests {
         assert_eq!(args.namespace.as_deref(), Some("shop"));
         assert_eq!(args.aliases, ["db", "sql"]);
         assert_eq!(args.timeout, Duration::from_secs(90));
+        let cli = Cli::try_parse_from(["kubectl-bridgenet", "remove", "-f", "a", "b"]).unwrap();
+        let Command::Rm(args) = cli.command else {
+            panic!("not rm");
+        };
+        assert!(args.force && !args.force_delete);
+        assert_eq!(args.networks, ["a", "b"]);
+        assert_eq!(args.timeout, Duration::from_secs(5));
     }
 
     #[test]

@@ -135,6 +135,14 @@ pub enum Error {
     /// The pod went away while the verb waited.
     #[error("pod {0} was deleted while waiting for the bridgenet agent")]
     PodGone(String),
+    /// Docker's words for removing a network in use; `pods` from the operator's condition.
+    #[error("error while removing network: network {network} has active endpoints ({pods})")]
+    ActiveEndpoints {
+        /// The network.
+        network: String,
+        /// The attached pod interfaces, as the operator lists them.
+        pods: String,
+    },
     /// Any other failing API call, with the server's message.
     #[error("cannot {what}: {}", api_message(.source))]
     Api {
@@ -159,15 +167,25 @@ impl Error {
                 | Error::HostNetwork
                 | Error::PodTerminating(_)
                 | Error::AgentRefused { .. }
+                | Error::ActiveEndpoints { .. }
         )
     }
 
-    /// The line the user sees on stderr.
+    /// What the user sees on stderr: Docker's line, and where Docker's words leave out what
+    /// differs in bridgenet, a second line saying it.
     pub fn user_message(&self) -> String {
-        if self.is_daemon_error() {
+        let line = if self.is_daemon_error() {
             format!("Error response from daemon: {self}")
         } else {
             format!("Error: {self}")
+        };
+        match self {
+            Error::ActiveEndpoints { network, .. } => format!(
+                "{line}\nThe deletion stays pending: the network goes once they disconnect \
+                 (`kubectl bridgenet disconnect {network} POD -n NAMESPACE`), or at once, taking \
+                 their interfaces, with `kubectl bridgenet rm --force-delete {network}`."
+            ),
+            _ => line,
         }
     }
 }

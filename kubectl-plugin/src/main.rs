@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod create;
 mod error;
+mod remove;
 mod render;
 
 use std::io::Write;
@@ -111,6 +112,13 @@ async fn run(cli: Cli) -> Result<Vec<Error>, Error> {
             attach::disconnect(connect().await?, args).await?,
             Vec::new(),
         ),
+        Command::Rm(args) => {
+            let removal = remove::rm(connect().await?, args).await;
+            for note in &removal.notes {
+                eprintln!("Warning: {note}");
+            }
+            (removal.stdout, removal.errors)
+        }
     };
     stdout.write_all(text.as_bytes())?;
     Ok(errors)

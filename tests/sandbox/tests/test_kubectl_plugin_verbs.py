@@ -118,11 +118,13 @@ def unique(base: str) -> str:
     return f"{base}-{RUN}-{uuid.uuid4().hex[:4]}"
 
 
-def network(server: Server, base: str, subnet: str = "172.20.0.0/16", **spec) -> str:
+def network(server: Server, base: str, subnet: str = "172.20.0.0/16", finalizers: list | None = None,
+            **spec) -> str:
     """A BridgeNetwork of this run, made with kubectl."""
     name = unique(base)
     obj = {"apiVersion": "bridgenet.io/v1alpha1", "kind": "BridgeNetwork",
-           "metadata": {"name": name, "labels": {RUN_LABEL: RUN}}, "spec": {"subnet": subnet, **spec}}
+           "metadata": {"name": name, "labels": {RUN_LABEL: RUN}, "finalizers": finalizers or []},
+           "spec": {"subnet": subnet, **spec}}
     server.kubectl("create", "-f", "-", input=json.dumps(obj))
     return name
 
@@ -529,3 +531,91 @@ def test_disconnect_without_an_agent_times_out_saying_so(server):
         f"Error: timed out after 500ms waiting for the bridgenet agent to detach pod {server.namespace}/{p} from "
         f"network {net}: the pod's {STATUS} still lists it."), res.stderr
     assert NETWORKS not in annotations_of(server, p)
+
+
+# -- rm ----------------------------------------------------------------------------------------
+
+OPERATOR_FINALIZER = "bridgenet.io/operator"
+# The operator's words (operator/src/status.rs, `deleting`).
+BLOCKED = ("deletion waits for 2 attached pod interfaces: default/db on node1, default/web on node2; detach them "
+           "(remove the network from the pods' bridgenet.io/networks annotation) or annotate the network "
+           "bridgenet.io/force-delete=true")
+
+
+def ready_condition(server: Server, name: str, reason: str, message: str) -> None:
+    """What the operator reports on the network's status."""
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    server.kubectl("patch", "bridgenetwork", name, "--subresource=status", "--type=merge", "-p", json.dumps(
+        {"status": {"conditions": [{"type": "Ready", "status": "False", "reason": reason, "message": message,
+                                    "lastTransitionTime": now}]}}))
+
+
+def release(server: Server, name: str) -> None:
+    """What the operator does once the network is torn down."""
+    server.kubectl("patch", "bridgenetwork", name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}')
+
+
+def test_rm_removes_each_network_and_prints_its_name(server):
+    a, b = network(server, "rm-a", "10.50.0.0/24"), network(server, "rm-b", "10.51.0.0/24")
+    res = server.bridgenet("rm", a, b)
+    assert res.returncode == 0, res.stderr
+    assert (res.stdout, res.stderr) == (f"{a}\n{b}\n", "")
+    assert server.get("bridgenetwork", a) is None and server.get("bridgenetwork", b) is None
+    c = network(server, "rm-c", "10.52.0.0/24")
+    res = server.bridgenet("remove", c)
+    assert (res.returncode, res.stdout) == (0, f"{c}\n"), res.stderr
+
+
+def test_rm_of_a_missing_network_is_dockers_error_and_the_others_still_go(server):
+    a = network(server, "rm-a", "10.53.0.0/24")
+    res = server.bridgenet("rm", f"nope-{RUN}", a)
+    assert res.returncode == 1
+    assert (res.stdout, res.stderr) == (f"{a}\n", f"Error: No such network: nope-{RUN}\n")
+    assert server.get("bridgenetwork", a) is None
+    # Docker's -f: a network that does not exist is no error.
+    res = server.bridgenet("rm", "-f", f"nope-{RUN}")
+    assert (res.returncode, res.stdout, res.stderr) == (0, "", "")
+
+
+def test_rm_of_a_network_pods_use_is_dockers_active_endpoints_error(server):
+    name = network(server, "held", "10.54.0.0/24", finalizers=[OPERATOR_FINALIZER])
+    ready_condition(server, name, "DeletionBlocked", BLOCKED)
+    start = time.monotonic()
+    res = server.bridgenet("rm", name)
+    assert time.monotonic() - start < 4, "the condition was there: no need to wait out the timeout"
+    assert res.returncode == 1
+    assert res.stdout == ""
+    first, second = res.stderr.splitlines()
+    assert first == (f"Error response from daemon: error while removing network: network {name} has active "
+                     "endpoints (default/db on node1, default/web on node2)")
+    assert second.startswith("The deletion stays pending: the network goes once they disconnect"), second
+    assert f"kubectl bridgenet rm --force-delete {name}" in second
+    held = server.get("bridgenetwork", name)
+    assert held is not None and held["metadata"].get("deletionTimestamp")
+    release(server, name)
+
+
+def test_rm_waits_for_the_operator_to_finish(server):
+    name = network(server, "slow", "10.55.0.0/24", finalizers=[OPERATOR_FINALIZER])
+    proc = server.start("rm", name, "--timeout", "20s")
+    try:
+        time.sleep(0.7)
+        assert proc.poll() is None, "rm returned while the network still exists"
+        release(server, name)
+    finally:
+        res = finish(proc)
+    assert res.returncode == 0, res.stderr
+    assert (res.stdout, res.stderr) == (f"{name}\n", "")
+
+
+def test_rm_force_delete_annotates_the_network_and_reports_an_unfinished_deletion(server):
+    name = network(server, "forced", "10.56.0.0/24", finalizers=[OPERATOR_FINALIZER])
+    res = server.bridgenet("rm", "--force-delete", "--timeout", "1s", name)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == f"{name}\n"
+    assert res.stderr == (f"Warning: network {name} is still being deleted (finalizers: {OPERATOR_FINALIZER}); "
+                          f"`kubectl get bridgenetwork {name}` shows when it is gone\n")
+    forced = server.get("bridgenetwork", name)
+    assert forced["metadata"]["annotations"]["bridgenet.io/force-delete"] == "true"
+    release(server, name)
+    assert server.get("bridgenetwork", name) is None
