@@ -191,7 +191,24 @@ impl Networks {
             Networks::Names(names) if names.is_empty() => None,
             Networks::Names(names) => Some(names.join(",")),
             Networks::Json(entries) if entries.is_empty() => None,
-            Networks::Json(entries) => serde_json::to_string(entries).ok(),
+            Networks::Json(entries) => {
+                // `name` first, as people write it; serde_json's maps would sort it last.
+                let rendered: Vec<String> = entries
+                    .iter()
+                    .map(|e| {
+                        let name = e.get("name").map(|n| format!("\"name\":{n}"));
+                        let rest = e
+                            .iter()
+                            .filter(|(k, _)| *k != "name")
+                            .map(|(k, v)| format!("{}:{v}", Value::from(k.as_str())));
+                        format!(
+                            "{{{}}}",
+                            name.into_iter().chain(rest).collect::<Vec<_>>().join(",")
+                        )
+                    })
+                    .collect();
+                Some(format!("[{}]", rendered.join(",")))
+            }
         }
     }
 
@@ -484,9 +501,25 @@ mod tests {
         assert_eq!(remove("web", "web"), Ok(None));
         assert_eq!(
             remove(r#"[{"name":"a","interface":"x"},{"name":"web"}]"#, "web"),
-            Ok(Some(r#"[{"interface":"x","name":"a"}]"#.into()))
+            Ok(Some(r#"[{"name":"a","interface":"x"}]"#.into()))
         );
         assert_eq!(remove(r#"[{"name":"web"}]"#, "web"), Ok(None));
+    }
+
+    #[test]
+    fn json_is_written_compact_with_the_name_first() {
+        let a = Attachment {
+            ip: Some("172.20.0.9".parse().unwrap()),
+            aliases: vec!["db".into()],
+            ..plain("web")
+        };
+        assert_eq!(
+            add(r#"[ {"name": "a", "mac": "02:42:ac:14:00:09"} ]"#, &a),
+            Ok(Some(
+                r#"[{"name":"a","mac":"02:42:ac:14:00:09"},{"name":"web","aliases":["db"],"ip":"172.20.0.9"}]"#
+                    .into()
+            ))
+        );
     }
 
     #[test]
