@@ -240,14 +240,18 @@ impl Target {
         timeout: Duration,
         done: impl Fn(&Pod) -> Option<T>,
     ) -> Result<T, Error> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::cli::deadline(timeout);
         let uid = edited.metadata.uid.clone();
         let mut pod = edited.clone();
         loop {
             if let Some(answer) = done(&pod) {
                 return Ok(answer);
             }
-            if let (Some(before), Some(now)) = (&seen, self.agent_warnings(uid.as_deref()).await)
+            let now = match &seen {
+                Some(_) => self.agent_warnings(uid.as_deref()).await,
+                None => None,
+            };
+            if let (Some(before), Some(now)) = (&seen, now)
                 && let Some(event) = now
                     .into_iter()
                     .find(|(uid, (rv, _))| before.get(uid).is_none_or(|(old, _)| old != rv))

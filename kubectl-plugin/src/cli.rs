@@ -241,6 +241,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// When a `--timeout` from now ends; one too large for the clock ends in a century.
+pub fn deadline(timeout: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
+}
+
 /// `ls -o`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LsOutput {
@@ -425,6 +432,12 @@ mod tests {
         assert!(args.force && !args.force_delete);
         assert_eq!(args.networks, ["a", "b"]);
         assert_eq!(args.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_huge_timeout_does_not_overflow_the_clock() {
+        let d = parse_duration("9999999999999999h").unwrap();
+        assert!(deadline(d) > tokio::time::Instant::now());
     }
 
     #[test]

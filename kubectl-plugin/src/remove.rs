@@ -90,7 +90,7 @@ async fn remove_one(
         Err(e) => return Err(api_error("delete", e)),
     };
     let uid = deleting.metadata.uid.clone();
-    let deadline = Instant::now() + timeout;
+    let deadline = crate::cli::deadline(timeout);
     let mut net = deleting;
     loop {
         // With --force-delete a DeletionBlocked still shown is from before: the operator goes
