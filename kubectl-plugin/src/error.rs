@@ -185,6 +185,19 @@ impl Error {
                  (`kubectl bridgenet disconnect {network} POD -n NAMESPACE`), or at once, taking \
                  their interfaces, with `kubectl bridgenet rm --force-delete {network}`."
             ),
+            Error::AgentRefused {
+                verb: Verb::Attach,
+                pod,
+                network,
+                ..
+            } => {
+                let (namespace, name) = pod.split_once('/').unwrap_or(("", pod));
+                format!(
+                    "{line}\nThe pod's {} annotation still asks for {network}, so the agent retries; \
+                     `kubectl bridgenet disconnect {network} {name} -n {namespace}` takes it back.",
+                    bridgenet_crds::ANNOTATION_NETWORKS
+                )
+            }
             _ => line,
         }
     }

@@ -376,7 +376,9 @@ def test_connect_reports_the_agents_warning_and_ignores_earlier_ones(server):
     assert res.returncode == 1
     assert res.stderr == (
         f"Error response from daemon: the bridgenet agent could not attach pod {server.namespace}/{p} to network "
-        f"{net}: AddressUnavailable: 172.20.0.9 is taken on network {net}\n")
+        f"{net}: AddressUnavailable: 172.20.0.9 is taken on network {net}\n"
+        f"The pod's {NETWORKS} annotation still asks for {net}, so the agent retries; "
+        f"`kubectl bridgenet disconnect {net} {p} -n {server.namespace}` takes it back.\n")
 
 
 def test_connect_refusals_in_dockers_words_change_nothing(server):
