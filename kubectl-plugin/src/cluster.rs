@@ -1,12 +1,15 @@
-//! Reading from the cluster: a client chosen like kubectl chooses one, and the objects the
-//! verbs render.
+//! Talking to the cluster: a client chosen like kubectl chooses one, the objects the verbs
+//! render, and the create call with its errors in Docker's words.
 
 use bridgenet_crds::{BridgeNetwork, NodeBridge};
-use kube::api::ListParams;
+use kube::api::{ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 
 use crate::error::Error;
+
+/// The field manager of every write, so `managedFields` tells the plugin's changes apart.
+pub const FIELD_MANAGER: &str = "kubectl-bridgenet";
 
 /// A client like kubectl's: `--kubeconfig` wins over `KUBECONFIG`, `--context` picks a context;
 /// with neither, kube's inference (KUBECONFIG, ~/.kube/config, then in-cluster).
@@ -76,4 +79,33 @@ pub async fn node_bridges(client: Client) -> Result<Vec<NodeBridge>, Error> {
             source,
         })?
         .items)
+}
+
+/// Creates `net`, or with `dry_run` has the API server validate and default it without storing
+/// it. A taken name is Docker's `network with name X already exists`; a spec the server's
+/// rules refuse comes back with the server's message.
+pub async fn create(
+    client: Client,
+    net: &BridgeNetwork,
+    dry_run: bool,
+) -> Result<BridgeNetwork, Error> {
+    let params = PostParams {
+        dry_run,
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+    };
+    Api::<BridgeNetwork>::all(client)
+        .create(&params, net)
+        .await
+        .map_err(|source| match source {
+            kube::Error::Api(ref s) if s.is_already_exists() => {
+                Error::NetworkExists(net.name_any())
+            }
+            kube::Error::Api(ref s) if s.code == 422 || s.reason == "Invalid" => {
+                Error::Refused(s.message.clone())
+            }
+            source => Error::Api {
+                what: format!("create bridgenetwork {}", net.name_any()),
+                source,
+            },
+        })
 }

@@ -1,9 +1,13 @@
-//! `kubectl-bridgenet`: Docker's `network ls` and `network inspect` for BridgeNetworks, found
-//! by kubectl as the plugin `kubectl bridgenet` when it is on PATH.
+//! `kubectl-bridgenet`: Docker's `network` verbs for BridgeNetworks, found by kubectl as the
+//! plugin `kubectl bridgenet` when it is on PATH.
 
+mod annotation;
+mod attach;
 mod cli;
 mod cluster;
+mod create;
 mod error;
+mod remove;
 mod render;
 
 use std::io::Write;
@@ -11,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use cli::{Cli, Command, InspectFormat, LsOutput};
+use cli::{Cli, Command, DryRun, Format, InspectFormat, LsOutput};
 use error::Error;
 
 fn main() -> ExitCode {
@@ -31,7 +35,7 @@ fn main() -> ExitCode {
         Err(e) => vec![e],
     };
     for e in &errors {
-        eprintln!("Error: {e}");
+        eprintln!("{}", e.user_message());
     }
     if errors.is_empty() {
         ExitCode::SUCCESS
@@ -83,9 +87,49 @@ async fn run(cli: Cli) -> Result<Vec<Error>, Error> {
             };
             (text, missing)
         }
+        Command::Create(args) => {
+            let net = create::network(&args)?;
+            let format = create::output(&args)?;
+            let text = match args.dry_run {
+                Some(DryRun::Client) => print_object(&net, format.unwrap_or(Format::Yaml))?,
+                Some(DryRun::Server) => {
+                    let checked = cluster::create(connect().await?, &net, true).await?;
+                    print_object(&checked, format.unwrap_or(Format::Yaml))?
+                }
+                None => {
+                    let created = cluster::create(connect().await?, &net, false).await?;
+                    match format {
+                        Some(f) => print_object(&created, f)?,
+                        // Docker prints the new network's id; the uid is ours.
+                        None => created.metadata.uid.unwrap_or_default() + "\n",
+                    }
+                }
+            };
+            (text, Vec::new())
+        }
+        Command::Connect(args) => (attach::connect(connect().await?, args).await?, Vec::new()),
+        Command::Disconnect(args) => (
+            attach::disconnect(connect().await?, args).await?,
+            Vec::new(),
+        ),
+        Command::Rm(args) => {
+            let removal = remove::rm(connect().await?, args).await;
+            for note in &removal.notes {
+                eprintln!("Warning: {note}");
+            }
+            (removal.stdout, removal.errors)
+        }
     };
     stdout.write_all(text.as_bytes())?;
     Ok(errors)
+}
+
+/// One object as `kubectl get -o yaml|json` prints it.
+fn print_object<T: serde::Serialize>(obj: &T, format: Format) -> Result<String, Error> {
+    Ok(match format {
+        Format::Yaml => serde_yaml::to_string(obj)?,
+        Format::Json => serde_json::to_string_pretty(obj)? + "\n",
+    })
 }
 
 fn now_seconds() -> i64 {

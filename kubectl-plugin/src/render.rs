@@ -306,7 +306,7 @@ fn age(seconds: i64) -> String {
 }
 
 /// Left-aligned columns separated by three spaces, like kubectl's tables.
-fn align(rows: &[Vec<String>]) -> String {
+pub fn align(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {

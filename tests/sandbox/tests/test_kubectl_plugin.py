@@ -185,4 +185,8 @@ def test_kubeconfig_and_context_flags_after_the_plugin_name(cluster):
 def test_completion_scripts(cluster, shell, marker):
     res = bridgenet(cluster, "completion", shell)
     assert res.returncode == 0, res.stderr
-    assert marker in res.stdout and "inspect" in res.stdout
+    assert marker in res.stdout
+    for verb in ("ls", "inspect", "create", "connect", "disconnect", "rm"):
+        assert verb in res.stdout, verb
+    # Flags of the new verbs complete too.
+    assert all(flag in res.stdout for flag in ("aux-address", "alias", "force-delete")), res.stdout
