@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
-use ipnet::IpNet;
+use clap::{Args, Parser, Subcommand};
+use ipnet::{IpNet, Ipv4Net};
 
 /// bridgenet operator: turns BridgeNetworks into per-node NodeBridges and reports their status.
 ///
@@ -62,6 +62,50 @@ pub struct Cli {
     /// Log JSON lines instead of human-readable text.
     #[arg(long, env = "BRIDGENET_LOG_JSON")]
     pub log_json: bool,
+
+    /// Something other than running the operator (default: run it).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What `bridgenet-operator` can do besides operating.
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Check a live installation end to end (the chart's `helm test` hook): a throwaway
+    /// network, a pod on it, a ping from another node, a ping from a second network that must
+    /// fail; then delete everything it created. Exits 0 when every check passed.
+    SelfTest(SelfTestArgs),
+}
+
+/// Flags of `bridgenet-operator self-test`.
+#[derive(Args, Debug, Clone)]
+pub struct SelfTestArgs {
+    /// Namespace of the test pods.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+
+    /// Image of the test pods; it must hold a busybox with `sh`, `ping` and `ip` at
+    /// /bin/busybox (the agent image does).
+    #[arg(long)]
+    pub image: String,
+
+    /// Pull policy of the test pods' image.
+    #[arg(long, default_value = "IfNotPresent",
+          value_parser = ["Always", "IfNotPresent", "Never"])]
+    pub image_pull_policy: String,
+
+    /// Subnet of the throwaway network; must not overlap any other network of the cluster.
+    #[arg(long, default_value = "172.31.254.0/24")]
+    pub subnet: Ipv4Net,
+
+    /// Subnet of the second throwaway network, the one that must not reach the first.
+    #[arg(long, default_value = "172.31.255.0/24")]
+    pub isolation_subnet: Ipv4Net,
+
+    /// Seconds the checks may take altogether (cleanup gets its own bound after that).
+    #[arg(long, default_value_t = 180,
+          value_parser = clap::value_parser!(u64).range(10..=3600))]
+    pub timeout: u64,
 }
 
 /// One `--cluster-cidrs` value: a comma list of CIDRs, empty items ignored (a Helm value left
@@ -121,6 +165,27 @@ mod tests {
         assert_eq!(cli.default_mtu, 1450);
         assert_eq!(cli.block_size, 26);
         assert!(cli.cluster_cidrs().is_empty());
+        assert!(cli.command.is_none());
+    }
+
+    #[test]
+    fn self_test_is_a_subcommand_with_safe_defaults() {
+        let cli = Cli::try_parse_from(["x", "self-test", "--image", "busybox", "--namespace", "t"])
+            .unwrap();
+        let Some(Command::SelfTest(args)) = cli.command else {
+            panic!("no self-test subcommand");
+        };
+        assert_eq!(args.namespace, "t");
+        assert_eq!(args.subnet.to_string(), "172.31.254.0/24");
+        assert_eq!(args.timeout, 180);
+        assert!(
+            Cli::try_parse_from(["x", "self-test"]).is_err(),
+            "--image is required"
+        );
+        assert!(
+            Cli::try_parse_from(["x", "self-test", "--image", "b", "--subnet", "fd00::/64"])
+                .is_err()
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! address blocks), [`status`] (the status, its conditions and events), [`observed`] (the
 //! nodes and NodeBridges of a network as the API holds them), [`controller`]
 //! (executes plans), [`leader`] (one active replica), [`metrics`] (Prometheus and health
-//! endpoints). With the `testing` feature, `scale` builds synthetic clusters for tests and
+//! endpoints), [`selftest`] (`bridgenet-operator self-test`, the chart's `helm test`). With the `testing` feature, `scale` builds synthetic clusters for tests and
 //! benchmarks.
 #![forbid(unsafe_code)]
 
@@ -21,6 +21,7 @@ pub mod observed;
 pub mod plan;
 #[cfg(feature = "testing")]
 pub mod scale;
+pub mod selftest;
 pub mod status;
 
 use std::sync::Arc;
@@ -29,7 +30,7 @@ use bridgenet_crds::net::BlockDefaults;
 use kube::Client;
 use tokio::sync::watch;
 
-pub use cli::Cli;
+pub use cli::{Cli, Command};
 pub use error::{Error, Result};
 
 /// Sets up logging: `RUST_LOG` filters (default `info`), JSON lines with `--log-json`.
@@ -46,7 +47,7 @@ pub fn init_tracing(json: bool) {
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.
-async fn termination() {
+pub(crate) async fn termination() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {

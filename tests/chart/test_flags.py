@@ -61,3 +61,12 @@ def test_rendered_flags_and_env_exist_in_the_binary(component, value_set):
         assert name in flags, f"{component}: chart passes {name}, {cli.name} has {sorted(flags)}"
     for env in container.get("env", []):
         assert env["name"] in envs | extra_env, f"{component}: chart sets {env['name']}, {cli.name} reads {sorted(envs)}"
+
+
+def test_self_test_hook_flags_exist_in_the_binary():
+    """The `helm test` hook's `self-test` flags are clap flags of operator/src/cli.rs."""
+    flags, _ = clap_args(REPO / "operator" / "src" / "cli.rs")
+    container = render().one("Pod", "-selftest")["spec"]["containers"][0]
+    assert container["args"][0] == "self-test"
+    for arg in container["args"][1:]:
+        assert arg.split("=", 1)[0] in flags, f"the hook passes {arg}; operator/src/cli.rs has {sorted(flags)}"

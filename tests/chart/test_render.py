@@ -69,6 +69,8 @@ BAD_VALUE_SETS = {
     "bad-duration": {"agent": {"resyncInterval": "ten seconds"}},
     "bad-dashboard-label": {"dashboards": {"enabled": True, "label": "grafana dashboard"}},
     "dns-upstream-by-name": {"agent": {"dns": {"upstream": ["dns.example.com"]}}},
+    "tests-ipv6-subnet": {"tests": {"subnet": "fd00::/64"}},
+    "tests-short-timeout": {"tests": {"timeoutSeconds": 5}},
 }
 
 
@@ -296,3 +298,55 @@ def test_dns_values_become_agent_flags():
     args = _container(ds, "agent")["args"]
     assert "--dns-upstream=192.0.2.53,[2001:db8::53]:5353" in args
     assert "--cluster-dns=10.96.0.10" in args
+
+
+HOOK_OBJECTS = ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Pod"]
+
+
+def test_helm_test_hook_runs_the_self_test(default_render):
+    """`helm test`: one Pod running `bridgenet-operator self-test` with the agent image for its
+    test pods, and its ServiceAccount and RBAC also test hooks, created before it (lower weight)
+    and deleted with it when it passes."""
+    hooks = [o for o in default_render.objects if (o["metadata"].get("annotations") or {}).get("helm.sh/hook")]
+    assert sorted(o["kind"] for o in hooks) == sorted(HOOK_OBJECTS)
+    weights = {}
+    for obj in hooks:
+        ann = obj["metadata"]["annotations"]
+        assert ann["helm.sh/hook"] == "test", obj["kind"]
+        assert ann["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded", obj["kind"]
+        assert obj["metadata"]["name"] == "bridgenet-selftest"
+        weights[obj["kind"]] = int(ann.get("helm.sh/hook-weight", "0"))
+    assert max(w for k, w in weights.items() if k != "Pod") < weights["Pod"], weights
+    assert weights["ServiceAccount"] < weights["RoleBinding"] and weights["ClusterRole"] < weights["ClusterRoleBinding"]
+
+    pod = default_render.one("Pod")
+    spec = pod["spec"]
+    assert spec["serviceAccountName"] == "bridgenet-selftest"
+    assert spec["restartPolicy"] == "Never"
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    (container,) = spec["containers"]
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    assert container["image"] == f"bridgenet/operator:{version}"
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    args = container["args"]
+    assert args[0] == "self-test"
+    assert {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args[1:]} == {
+        "--namespace": NAMESPACE,
+        "--image": f"bridgenet/agent:{version}",
+        "--image-pull-policy": "IfNotPresent",
+        "--subnet": "172.31.254.0/24",
+        "--isolation-subnet": "172.31.255.0/24",
+        "--timeout": "180",
+    }
+
+
+def test_helm_test_values_reach_the_hook_and_can_turn_it_off():
+    rendered = render({"fullnameOverride": "bn", "tests": {"subnet": "10.99.0.0/24", "isolationSubnet": "10.99.1.0/24",
+                                                           "timeoutSeconds": 300},
+                       "agent": {"image": {"tag": "dev", "pullPolicy": "Never"}}})
+    args = rendered.one("Pod", "bn-selftest")["spec"]["containers"][0]["args"]
+    assert {"--subnet=10.99.0.0/24", "--isolation-subnet=10.99.1.0/24", "--timeout=300",
+            "--image=bridgenet/agent:dev", "--image-pull-policy=Never"} <= set(args)
+    off = render({"tests": {"enabled": False}})
+    assert not off.of_kind("Pod")
+    assert not [o for o in off.objects if "selftest" in o["metadata"]["name"]]

@@ -91,6 +91,18 @@ def helm_install(kubeconfig: pathlib.Path, values: dict):
                     create_namespace=True, wait="watcher", timeout=300)
 
 
+def helm_test(kubeconfig: pathlib.Path) -> str:
+    """`helm test bridgenet`: the chart's self-test hook (templates/tests/self-test.yaml); returns
+    its log. Fails with the log when a check fails."""
+    if shutil.which("helm"):
+        return sh("helm", "--kubeconfig", str(kubeconfig), "test", "bridgenet", "--namespace", NAMESPACE,
+                  "--logs", "--timeout", "6m", timeout=420).stdout
+    import helm_python as helm
+
+    with helm.Config(kubeconfig_path=str(kubeconfig), namespace=NAMESPACE) as cfg:
+        return cfg.test("bridgenet", timeout=360, logs=True).get("logs", "")
+
+
 def helm_uninstall(kubeconfig: pathlib.Path):
     if shutil.which("helm"):
         sh("helm", "--kubeconfig", str(kubeconfig), "uninstall", "bridgenet", "--namespace", NAMESPACE, "--wait")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The kind end-to-end suite: `make kind-e2e`. Creates a kind cluster (1 control plane,
-# 2 workers), builds and loads the images, installs the chart, applies examples/ and runs the
-# user stories (tests/e2e/kind/test_user_stories.py). Needs kind, a working docker engine,
+# 2 workers), builds and loads the images, installs the chart, runs `helm test`, applies
+# examples/ and runs the user stories (tests/e2e/kind/test_user_stories.py). Needs kind, a working docker engine,
 # kubectl and python3 with tests/chart/requirements.txt; skips with one line where they are
 # missing. KEEP_CLUSTER=1 leaves the cluster up for inspection.
 set -euo pipefail

@@ -1,4 +1,4 @@
-"""The user's story on a real cluster, in order: install, create networks, attach pods at start
+"""The user's story on a real cluster, in order: install, `helm test`, create networks, attach pods at start
 and while running, check reachability and isolation, restart an agent, uninstall and leave the
 nodes able to start pods. Each test builds on the previous ones (pytest runs them in file
 order)."""
@@ -77,6 +77,20 @@ def test_operator_and_agents_come_up(cluster, workers):
     # The init container installed the plugin on every node.
     for node in [n["metadata"]["name"] for n in cluster.json("get", "nodes")["items"]]:
         sh("docker", "exec", node, "test", "-x", "/opt/cni/bin/bridgenet")
+
+
+def test_helm_test_passes_and_cleans_up(cluster, workers):
+    """`helm test`: the self-test hook creates its networks and pods on the two workers, checks
+    attach, ping across nodes and isolation, and deletes them; the hook's pod and RBAC go too."""
+    from conftest import helm_test
+
+    log = helm_test(cluster.kubeconfig)
+    for check in ("PASS attach:", "across nodes", "PASS isolation:", "PASS cleanup:"):
+        assert check in log, f"no {check!r} in the self-test's log:\n{log}"
+    assert not cluster.json("get", "bridgenetworks", "-l", "bridgenet.io/self-test")["items"]
+    assert not cluster.json("get", "pods", "-A", "-l", "bridgenet.io/self-test")["items"]
+    assert not cluster.json("get", "pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=self-test")["items"]
+    assert cluster("get", "clusterrole", "bridgenet-selftest", check=False).returncode != 0, "hook RBAC left"
 
 
 def test_example_networks_become_ready(cluster, workers):

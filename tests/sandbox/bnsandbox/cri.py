@@ -154,6 +154,8 @@ class ContainerStatus:
     state: int
     # The runtime's verbose info; containerd's `info` JSON carries the task's `pid`.
     info: dict[str, str]
+    # Of an exited container (`runtime.v1.ContainerStatus.exit_code`).
+    exit_code: int = 0
 
 
 def sandbox_config(meta: SandboxMeta, hostname: str, log_dir: str, labels: dict[str, str],
@@ -166,10 +168,13 @@ def sandbox_config(meta: SandboxMeta, hostname: str, log_dir: str, labels: dict[
 
 
 def container_config(name: str, image: str, command: list[str], args: list[str], env: dict[str, str],
-                     labels: dict[str, str], log_path: str) -> bytes:
+                     labels: dict[str, str], log_path: str, add_capabilities: list[str] | None = None) -> bytes:
     envs = b"".join(f_bytes(6, f_str(1, k) + f_str(2, v)) for k, v in env.items())
+    # linux (15) → security_context (2) → capabilities (1) → add_capabilities (1), as the kubelet
+    # passes a container's `securityContext.capabilities.add` (containerd adds the CAP_ prefix).
+    linux = f_msg(15, f_msg(2, f_msg(1, f_strs(1, add_capabilities)))) if add_capabilities else b""
     return (f_msg(1, f_str(1, name)) + f_msg(2, f_str(1, image)) + f_strs(3, command) + f_strs(4, args)
-            + envs + f_map(9, labels) + f_str(11, log_path))
+            + envs + f_map(9, labels) + f_str(11, log_path) + linux)
 
 
 class RuntimeClient:
@@ -227,7 +232,10 @@ class RuntimeClient:
     def container_status(self, container_id: str, verbose: bool = False) -> ContainerStatus:
         msg = self._call("ContainerStatus", f_str(1, container_id) + f_int(2, verbose))
         status = _get(msg, 1, b"")
-        return ContainerStatus(_str(status, 1), int(_get(status, 3, 0)), _map(msg, 2))
+        code = int(_get(status, 7, 0))
+        # An int32 on the wire: negative values arrive as 64-bit two's complement varints.
+        code = code - (1 << 64) if code >= 1 << 63 else code
+        return ContainerStatus(_str(status, 1), int(_get(status, 3, 0)), _map(msg, 2), code)
 
     def list_containers(self, sandbox_id: str | None = None) -> list[ContainerInfo]:
         flt = f_str(3, sandbox_id)

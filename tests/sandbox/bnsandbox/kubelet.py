@@ -160,8 +160,10 @@ class Kubelet:
         for c in spec.get("containers") or []:
             env = {e["name"]: e.get("value", "") for e in c.get("env") or [] if "name" in e}
             image = c.get("image", "")
+            caps = ((c.get("securityContext") or {}).get("capabilities") or {}).get("add") or []
             cc = cri.container_config(c["name"], _local_image(image), c.get("command") or [], c.get("args") or [],
-                                      env, {"io.kubernetes.container.name": c["name"]}, f"{c['name']}/0.log")
+                                      env, {"io.kubernetes.container.name": c["name"]}, f"{c['name']}/0.log",
+                                      add_capabilities=caps)
             cid = await self.call(self.runtime.create_container, sid, cc, config)
             await self.call(self.runtime.start_container, cid)
         sandboxes = await self.call(self.runtime.list_pod_sandbox, {LABEL_UID: uid})
@@ -184,12 +186,23 @@ class Kubelet:
             cstatuses.append({"name": c["name"], "ready": c["name"] in running, "started": c["name"] in running,
                               "restartCount": 0, "image": c.get("image", ""), "imageID": "",
                               "containerID": f"containerd://{cid}" if cid else "", "state": state})
-        key = (sandbox.id, tuple(ips), ready, tuple(sorted(running)))
+        # A run-to-completion pod (restartPolicy Never, as `bridgenet-operator self-test` makes)
+        # ends like the kubelet ends it: Succeeded when every container exited 0, else Failed.
+        exited = {c.name: c.id for c in containers if c.state == cri.CONTAINER_EXITED}
+        phase = "Running" if ready else "Pending"
+        if pod["spec"].get("restartPolicy") == "Never" and names and all(n in exited for n in names):
+            codes = {n: (await self.call(self.runtime.container_status, exited[n])).exit_code for n in names}
+            phase = "Succeeded" if not any(codes.values()) else "Failed"
+            for cs in cstatuses:
+                cs["state"] = {"terminated": {"exitCode": codes[cs["name"]],
+                                              "reason": "Completed" if codes[cs["name"]] == 0 else "Error",
+                                              "finishedAt": _now()}}
+        key = (sandbox.id, tuple(ips), ready, tuple(sorted(running)), phase)
         if self.reported.get(uid) == key:
             return
         flag = "True" if ready else "False"
         body = {
-            "phase": "Running" if ready else "Pending",
+            "phase": phase,
             "hostIP": self.node_ip, "hostIPs": [{"ip": self.node_ip}],
             "podIP": ips[0] if ips else None, "podIPs": [{"ip": ip} for ip in ips] or None,
             "startTime": pod.get("status", {}).get("startTime") or _now(),
