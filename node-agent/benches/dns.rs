@@ -8,6 +8,10 @@
 //! server's CPU time per query, and the server's resident memory with no names, 1,000 pods and
 //! 10,000 pods.
 //!
+//! Latency is measured twice, with the server pinned to the client's core and to another core:
+//! on a VM, waking a thread on an idle core costs tens of µs, more than either server's work,
+//! and unpinned the scheduler's placement would make the figure (16 or 48 µs, from run to run).
+//!
 //! bridgenet's resolver runs in a child process (this binary started again with
 //! `BNT_BENCH_DNS_SERVE`), on a runtime built like the agent's, so that its RSS and CPU are its
 //! own, as dnsmasq's are. Needs `dnsmasq` (Debian `dnsmasq-base`); without it only bridgenet's
@@ -30,6 +34,8 @@ use bridgenet_crds::v1alpha1::Endpoint;
 use hickory_proto::op::{Message, MessageType, Query};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
+use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+use nix::unistd::Pid;
 
 /// Pods of the measured zone.
 const PODS: usize = 1_000;
@@ -55,6 +61,9 @@ const WINDOW: usize = 8;
 const ROUNDS: usize = 10;
 /// Throughput runs likewise.
 const THROUGHPUT_ROUNDS: usize = 3;
+
+/// The name of the upstream's thread, to pin it with the client.
+const UPSTREAM_THREAD: &str = "upstream";
 
 const ENV_SERVE: &str = "BNT_BENCH_DNS_SERVE";
 const ENV_UPSTREAM: &str = "BNT_BENCH_DNS_UPSTREAM";
@@ -407,7 +416,7 @@ fn start_upstream() -> anyhow::Result<SocketAddr> {
     let socket = UdpSocket::bind("127.0.0.1:0")?;
     let addr = socket.local_addr()?;
     std::thread::Builder::new()
-        .name("upstream".into())
+        .name(UPSTREAM_THREAD.into())
         .spawn(move || {
             let mut buf = [0u8; 4096];
             loop {
@@ -769,22 +778,42 @@ fn run() -> anyhow::Result<()> {
         .iter()
         .map(|&k| Server::start(k, PODS, upstream, &dnsmasq))
         .collect::<anyhow::Result<_>>()?;
-    for s in &servers {
-        latency(s, &local, 2_000)?;
-        latency(s, &forwarded, 500)?;
-    }
-    // In rounds, each server in turn: a burst of load from elsewhere on the machine (another
-    // build) then falls on every server's figures, not on one's.
-    let mut lat: Vec<(Kind, Latency, Latency)> = servers
-        .iter()
-        .map(|s| (s.kind, Latency::default(), Latency::default()))
-        .collect();
-    for _ in 0..ROUNDS {
-        for (s, (_, l, f)) in servers.iter().zip(&mut lat) {
-            l.add(latency(s, &local, local_count / ROUNDS)?);
-            f.add(latency(s, &forwarded, forwarded_count / ROUNDS)?);
+    // Latency, once with everything on one core and once with the server on another: on a VM a
+    // wakeup across cores can cost more than either server's work, and left alone the
+    // scheduler's placement (not the server) would decide the figure.
+    let cpus = allowed_cpus()?;
+    let placements: Vec<Placement> = match cpus.as_slice() {
+        [a, b, ..] => vec![
+            Placement::new("same core", *a, *a),
+            Placement::new("other core", *a, *b),
+        ],
+        [a] => vec![Placement::new("same core", *a, *a)],
+        [] => bail!("no CPU allowed to this process"),
+    };
+    let mut lat: Vec<(Kind, &'static str, Latency, Latency)> = Vec::new();
+    for place in &placements {
+        place.apply(&servers)?;
+        for s in &servers {
+            latency(s, &local, 2_000)?;
+            latency(s, &forwarded, 500)?;
+        }
+        let first = lat.len();
+        lat.extend(
+            servers
+                .iter()
+                .map(|s| (s.kind, place.label, Latency::default(), Latency::default())),
+        );
+        // In rounds, each server in turn: a burst of load from elsewhere on the machine
+        // (another build) then falls on every server's figures, not on one's.
+        for _ in 0..ROUNDS {
+            for (s, (_, _, l, f)) in servers.iter().zip(&mut lat[first..]) {
+                l.add(latency(s, &local, local_count / ROUNDS)?);
+                f.add(latency(s, &forwarded, forwarded_count / ROUNDS)?);
+            }
         }
     }
+    // Throughput and everything after: wherever the scheduler puts them.
+    Placement::release(&cpus, &servers)?;
     let mut thr: Vec<(Kind, Throughput, Throughput)> = servers
         .iter()
         .map(|s| (s.kind, Throughput::default(), Throughput::default()))
@@ -807,6 +836,10 @@ fn run() -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
     drop(servers);
+    let builds: Vec<(usize, Duration)> = MEMORY_PODS[1..]
+        .iter()
+        .map(|&pods| (pods, zone_build(pods)))
+        .collect();
     let mut mem = Vec::new();
     for &k in &kinds {
         let rss = MEMORY_PODS
@@ -821,14 +854,21 @@ fn run() -> anyhow::Result<()> {
         "latency, one client asking sequentially, µs: local names ({local_count} queries), \
          forwarded names ({forwarded_count} queries), in {ROUNDS} rounds"
     );
-    println!(
-        "{:<24} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>5}",
-        "server", "local p50", "p99", "max", "fwd p50", "p99", "max", "lost"
-    );
-    for (k, l, f) in &lat {
+    for place in &placements {
         println!(
-            "{:<24} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>5}",
+            "{}: client and upstream on core {}, server on core {}",
+            place.label, place.client, place.server
+        );
+    }
+    println!(
+        "{:<24} {:<10} {:>9} {:>7} {:>7} {:>9} {:>7} {:>7} {:>5}",
+        "server", "placement", "local p50", "p99", "max", "fwd p50", "p99", "max", "lost"
+    );
+    for (k, place, l, f) in &lat {
+        println!(
+            "{:<24} {:<10} {:>9} {:>7} {:>7} {:>9} {:>7} {:>7} {:>5}",
             k.label(),
+            place,
             us(l.percentile(0.5)),
             us(l.percentile(0.99)),
             us(l.max()),
@@ -889,17 +929,34 @@ fn run() -> anyhow::Result<()> {
             mib(*peak)
         );
     }
-    if let (Some((_, ol, of)), Some((_, rl, rf))) = (lat.first(), lat.get(1)) {
-        let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
-        println!();
-        println!(
-            "ratio bridgenet / dnsmasq cache-size=0: latency local p50 {:.2} p99 {:.2}, \
-             forwarded p50 {:.2} p99 {:.2}",
-            ratio(ol.percentile(0.5), rl.percentile(0.5)),
-            ratio(ol.percentile(0.99), rl.percentile(0.99)),
-            ratio(of.percentile(0.5), rf.percentile(0.5)),
-            ratio(of.percentile(0.99), rf.percentile(0.99)),
-        );
+    let builds: Vec<String> = builds
+        .iter()
+        .map(|(pods, took)| format!("{pods} pods {:.2} ms", took.as_secs_f64() * 1e3))
+        .collect();
+    println!(
+        "bridgenet's zone is built whole on every change of the network's endpoints: {}",
+        builds.join(", ")
+    );
+    println!();
+    for place in &placements {
+        let row = |kind: Kind| {
+            lat.iter()
+                .find(|(k, p, _, _)| *k == kind && *p == place.label)
+        };
+        if let (Some((_, _, ol, of)), Some((_, _, rl, rf))) =
+            (row(Kind::Bridgenet), row(Kind::Dnsmasq { cache: 0 }))
+        {
+            let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+            println!(
+                "ratio bridgenet / dnsmasq cache-size=0, {}: latency local p50 {:.2} p99 {:.2}, \
+                 forwarded p50 {:.2} p99 {:.2}",
+                place.label,
+                ratio(ol.percentile(0.5), rl.percentile(0.5)),
+                ratio(ol.percentile(0.99), rl.percentile(0.99)),
+                ratio(of.percentile(0.5), rf.percentile(0.5)),
+                ratio(of.percentile(0.99), rf.percentile(0.99)),
+            );
+        }
     }
     if let (Some((_, ol, of)), Some((_, rl, rf))) = (thr.first(), thr.get(1)) {
         println!(
@@ -923,6 +980,96 @@ fn run() -> anyhow::Result<()> {
         );
     }
     println!("load average at the end: {}", loadavg());
+    Ok(())
+}
+
+/// The fastest of 10 builds of the zone of `pods` pods.
+fn zone_build(pods: usize) -> Duration {
+    let endpoints = endpoints(pods);
+    (0..10)
+        .map(|_| {
+            let started = Instant::now();
+            let zone = Zone::build(&endpoints);
+            let took = started.elapsed();
+            drop(std::hint::black_box(zone));
+            took
+        })
+        .min()
+        .unwrap_or_default()
+}
+
+/// Where the latency client (and the upstream, on its behalf) and the server run.
+struct Placement {
+    label: &'static str,
+    client: usize,
+    server: usize,
+}
+
+impl Placement {
+    fn new(label: &'static str, client: usize, server: usize) -> Self {
+        Placement {
+            label,
+            client,
+            server,
+        }
+    }
+
+    /// Pins this thread and the upstream's to the client's core, every thread of every
+    /// server to the server's.
+    fn apply(&self, servers: &[Server]) -> anyhow::Result<()> {
+        let (client, server) = (cpu_set(&[self.client])?, cpu_set(&[self.server])?);
+        pin_threads(std::process::id(), Some(UPSTREAM_THREAD), &client)?;
+        sched_setaffinity(Pid::from_raw(0), &client)?;
+        for s in servers {
+            pin_threads(s.pid(), None, &server)?;
+        }
+        Ok(())
+    }
+
+    /// Lets everything run on every allowed core again.
+    fn release(cpus: &[usize], servers: &[Server]) -> anyhow::Result<()> {
+        let all = cpu_set(cpus)?;
+        pin_threads(std::process::id(), Some(UPSTREAM_THREAD), &all)?;
+        sched_setaffinity(Pid::from_raw(0), &all)?;
+        for s in servers {
+            pin_threads(s.pid(), None, &all)?;
+        }
+        Ok(())
+    }
+}
+
+fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
+    let set = sched_getaffinity(Pid::from_raw(0))?;
+    Ok((0..CpuSet::count())
+        .filter(|&c| set.is_set(c).unwrap_or(false))
+        .collect())
+}
+
+fn cpu_set(cpus: &[usize]) -> anyhow::Result<CpuSet> {
+    let mut set = CpuSet::new();
+    for &c in cpus {
+        set.set(c)?;
+    }
+    Ok(set)
+}
+
+/// Pins the threads of process `pid` to `set`: all of them, or those named `only`.
+fn pin_threads(pid: u32, only: Option<&str>, set: &CpuSet) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let entry = entry?;
+        if let Some(name) = only {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() != name {
+                continue;
+            }
+        }
+        let tid: i32 = entry.file_name().to_string_lossy().parse()?;
+        match sched_setaffinity(Pid::from_raw(tid), set) {
+            // A thread that ended meanwhile.
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => return Err(e).context(format!("pinning thread {tid} of {pid}")),
+        }
+    }
     Ok(())
 }
 
