@@ -16,7 +16,9 @@
 //! `BNT_BENCH_DNS_SERVE`), on a runtime built like the agent's, so that its RSS and CPU are its
 //! own, as dnsmasq's are. Needs `dnsmasq` (Debian `dnsmasq-base`); without it only bridgenet's
 //! lines are printed. Run with `scripts/bench-dns.sh` (`make bench-dns`) or
-//! `cargo bench -p bridgenet-agent --bench dns`.
+//! `cargo bench -p bridgenet-agent --bench dns`; `BNT_BENCH_DNS_LOCAL` and
+//! `BNT_BENCH_DNS_FORWARDED` set the latency runs' queries (20,000 and 5,000),
+//! `BNT_BENCH_DNS_SECONDS` the throughput runs' length (3).
 
 use std::io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
@@ -713,6 +715,19 @@ fn us(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e6)
 }
 
+/// `20000` as `20,000`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
 fn mib(kib: u64) -> String {
     format!("{:.1}", kib as f64 / 1024.0)
 }
@@ -754,8 +769,9 @@ fn run() -> anyhow::Result<()> {
         },
     );
     println!(
-        "zone: {PODS} pods of namespace {NAMESPACE} (pod-N and pod-N.{NAMESPACE}; alias svc-K on \
-         every {ALIAS_EVERY}th pod); dnsmasq reads the same names from an --addn-hosts file"
+        "zone: {} pods of namespace {NAMESPACE} (pod-N and pod-N.{NAMESPACE}; alias svc-K on \
+         every {ALIAS_EVERY}th pod); dnsmasq reads the same names from an --addn-hosts file",
+        thousands(PODS)
     );
     println!(
         "forwarded: {FORWARDED_NAMES} names in turn to the same in-bench upstream on loopback, \
@@ -851,8 +867,10 @@ fn run() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "latency, one client asking sequentially, µs: local names ({local_count} queries), \
-         forwarded names ({forwarded_count} queries), in {ROUNDS} rounds"
+        "latency, one client asking sequentially, µs: local names ({} queries), forwarded names \
+         ({} queries), in {ROUNDS} rounds",
+        thousands(local_count),
+        thousands(forwarded_count)
     );
     for place in &placements {
         println!(
@@ -912,7 +930,8 @@ fn run() -> anyhow::Result<()> {
     println!();
     println!(
         "memory, VmRSS MiB: started and asked 100 local + 100 forwarded names; after the runs \
-         above ({PODS} pods), and its peak"
+         above ({} pods), and its peak",
+        thousands(PODS)
     );
     println!(
         "{:<24} {:>8} {:>10} {:>11} {:>12} {:>6}",
@@ -931,7 +950,13 @@ fn run() -> anyhow::Result<()> {
     }
     let builds: Vec<String> = builds
         .iter()
-        .map(|(pods, took)| format!("{pods} pods {:.2} ms", took.as_secs_f64() * 1e3))
+        .map(|(pods, took)| {
+            format!(
+                "{} pods {:.2} ms",
+                thousands(*pods),
+                took.as_secs_f64() * 1e3
+            )
+        })
         .collect();
     println!(
         "bridgenet's zone is built whole on every change of the network's endpoints: {}",
