@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: cni-test bench-cni dataplane-test bench-dataplane demo test setup lint unit root-test crds-check sandbox-test images chart-test kind-e2e real-apiserver-test soak
+.PHONY: cni-test bench-cni bench-dns dataplane-test bench-dataplane demo test setup lint unit root-test crds-check sandbox-test images chart-test kind-e2e real-apiserver-test soak
 
 ## Install what building and testing need on a fresh Debian machine (idempotent).
 setup:
@@ -96,3 +96,8 @@ cni-test:
 ## CNI latency next to the reference bridge+host-local chain, agent and plugin RSS (root).
 bench-cni:
 	bash scripts/bench-cni.sh
+
+## The network resolver's DNS latency, queries per second and RSS next to dnsmasq (installs
+## dnsmasq-base when run as root; figures in README).
+bench-dns:
+	bash scripts/bench-dns.sh

@@ -71,5 +71,9 @@ else
         --ignored real_server
     cargo build --workspace --locked -q
 fi
+echo "== kubectl bridgenet create/connect/disconnect/rm against the real API server (no operator or agent yet: the tests play their part)"
+plugin_dir="${BRIDGENET_BIN_DIR:-$PWD/target/debug}"
+(cd tests/sandbox && SANDBOX_KUBECONFIG="$kubeconfig" BRIDGENET_BIN_DIR="$plugin_dir" BRIDGENET_REQUIRE_PLUGIN=1 \
+    python3 -m pytest -q -p no:cacheprovider tests/test_kubectl_plugin_verbs.py)
 echo "== the sandbox end-to-end suite against the real API server${SANDBOX_REAL_KUBELET:+, real kubelets}${SANDBOX_REAL_SCHEDULER:+, real kube-scheduler}"
 (cd tests/sandbox && SANDBOX_KUBECONFIG="$kubeconfig" python3 -m pytest -q -p no:cacheprovider e2e)

@@ -17,6 +17,9 @@ APT_PACKAGES=(
     # chart tests and images (tests/chart, images/build.sh): podman builds the FROM-scratch
     # images offline; busybox-static goes into the agent image
     podman
+    # scripts/bench-dns.sh (make bench-dns): dnsmasq is the reference the resolver is measured
+    # against
+    dnsmasq-base
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
