@@ -40,6 +40,23 @@ pub fn gateway_mac(network: &str) -> String {
     crate::Mac::new([first, digest[1], digest[2], digest[3], digest[4], digest[5]]).to_string()
 }
 
+/// A name DNS can carry as a host name (a network alias): dot-separated labels of ASCII
+/// letters, digits and `-` (not first or last), 1–63 bytes each, 253 in all; a trailing dot is
+/// not part of it.
+pub fn is_valid_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

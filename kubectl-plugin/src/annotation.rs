@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 
 use bridgenet_crds::BridgeNetwork;
-use bridgenet_crds::names::is_valid_ifname;
+use bridgenet_crds::names::{is_valid_dns_name, is_valid_ifname};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -360,22 +360,6 @@ pub fn status_entries(value: Option<&str>) -> Vec<StatusEntry> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// The agent's rule for aliases: dot-separated labels of ASCII letters, digits and `-` (not
-/// first or last), 1-63 bytes each, 253 in all.
-fn is_valid_dns_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use bridgenet_crds::Mac;
-use bridgenet_crds::names::is_valid_ifname;
+use bridgenet_crds::names::{is_valid_dns_name, is_valid_ifname};
 use serde::{Deserialize, Serialize};
 
 /// One network a pod asks for, with the interface name resolved.
@@ -171,22 +171,6 @@ fn is_valid_network_name(name: &str) -> bool {
             .bytes()
             .last()
             .is_some_and(|b| b.is_ascii_alphanumeric())
-}
-
-/// A name DNS can carry as a host name: dot-separated labels of ASCII letters, digits and
-/// `-` (not first or last), 1–63 bytes each, 253 in all; a trailing dot is not part of it.
-pub fn is_valid_dns_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
 }
 
 /// Parses a pod interface's MAC as users write it in the annotation or `runtimeConfig`:
