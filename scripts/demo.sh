@@ -42,6 +42,8 @@ done
 cat "$STATE/up.log"
 export KUBECONFIG
 KUBECONFIG=$(cat "$STATE/ready")
+# kubectl finds the `kubectl bridgenet` plugin (kubectl-bridgenet, built above) on PATH.
+export PATH="$ROOT/target/debug:$PATH"
 podexec() { (cd tests/sandbox && python3 -m bnsandbox.podexec --state-dir "$STATE" "$@"); }
 # The agent writes a pod's network-status annotation just after the attachment; wait for it
 # (bounded) instead of racing it.
@@ -78,6 +80,7 @@ run kubectl apply -f examples/custom-network.yaml
 run kubectl wait --for=condition=Ready bridgenetwork/custom-network --timeout="$WAIT"
 
 say "docker network ls"
+run kubectl bridgenet ls
 run kubectl get bridgenetworks -o wide
 run kubectl get nodebridges -o custom-columns='NAME:.metadata.name,NODE:.spec.node,BRIDGE:.spec.bridge,GATEWAY:.spec.gateway,READY:.status.conditions[?(@.type=="Ready")].status'
 
@@ -106,21 +109,19 @@ run podexec web -- ping -c 1 -W 1 172.20.0.1
 run podexec db -- ping -c 1 -W 1 172.20.0.1
 
 say "docker network connect internal-network web (hot attach: the pod keeps running)"
-run kubectl annotate pod web bridgenet.io/networks=custom-network,internal-network --overwrite
-for _ in $(seq 60); do
-    kubectl get pod web -o jsonpath='{.metadata.annotations.bridgenet\.io/network-status}' | grep -q internal-network && break
-    sleep 0.5
-done
+# kubectl bridgenet connect edits the pod's annotation (guarded by its resourceVersion) and waits
+# for the agent's report; the raw views follow.
+run kubectl bridgenet connect internal-network web
+run kubectl get pod web -o jsonpath='{.metadata.annotations.bridgenet\.io/networks}'
+echo
 run kubectl get pod web -o jsonpath='{.metadata.annotations.bridgenet\.io/network-status}'
 echo
 run podexec web -- ip -4 -o addr
 
 say "docker network disconnect internal-network web"
-run kubectl annotate pod web bridgenet.io/networks=custom-network --overwrite
-for _ in $(seq 60); do
-    kubectl get pod web -o jsonpath='{.metadata.annotations.bridgenet\.io/network-status}' | grep -q internal-network || break
-    sleep 0.5
-done
+run kubectl bridgenet disconnect internal-network web
+run kubectl get pod web -o jsonpath='{.metadata.annotations.bridgenet\.io/networks}'
+echo
 run podexec web -- ip -4 -o addr
 
 say "isolation: a pod on another network cannot reach web"
@@ -169,6 +170,7 @@ echo "# a pod on another network asking its own gateway: custom-network's names 
 run podexec stranger -- nslookup web 172.21.0.1
 
 say "docker network inspect custom-network"
+run kubectl bridgenet inspect --format table custom-network
 run kubectl describe bridgenetwork custom-network
 echo "# the endpoints, per node:"
 run kubectl get nodebridges -l bridgenet.io/network=custom-network \

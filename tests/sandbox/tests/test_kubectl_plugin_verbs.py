@@ -620,3 +620,47 @@ def test_rm_force_delete_annotates_the_network_and_reports_an_unfinished_deletio
     assert forced["metadata"]["annotations"]["bridgenet.io/force-delete"] == "true"
     release(server, name)
     assert server.get("bridgenetwork", name) is None
+
+
+# -- ls and inspect, here too so that they also run against a real API server -------------------
+
+
+def test_ls_and_inspect_read_what_the_operator_and_agents_report(server):
+    name = network(server, "seen", "172.26.0.0/24", gateway="172.26.0.1", excludeAddresses=["172.26.0.9"])
+    server.kubectl("patch", "bridgenetwork", name, "--subresource=status", "--type=merge", "-p", json.dumps({
+        "status": {"gateway": "172.26.0.1", "bridge": "bn-seen", "vni": 4343, "readyNodes": 1, "totalNodes": 1,
+                   "readySummary": "1/1", "endpoints": 1}}))
+    nb = f"{name}.node-a"
+    server.kubectl("create", "-f", "-", input=json.dumps({
+        "apiVersion": "bridgenet.io/v1alpha1", "kind": "NodeBridge",
+        "metadata": {"name": nb, "labels": {"bridgenet.io/network": name, "bridgenet.io/node": "node-a",
+                                            RUN_LABEL: RUN}},
+        "spec": {"network": name, "node": "node-a", "bridge": "bn-seen", "subnet": "172.26.0.0/24",
+                 "gateway": "172.26.0.1", "gatewayMac": "02:42:ac:1a:00:01", "mtu": 1450, "vni": 4343}}))
+    try:
+        server.kubectl("patch", "nodebridge", nb, "--subresource=status", "--type=merge", "-p", json.dumps({
+            "status": {"endpointCount": 1, "endpoints": [{
+                "namespace": server.namespace, "pod": "web", "interface": "net1", "ipv4": "172.26.0.2/24",
+                "mac": "02:42:ac:1a:00:02", "aliases": ["front"]}]}}))
+        res = server.bridgenet("ls")
+        assert res.returncode == 0, res.stderr
+        rows = [line.split() for line in res.stdout.splitlines()[1:]]
+        assert [name, "172.26.0.0/24", "172.26.0.1", "1/1", "1", "false"] in rows, res.stdout
+        res = server.bridgenet("inspect", name)
+        assert res.returncode == 0, res.stderr
+        [seen] = json.loads(res.stdout)
+        assert seen["Name"] == name and seen["Driver"] == "bridge"
+        assert seen["Id"] == server.get("bridgenetwork", name)["metadata"]["uid"]
+        assert seen["IPAM"]["Config"] == [{"Subnet": "172.26.0.0/24", "Gateway": "172.26.0.1",
+                                           "ExcludedAddresses": ["172.26.0.9"]}]
+        assert seen["Containers"] == {f"{server.namespace}/web/net1": {
+            "Name": "web", "Namespace": server.namespace, "Node": "node-a", "Interface": "net1",
+            "EndpointID": "", "MacAddress": "02:42:ac:1a:00:02", "IPv4Address": "172.26.0.2/24",
+            "IPv6Address": ""}}
+        missing = unique("missing")
+        res = server.bridgenet("inspect", name, missing)
+        assert res.returncode == 1
+        assert [n["Name"] for n in json.loads(res.stdout)] == [name]
+        assert f"Error: No such network: {missing}" in res.stderr
+    finally:
+        server.kubectl("delete", "nodebridge", nb, "--ignore-not-found", "--wait=false", check=False)
