@@ -29,16 +29,22 @@ const POLL: Duration = Duration::from_millis(250);
 /// The controller name of the node agent's Events.
 const AGENT: &str = "bridgenet-agent";
 
+/// The BridgeNetwork `name`, if it exists.
+async fn network(client: &Client, name: &str) -> Result<Option<BridgeNetwork>, Error> {
+    Api::<BridgeNetwork>::all(client.clone())
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::Get {
+            name: name.to_owned(),
+            source,
+        })
+}
+
 /// `connect NET POD`: asks for the network in the pod's annotation and returns the agent's
 /// report of the new interface (a one-row table), or nothing with `--timeout 0`.
 pub async fn connect(client: Client, args: ConnectArgs) -> Result<String, Error> {
-    let net = Api::<BridgeNetwork>::all(client.clone())
-        .get_opt(&args.network)
-        .await
-        .map_err(|source| Error::Get {
-            name: args.network.clone(),
-            source,
-        })?
+    let net = network(&client, &args.network)
+        .await?
         .ok_or_else(|| Error::NoSuchNetwork(args.network.clone()))?;
     let request = Attachment::new(
         &net,
@@ -76,14 +82,7 @@ pub async fn connect(client: Client, args: ConnectArgs) -> Result<String, Error>
 /// A network that no longer exists can still be dropped from a pod that asks for it; only when
 /// the pod does not ask for it either is it Docker's "No such network".
 pub async fn disconnect(client: Client, args: DisconnectArgs) -> Result<String, Error> {
-    let exists = Api::<BridgeNetwork>::all(client.clone())
-        .get_opt(&args.network)
-        .await
-        .map_err(|source| Error::Get {
-            name: args.network.clone(),
-            source,
-        })?
-        .is_some();
+    let exists = network(&client, &args.network).await?.is_some();
     let target = Target::new(client, args.namespace, args.pod);
     let seen = target.agent_warnings(None).await;
     let edited = target
