@@ -383,22 +383,9 @@ fn malformed(packet: &[u8]) -> Decision {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::dns::zone::tests::endpoint;
     use bridgenet_crds::v1alpha1::Endpoint;
     use hickory_proto::op::Query;
-
-    fn endpoint(ns: &str, pod: &str, v4: &str, v6: Option<&str>, aliases: &[&str]) -> Endpoint {
-        Endpoint {
-            namespace: ns.into(),
-            pod: pod.into(),
-            interface: "net1".into(),
-            ipv4: Some(format!("{v4}/24")),
-            ipv6: v6.map(|s| format!("{s}/64")),
-            mac: "02:00:00:00:00:01".into(),
-            aliases: aliases.iter().map(|a| (*a).to_owned()).collect(),
-            container_id: None,
-            since: None,
-        }
-    }
 
     fn zone() -> Zone {
         Zone::build(&[

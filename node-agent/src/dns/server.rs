@@ -319,23 +319,10 @@ async fn serve_connection(
 mod tests {
     use super::*;
     use crate::dns::upstream::Upstreams;
+    use crate::dns::zone::tests::endpoint;
     use bridgenet_crds::v1alpha1::Endpoint;
     use hickory_proto::op::{Message, Query, ResponseCode};
     use hickory_proto::rr::{Name, RecordType};
-
-    fn endpoint(pod: &str, v4: &str, aliases: &[&str]) -> Endpoint {
-        Endpoint {
-            namespace: "default".into(),
-            pod: pod.into(),
-            interface: "net1".into(),
-            ipv4: Some(format!("{v4}/8")),
-            ipv6: None,
-            mac: "02:00:00:00:00:01".into(),
-            aliases: aliases.iter().map(|a| (*a).to_owned()).collect(),
-            container_id: None,
-            since: None,
-        }
-    }
 
     fn query(id: u16, name: &str) -> Vec<u8> {
         let mut m = Message::new();
@@ -394,7 +381,13 @@ mod tests {
                 internal: false,
             })
         };
-        let shared: Shared = Arc::new(RwLock::new(state(&[endpoint("web", "127.0.0.2", &["db"])])));
+        let shared: Shared = Arc::new(RwLock::new(state(&[endpoint(
+            "default",
+            "web",
+            "127.0.0.2",
+            None,
+            &["db"],
+        )])));
         let listener = listen("127.0.0.1:0".parse().unwrap(), shared.clone(), resolver).unwrap();
         let server = listener.addr;
         assert_ne!(server.port(), 0);
@@ -422,7 +415,7 @@ mod tests {
                 .is_none()
         );
         // The zone changes: the next query sees it.
-        *shared.write().unwrap() = state(&[endpoint("api", "127.0.0.3", &[])]);
+        *shared.write().unwrap() = state(&[endpoint("default", "api", "127.0.0.3", None, &[])]);
         let m = ask_udp("127.0.0.2", server, &query(6, "web."))
             .await
             .unwrap();

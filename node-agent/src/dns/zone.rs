@@ -162,16 +162,23 @@ fn parse_address(text: &str) -> Option<IpAddr> {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    pub(crate) fn endpoint(ns: &str, pod: &str, v4: &str, aliases: &[&str]) -> Endpoint {
+    /// An endpoint as the agents report it (address with prefix), for the dns modules' tests.
+    pub(crate) fn endpoint(
+        ns: &str,
+        pod: &str,
+        v4: &str,
+        v6: Option<&str>,
+        aliases: &[&str],
+    ) -> Endpoint {
         Endpoint {
             namespace: ns.into(),
             pod: pod.into(),
             interface: "net1".into(),
             ipv4: Some(format!("{v4}/24")),
-            ipv6: None,
+            ipv6: v6.map(|s| format!("{s}/64")),
             mac: "02:00:00:00:00:01".into(),
             aliases: aliases.iter().map(|a| (*a).to_owned()).collect(),
             container_id: None,
@@ -185,13 +192,11 @@ mod tests {
 
     #[test]
     fn names_namespaces_and_aliases() {
-        let mut web6 = endpoint("shop", "web", "10.0.0.2", &["front"]);
-        web6.ipv6 = Some("fd00::2/64".into());
         let eps = [
-            web6,
-            endpoint("shop", "db", "10.0.0.3", &["postgres", "store"]),
-            endpoint("shop", "db2", "10.0.0.4", &["store"]),
-            endpoint("blog", "web", "10.0.0.5", &[]),
+            endpoint("shop", "web", "10.0.0.2", Some("fd00::2"), &["front"]),
+            endpoint("shop", "db", "10.0.0.3", None, &["postgres", "store"]),
+            endpoint("shop", "db2", "10.0.0.4", None, &["store"]),
+            endpoint("blog", "web", "10.0.0.5", None, &[]),
         ];
         let zone = Zone::build(&eps);
         assert_eq!(zone.names(), 7);
@@ -230,9 +235,9 @@ mod tests {
 
     #[test]
     fn mixed_case_and_addressless_endpoints() {
-        let mut bare = endpoint("ns", "ghost", "10.0.0.9", &[]);
+        let mut bare = endpoint("ns", "ghost", "10.0.0.9", None, &[]);
         bare.ipv4 = None;
-        let eps = [endpoint("NS", "Web", "10.0.0.2", &["DB"]), bare];
+        let eps = [endpoint("NS", "Web", "10.0.0.2", None, &["DB"]), bare];
         let zone = Zone::build(&eps);
         assert_eq!(zone.lookup("web", Some("ns")), ips(&["10.0.0.2"]));
         assert_eq!(zone.lookup("db", Some("ns")), ips(&["10.0.0.2"]));
