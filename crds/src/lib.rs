@@ -2,6 +2,7 @@
 //! agree on: label and annotation keys, default bridge names, and address arithmetic.
 #![forbid(unsafe_code)]
 
+pub mod claims;
 pub mod conditions;
 pub mod crdgen;
 pub mod mac;
@@ -13,8 +14,8 @@ pub mod v1alpha1;
 pub use mac::Mac;
 pub use resolved::{ResolvedNodeBridge, resolve_node_bridge};
 pub use v1alpha1::{
-    BridgeNetwork, BridgeNetworkSpec, BridgeNetworkStatus, NodeBridge, NodeBridgeSpec,
-    NodeBridgeStatus,
+    AddressClaim, AddressClaimSpec, AddressClaimStatus, BridgeNetwork, BridgeNetworkSpec,
+    BridgeNetworkStatus, NodeBridge, NodeBridgeSpec, NodeBridgeStatus,
 };
 
 /// Label on a NodeBridge naming its BridgeNetwork.

@@ -77,6 +77,8 @@ pub struct ResolvedNodeBridge {
     pub inter_pod_traffic: bool,
     /// The node answers DNS on the gateway addresses.
     pub dns: bool,
+    /// Pods keep their addresses across re-creation (each held by an `AddressClaim`).
+    pub sticky_addresses: bool,
     /// Namespaces whose pods may attach; `None` admits every namespace.
     pub namespace_selector: Option<LabelSelector>,
     /// Every node of the network listed in the spec, this one included.
@@ -191,6 +193,7 @@ pub fn resolve_node_bridge(spec: &NodeBridgeSpec) -> Result<ResolvedNodeBridge, 
         masquerade: spec.masquerade,
         inter_pod_traffic: spec.inter_pod_traffic,
         dns: spec.dns,
+        sticky_addresses: spec.sticky_addresses,
         namespace_selector: spec.namespace_selector.clone(),
         peers,
     })
@@ -277,6 +280,7 @@ mod tests {
             masquerade: true,
             inter_pod_traffic: true,
             dns: true,
+            sticky_addresses: false,
             namespace_selector: None,
             peers: vec![
                 Peer {

@@ -218,6 +218,20 @@ pub struct BridgeNetworkSpec {
     #[serde(default = "default_true")]
     pub dns: bool,
 
+    /// Pods keep their addresses across deletion and re-creation, like a Docker container keeps
+    /// its `--ip` across restarts: a pod created again with the same namespace and name gets the
+    /// address its predecessor had, on whatever node it lands, if it comes back within
+    /// `stickyHoldSeconds`. Each such address is an `AddressClaim`. Pods may also ask for it one
+    /// network at a time (`"sticky": true` in their annotation). Default: off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sticky_addresses: bool,
+
+    /// How long a sticky address stays reserved for its pod after the pod is gone. Default:
+    /// 600 (10 minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2592000), transform = not_nullable, transform = kube_int_format)]
+    pub sticky_hold_seconds: Option<u32>,
+
     /// Prefix length of the per-node address blocks carved from `ipRange` (or `subnet`).
     /// Default: /26 (64 addresses), or the whole range when it is smaller. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -478,6 +492,9 @@ pub struct NodeBridgeSpec {
     /// The node answers DNS on the gateway address (copied from the network).
     #[serde(default = "default_true")]
     pub dns: bool,
+    /// Pods keep their addresses across re-creation (copied from the network).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sticky_addresses: bool,
     /// Namespaces whose pods may attach (copied from the network).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
@@ -563,6 +580,119 @@ pub struct Endpoint {
     /// When it was attached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<Time>,
+}
+
+/// Default of `BridgeNetwork.spec.stickyHoldSeconds`.
+pub const DEFAULT_STICKY_HOLD_SECONDS: u32 = 600;
+
+/// One address of a network held for one pod, cluster-wide: a static address (docker `--ip`),
+/// or a sticky one. The object's name is derived from the network and the address
+/// ([`crate::claims::claim_name`]), so the API server's name uniqueness makes a claim atomic:
+/// of two pods asking for the same address anywhere, one creates it and the other is told who
+/// holds it.
+///
+/// The agent of the pod's node creates it; the owner of the address's block grants it (the agent
+/// of the node whose block holds it, or the operator while no node owns the block), because only
+/// the owner knows whether it already gave the address to a pod of its own.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "bridgenet.io",
+    version = "v1alpha1",
+    kind = "AddressClaim",
+    plural = "addressclaims",
+    singular = "addressclaim",
+    shortname = "bnac",
+    category = "bridgenet",
+    status = "AddressClaimStatus",
+    printcolumn = r#"{"name":"Network","type":"string","jsonPath":".spec.network"}"#,
+    printcolumn = r#"{"name":"Address","type":"string","jsonPath":".spec.address"}"#,
+    printcolumn = r#"{"name":"Namespace","type":"string","jsonPath":".spec.pod.namespace"}"#,
+    printcolumn = r#"{"name":"Pod","type":"string","jsonPath":".spec.pod.name"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.node"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Sticky","type":"boolean","priority":1,"jsonPath":".spec.sticky"}"#,
+    printcolumn = r#"{"name":"Granted By","type":"string","priority":1,"jsonPath":".status.grantedBy"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AddressClaimSpec {
+    /// The BridgeNetwork. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("network is immutable"))]
+    pub network: String,
+    /// The address, IPv4 or IPv6, without prefix. Immutable.
+    #[x_kube(validation = Rule::new("isIP(self)").message("address must be an IP address"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("address is immutable"))]
+    pub address: String,
+    /// The pod that holds it.
+    pub pod: ClaimHolder,
+    /// The node where the pod's interface is.
+    pub node: String,
+    /// The pod's sandbox (CNI container ID) holding the interface.
+    #[serde(default)]
+    pub container_id: String,
+    /// The interface in the pod.
+    #[serde(default)]
+    pub interface: String,
+    /// Kept for the pod's namespace and name after the pod is gone (for the network's
+    /// `stickyHoldSeconds`), so that a pod created again with the same name gets it back.
+    #[serde(default)]
+    pub sticky: bool,
+}
+
+/// The pod holding an address.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimHolder {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// Pod UID: a pod created again under the same name is another holder.
+    #[serde(default)]
+    pub uid: String,
+}
+
+/// Where a claim stands.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AddressClaimStatus {
+    /// `Bound` (granted by the block's owner), `Refused` (the owner had given the address
+    /// out), or `Released` (a sticky claim whose pod is gone, held for its successor). Absent
+    /// while the claim waits for its grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<ClaimPhase>,
+    /// Who granted or refused it: a node name, or `operator` for a block no node owns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_by: Option<String>,
+    /// Why it was refused, or what holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When a sticky claim's pod went away; it is deleted `stickyHoldSeconds` later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<Time>,
+}
+
+/// Phase of an [`AddressClaim`].
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimPhase {
+    /// The address is the pod's.
+    Bound,
+    /// The address was already in use; the claim is deleted by its creator.
+    Refused,
+    /// The pod is gone; the address waits for a pod of the same name.
+    Released,
+}
+
+/// Labels every AddressClaim carries (the network, and the pod's node).
+pub fn address_claim_labels(network: &str, node: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (crate::LABEL_NETWORK.to_owned(), network.to_owned()),
+        (crate::LABEL_NODE.to_owned(), node.to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "bridgenet-agent".to_owned(),
+        ),
+    ])
 }
 
 /// Labels every NodeBridge carries, so that children are found (and stale ones removed) by

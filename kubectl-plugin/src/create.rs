@@ -215,6 +215,8 @@ pub fn network(args: &CreateArgs) -> Result<BridgeNetwork, FlagError> {
         masquerade,
         inter_pod_traffic,
         dns: !args.no_dns,
+        sticky_addresses: false,
+        sticky_hold_seconds: None,
         block_size: None,
         node_selector: None,
         namespace_selector: None,

@@ -2,12 +2,13 @@
 //! and executes the plan: status first (it records block assignments, guarded by the
 //! resourceVersion the plan was made from), then NodeBridge writes and deletions, then Events.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bridgenet_crds::AddressClaim;
 use bridgenet_crds::v1alpha1::{
     BridgeNetwork, BridgeNetworkStatus, NodeBridge, node_bridge_labels,
 };
@@ -26,6 +27,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::time::Instant;
 
+use crate::claims;
 use crate::error::{Error, Result, is_not_found};
 use crate::metrics::{Health, Metrics, NetworkLabel};
 use crate::plan::orphans::{self, BoundPods};
@@ -57,6 +59,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// How long a reconcile waits for the caches' first full list.
     sync_timeout: Duration,
+    /// AddressClaims, when watched (see [`crate::claims`]).
+    claims: Option<Store<AddressClaim>>,
 }
 
 impl Context {
@@ -86,7 +90,14 @@ impl Context {
             metrics,
             failures: Mutex::new(HashMap::new()),
             sync_timeout: Duration::from_secs(30),
+            claims: None,
         }
+    }
+
+    /// Also tends the networks' address claims, from this cache of them.
+    pub fn with_claims(mut self, claims: Store<AddressClaim>) -> Self {
+        self.claims = Some(claims);
+        self
     }
 
     fn consecutive_failures(&self, name: &str) -> u32 {
@@ -253,6 +264,11 @@ async fn apply(net: Arc<BridgeNetwork>, ctx: &Context) -> Result<Action> {
         }
     }
     publish(ctx, &net, &plan.events).await;
+    let next_expiry = if plan.rejection.is_none() {
+        tend_claims(ctx, &net, &nodes).await?
+    } else {
+        None
+    };
 
     match plan.rejection {
         Some((reason, message)) => Err(Error::Rejected {
@@ -261,7 +277,11 @@ async fn apply(net: Arc<BridgeNetwork>, ctx: &Context) -> Result<Action> {
             message,
         }),
         None if waiting_for_pod_gc => Ok(Action::requeue(ORPHAN_RECHECK)),
-        None => Ok(Action::requeue(RESYNC)),
+        None => {
+            Ok(Action::requeue(next_expiry.map_or(RESYNC, |e| {
+                e.min(RESYNC) + Duration::from_secs(1)
+            })))
+        }
     }
 }
 
@@ -294,11 +314,71 @@ async fn cleanup(net: Arc<BridgeNetwork>, ctx: &Context) -> Result<Action> {
             remaining,
         });
     }
+    if let Some(store) = &ctx.claims {
+        let all = store.state();
+        let mine: Vec<&AddressClaim> = all
+            .iter()
+            .filter(|c| c.spec.network == name)
+            .map(|c| &**c)
+            .collect();
+        let failed = claims::delete_all(&ctx.client, &mine).await;
+        if failed > 0 {
+            return Err(Error::WaitingForTeardown {
+                network: name,
+                remaining: failed,
+            });
+        }
+    }
     ctx.metrics.blocks_used.remove(&NetworkLabel {
         network: name.clone(),
     });
     tracing::info!("network torn down on every node; releasing finalizer");
     Ok(Action::await_change())
+}
+
+/// Grants, expires and collects the network's address claims (see [`crate::claims`]);
+/// returns when the next sticky hold runs out.
+async fn tend_claims(
+    ctx: &Context,
+    net: &BridgeNetwork,
+    nodes: &[Arc<Node>],
+) -> Result<Option<Duration>> {
+    let Some(store) = &ctx.claims else {
+        return Ok(None);
+    };
+    let name = net.name_any();
+    let all = store.state();
+    let mine: Vec<&AddressClaim> = all
+        .iter()
+        .filter(|c| c.spec.network == name)
+        .map(|c| &**c)
+        .collect();
+    if mine.is_empty() {
+        return Ok(None);
+    }
+    // Granting needs the blocks as they are now, not as this reconcile's copy says: a
+    // consistent read, only when some claim waits.
+    let waiting = mine
+        .iter()
+        .any(|c| c.status.as_ref().and_then(|s| s.phase).is_none());
+    let current = if waiting {
+        let api: Api<BridgeNetwork> = Api::all(ctx.client.clone());
+        api.get(&name)
+            .await
+            .map_err(|e| Error::kube("get", "BridgeNetwork", &name, e))?
+    } else {
+        net.clone()
+    };
+    let assigned: Vec<ipnet::IpNet> = current
+        .status
+        .iter()
+        .flat_map(|s| s.blocks.iter())
+        .filter_map(|b| b.cidr.parse().ok())
+        .collect();
+    let node_names: BTreeSet<String> = nodes.iter().map(|n| n.name_any()).collect();
+    let plan = claims::plan(&current, &assigned, &mine, &node_names, Timestamp::now());
+    claims::carry_out(&ctx.client, &plan, &mine).await;
+    Ok(plan.next_expiry)
 }
 
 /// The NodeBridges as the planner should see them, with the endpoints of deleted nodes whose
@@ -558,16 +638,28 @@ pub async fn run(
     .reflect(nb_writer)
     .touched_objects();
 
+    let (claim_store, claim_writer) = reflector::store();
+    let claim_stream = watcher(
+        Api::<AddressClaim>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(claim_writer)
+    .touched_objects();
+
     let controller = Controller::new(networks.clone(), watcher::Config::default())
         .with_config(controller::Config::default().debounce(Duration::from_millis(500)));
     let net_store = controller.store();
-    let ctx = Arc::new(Context::new(
-        client,
-        settings.clone(),
-        (net_store.clone(), node_store.clone(), nb_store.clone()),
-        metrics,
-        identity,
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client,
+            settings.clone(),
+            (net_store.clone(), node_store.clone(), nb_store.clone()),
+            metrics,
+            identity,
+        )
+        .with_claims(claim_store),
+    );
 
     let ready = {
         let (a, b, c) = (net_store.clone(), node_store, nb_store);
@@ -591,6 +683,9 @@ pub async fn run(
                 .iter()
                 .map(|n| ObjectRef::from_obj(&**n))
                 .collect::<Vec<_>>()
+        })
+        .watches_stream(claim_stream, |claim: AddressClaim| {
+            Some(ObjectRef::<BridgeNetwork>::new(&claim.spec.network))
         })
         .watches(networks, watcher::Config::default(), move |changed| {
             related_networks(&related_store, &changed, &settings)

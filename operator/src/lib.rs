@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod blocks;
+pub mod claims;
 pub mod cli;
 pub mod controller;
 pub mod error;

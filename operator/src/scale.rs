@@ -25,6 +25,8 @@ pub fn network(name: &str, subnet: &str, created: i64) -> BridgeNetwork {
         masquerade: true,
         inter_pod_traffic: true,
         dns: true,
+        sticky_addresses: false,
+        sticky_hold_seconds: None,
         block_size: None,
         node_selector: None,
         namespace_selector: None,

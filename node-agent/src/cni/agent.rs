@@ -68,6 +68,7 @@ pub async fn run(
     links_changed: Arc<tokio::sync::Notify>,
 ) -> anyhow::Result<()> {
     let (dir, feeds) = KubeDirectory::new(client.clone(), &settings.node_name);
+    let client_for_claims = client.clone();
     let engine = Arc::new(
         Engine::new(dir.clone(), &settings.state_dir, None).with_context(|| {
             format!(
@@ -126,6 +127,7 @@ pub async fn run(
             }
         }
     };
+    let claims = claims_loop(client_for_claims, engine.clone());
     let repair = repair_loop(
         engine.clone(),
         cri.clone(),
@@ -139,6 +141,7 @@ pub async fn run(
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
+                engine.refence_all().await;
                 match cri.sandbox_ids().await {
                     Ok(live) => match engine.reconcile(&live, RECONCILE_MIN_AGE).await {
                         Ok(0) => {}
@@ -163,6 +166,7 @@ pub async fn run(
         () = hotplug => anyhow::bail!("hot-plug ended"),
         () = reconcile => anyhow::bail!("reconcile ended"),
         () = repair => anyhow::bail!("repair ended"),
+        () = claims => anyhow::bail!("address claim watch ended"),
         () = rechain => anyhow::bail!("re-chaining ended"),
     }
     Ok(())
@@ -199,6 +203,43 @@ async fn repair_loop(
                 "repair pass put pod interfaces back on their networks"
             ),
             Err(e) => tracing::warn!(error = %e.msg, "repair pass failed; retrying at the next"),
+        }
+    }
+}
+
+/// How often claims waiting for this node's decision are looked at again (a decision whose
+/// write failed is retried).
+const CLAIM_RETRY: Duration = Duration::from_secs(5);
+
+/// Follows every `AddressClaim`: their addresses are kept out of this node's dynamic
+/// allocation, and those waiting for this node (their address is in its blocks) are granted
+/// or refused ([`Engine::observe_claim`]).
+async fn claims_loop(client: kube::Client, engine: Arc<Engine<KubeDirectory>>) {
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    let (store, writer) = reflector::store();
+    let mut events = std::pin::pin!(
+        reflector::reflector(
+            writer,
+            watcher(
+                kube::Api::<bridgenet_crds::AddressClaim>::all(client),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+    );
+    let mut tick = tokio::time::interval(CLAIM_RETRY);
+    loop {
+        tokio::select! {
+            ev = events.next() => match ev {
+                Some(Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c))) => {
+                    engine.observe_claim(&c).await;
+                }
+                Some(Ok(watcher::Event::Delete(c))) => engine.forget_claim(&c).await,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => tracing::warn!(error = %e, "watching address claims"),
+                None => return,
+            },
+            _ = tick.tick() => engine.decide_waiting(&store.state()).await,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The pod annotation `bridgenet.io/networks`: `custom-network`, `a,b`, or a JSON list of
-//! `{name, interface, ip, mac}` — parsed strictly, so that a typo fails the pod's sandbox with a
+//! `{name, interface, ip, ip6, mac, aliases, defaultRoute, sticky}` — parsed strictly, so that a typo fails the pod's sandbox with a
 //! message instead of silently attaching nothing.
 
 use std::collections::BTreeSet;
@@ -16,9 +16,16 @@ pub struct NetworkRequest {
     pub name: String,
     /// Interface name inside the pod.
     pub interface: String,
-    /// A specific address asked for (docker `--ip`).
+    /// A specific address asked for (docker `--ip`; IPv6 too, for an IPv6 half).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<IpAddr>,
+    /// A specific IPv6 address asked for (docker `--ip6`), for a dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<IpAddr>,
+    /// Keep the addresses for a pod of the same name after this one is gone (JSON `sticky`);
+    /// `None` follows the network's `stickyAddresses`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<bool>,
     /// A specific MAC asked for (docker `--mac-address`), as `aa:bb:cc:dd:ee:ff`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<[u8; 6]>,
@@ -79,6 +86,10 @@ struct Entry {
     default_route: bool,
     #[serde(default)]
     aliases: Vec<String>,
+    #[serde(default)]
+    ip6: Option<String>,
+    #[serde(default)]
+    sticky: Option<bool>,
 }
 
 /// Parses the annotation value into the list of networks, naming unnamed interfaces `net1`,
@@ -99,6 +110,8 @@ pub fn parse(value: &str) -> Result<Vec<NetworkRequest>, AnnotationError> {
                 mac: None,
                 default_route: false,
                 aliases: Vec::new(),
+                ip6: None,
+                sticky: None,
             })
             .collect()
     };
@@ -130,6 +143,24 @@ pub fn parse(value: &str) -> Result<Vec<NetworkRequest>, AnnotationError> {
                     .map_err(|_| AnnotationError::BadIp(s.clone()))
             })
             .transpose()?;
+        let ip6 = entry
+            .ip6
+            .map(|s| {
+                s.split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .parse::<IpAddr>()
+                    .ok()
+                    .filter(IpAddr::is_ipv6)
+                    .ok_or_else(|| AnnotationError::BadIp(s.clone()))
+            })
+            .transpose()?;
+        if ip.is_some_and(|ip| ip.is_ipv6()) && ip6.is_some() {
+            return Err(AnnotationError::BadIp(format!(
+                "{} and ip6 both name an IPv6 address",
+                ip.map(|ip| ip.to_string()).unwrap_or_default()
+            )));
+        }
         let mac = entry
             .mac
             .map(|s| parse_mac(&s).ok_or(AnnotationError::BadMac(s)))
@@ -151,6 +182,8 @@ pub fn parse(value: &str) -> Result<Vec<NetworkRequest>, AnnotationError> {
             mac,
             default_route: entry.default_route,
             aliases,
+            ip6,
+            sticky: entry.sticky,
         });
     }
     Ok(out)

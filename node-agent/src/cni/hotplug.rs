@@ -231,6 +231,8 @@ mod tests {
             host_veth: "bnv".into(),
             mac: String::new(),
             since: 0,
+            claim: String::new(),
+            sticky: false,
         }
     }
 

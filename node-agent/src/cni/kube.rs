@@ -7,15 +7,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bridgenet_crds::{NodeBridge, ResolvedNodeBridge};
+use bridgenet_crds::{AddressClaim, NodeBridge, ResolvedNodeBridge};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::mpsc;
 
-use crate::cni::engine::{Directory, Notice, PodInfo, PodRef};
+use crate::cni::engine::{ClaimWriteError, Created, Directory, Notice, PodInfo, PodRef};
 use crate::nodebridge::SpecCache;
 
 /// The engine's [`Directory`] from reflector caches of this node's NodeBridges and pods;
@@ -165,6 +166,7 @@ impl Directory for KubeDirectory {
         };
         Ok(Some(PodInfo {
             annotations: obj.metadata.annotations.clone().unwrap_or_default(),
+            uid: obj.metadata.uid.clone().unwrap_or_default(),
         }))
     }
 
@@ -184,5 +186,83 @@ impl Directory for KubeDirectory {
 
     fn notify(&self, notice: Notice) {
         let _ = self.notices.send(notice);
+    }
+
+    fn claims_enabled(&self) -> bool {
+        true
+    }
+
+    fn node_name(&self) -> &str {
+        &self.node
+    }
+
+    async fn create_claim(&self, claim: &AddressClaim) -> Result<Created, String> {
+        match self.claims().create(&PostParams::default(), claim).await {
+            Ok(c) => Ok(Created::New(Box::new(c))),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Created::Exists),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn get_claim(&self, name: &str) -> Result<Option<AddressClaim>, String> {
+        self.claims().get_opt(name).await.map_err(|e| e.to_string())
+    }
+
+    async fn list_claims(&self, network: &str) -> Result<Vec<AddressClaim>, String> {
+        // No resourceVersion: a consistent read from etcd, never the watch cache, since a
+        // grant made just before a block came to this node must be seen.
+        let params =
+            ListParams::default().labels(&format!("{}={network}", bridgenet_crds::LABEL_NETWORK));
+        self.claims()
+            .list(&params)
+            .await
+            .map(|l| l.items)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn replace_claim(&self, claim: &AddressClaim) -> Result<AddressClaim, ClaimWriteError> {
+        self.claims()
+            .replace(&claim.name_any(), &PostParams::default(), claim)
+            .await
+            .map_err(claim_write_error)
+    }
+
+    async fn replace_claim_status(
+        &self,
+        claim: &AddressClaim,
+    ) -> Result<AddressClaim, ClaimWriteError> {
+        self.claims()
+            .replace_status(&claim.name_any(), &PostParams::default(), claim)
+            .await
+            .map_err(claim_write_error)
+    }
+
+    async fn delete_claim(&self, claim: &AddressClaim) -> Result<(), ClaimWriteError> {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: claim.metadata.uid.clone(),
+                resource_version: claim.metadata.resource_version.clone(),
+            }),
+            ..DeleteParams::default()
+        };
+        match self.claims().delete(&claim.name_any(), &params).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(claim_write_error(e)),
+        }
+    }
+}
+
+impl KubeDirectory {
+    fn claims(&self) -> Api<AddressClaim> {
+        Api::all(self.client.clone())
+    }
+}
+
+/// A 409 (another write came first, or a precondition failed) is a conflict to re-decide.
+fn claim_write_error(e: kube::Error) -> ClaimWriteError {
+    match e {
+        kube::Error::Api(s) if s.code == 409 => ClaimWriteError::Conflict,
+        other => ClaimWriteError::Api(other.to_string()),
     }
 }

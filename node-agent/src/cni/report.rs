@@ -658,6 +658,8 @@ mod tests {
             host_veth: "bnv1".into(),
             mac: "02:00:00:00:00:01".into(),
             since: 1_700_000_000,
+            claim: String::new(),
+            sticky: false,
         }
     }
 

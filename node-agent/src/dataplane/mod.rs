@@ -227,6 +227,7 @@ pub(crate) mod tests {
             masquerade: true,
             inter_pod_traffic: true,
             dns: true,
+            sticky_addresses: false,
             namespace_selector: None,
             peers: vec![
                 Peer {

@@ -77,6 +77,19 @@ pub enum IpamError {
         /// Who holds it (`namespace/pod` or container ID).
         holder: String,
     },
+    /// A requested address is not one a pod may have: outside the subnet (or range), the
+    /// gateway, the network's first or last address, or excluded.
+    #[error(
+        "network {network}: address {ip} cannot be given to a pod (outside {subnet}, or its gateway, network, broadcast or an excluded address)"
+    )]
+    NotAssignable {
+        /// The BridgeNetwork asked for.
+        network: String,
+        /// The address.
+        ip: IpAddr,
+        /// The subnet of the address's family.
+        subnet: String,
+    },
     /// A requested address is outside what this node may hand out.
     #[error(
         "network {network}: address {ip} is not available on this node (blocks {blocks}, excluding gateway and reserved addresses)"
@@ -102,7 +115,10 @@ impl IpamError {
 
     /// Whether the pod's request is at fault (rather than the node).
     pub fn is_request_error(&self) -> bool {
-        matches!(self, Self::Taken { .. } | Self::OutOfRange { .. })
+        matches!(
+            self,
+            Self::Taken { .. } | Self::OutOfRange { .. } | Self::NotAssignable { .. }
+        )
     }
 }
 
@@ -138,6 +154,42 @@ pub struct Allocation {
     pub mac: String,
     /// Unix seconds of allocation.
     pub since: u64,
+    /// The `AddressClaim` that holds the address cluster-wide (a static or sticky address):
+    /// released (deleted, or marked released if sticky) before the journal frees the address.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub claim: String,
+    /// The claim is sticky: it outlives the pod, for a successor of the same name.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sticky: bool,
+}
+
+impl Allocation {
+    /// `namespace/pod`, or the sandbox ID when the pod is not known.
+    pub fn holder(&self) -> String {
+        if self.pod.is_empty() {
+            self.container_id.clone()
+        } else {
+            self.pod.clone()
+        }
+    }
+}
+
+/// What holds an address on this node's view.
+#[derive(Debug)]
+pub enum Holder<'a> {
+    /// An allocation of this node's journal.
+    Allocation(&'a Allocation),
+    /// An `AddressClaim` of some node.
+    Claim(&'a ClaimMark),
+}
+
+impl std::fmt::Display for Holder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Allocation(a) => f.write_str(&a.holder()),
+            Self::Claim(m) => write!(f, "{} (address claim)", m.holder),
+        }
+    }
 }
 
 /// What one network lets this node hand out, derived from its resolved NodeBridge: the shared
@@ -242,8 +294,30 @@ pub struct AllocRequest {
     pub host_veth: String,
     /// Pod MAC.
     pub mac: String,
-    /// A specific address asked for.
+    /// A specific address asked for, inside the node's blocks (without [`ClaimPlan`]).
     pub ip: Option<IpAddr>,
+    /// The addresses are held cluster-wide by `AddressClaim`s (see [`ClaimPlan`]).
+    pub claims: Option<ClaimPlan>,
+}
+
+/// How an attachment's addresses are claimed cluster-wide. A wanted address may lie anywhere in
+/// the network's subnet, not only in this node's blocks: the claim, not the node, decides who
+/// has it (the journal still refuses one this node already gave out).
+#[derive(Clone, Debug, Default)]
+pub struct ClaimPlan {
+    /// Addresses asked for (a static `ip`, or a sticky claim's address), at most one per family.
+    pub wanted: Vec<IpAddr>,
+    /// Claim every address, also those found free in the node's blocks.
+    pub sticky: bool,
+}
+
+/// An address some `AddressClaim` holds, as this node last saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimMark {
+    /// The claim's UID (a claim deleted and created again is another one).
+    pub uid: String,
+    /// `namespace/pod` holding it, for messages.
+    pub holder: String,
 }
 
 /// The node's allocations.
@@ -258,6 +332,10 @@ pub struct Ipam {
     last: HashMap<(String, Family), IpAddr>,
     /// Notified after every change of the allocations, for the reports that follow them.
     changed: std::sync::Arc<tokio::sync::Notify>,
+    /// Addresses held by `AddressClaim`s anywhere in the cluster, never handed out from the
+    /// node's blocks. Not journaled: the claims are the record, re-read after a restart and
+    /// before a new block is first used.
+    claimed: BTreeMap<(String, IpAddr), ClaimMark>,
 }
 
 impl Ipam {
@@ -285,6 +363,7 @@ impl Ipam {
             allocs,
             last: HashMap::new(),
             changed: std::sync::Arc::default(),
+            claimed: BTreeMap::new(),
         };
         if ipam.journal.wants_compaction(ipam.allocs.len()) {
             ipam.journal.compact(ipam.allocs.values())?;
@@ -338,9 +417,25 @@ impl Ipam {
         let mut out = Vec::new();
         for plan in pool.plans() {
             let subnet = plan.subnet;
-            let ip = match req.ip.filter(|ip| Family::of(*ip) == plan.family()) {
-                Some(ip) => self.check_requested(pool, ip)?,
-                None => self.find_free(pool, plan)?,
+            let family = plan.family();
+            let wanted = match &req.claims {
+                Some(c) => c
+                    .wanted
+                    .iter()
+                    .copied()
+                    .find(|ip| Family::of(*ip) == family),
+                None => req.ip.filter(|ip| Family::of(*ip) == family),
+            };
+            let ip = match (wanted, &req.claims) {
+                (Some(ip), Some(_)) => self.check_claimable(pool, plan, ip)?,
+                (Some(ip), None) => self.check_requested(pool, ip)?,
+                (None, _) => self.find_free(pool, plan)?,
+            };
+            let claim = match &req.claims {
+                Some(c) if wanted.is_some() || c.sticky => {
+                    bridgenet_crds::claims::claim_name(&pool.network, ip)
+                }
+                _ => String::new(),
             };
             out.push(Allocation {
                 network: pool.network.clone(),
@@ -354,11 +449,25 @@ impl Ipam {
                 host_veth: req.host_veth.clone(),
                 mac: req.mac.clone(),
                 since: now,
+                sticky: !claim.is_empty() && req.claims.as_ref().is_some_and(|c| c.sticky),
+                claim,
             });
         }
-        if let Some(ip) = req.ip
-            && !out.iter().any(|a| a.ip == ip)
+        let wanted: Vec<IpAddr> = match &req.claims {
+            Some(c) => c.wanted.clone(),
+            None => req.ip.into_iter().collect(),
+        };
+        if let Some(ip) = wanted
+            .into_iter()
+            .find(|ip| !out.iter().any(|a| a.ip == *ip))
         {
+            if req.claims.is_some() {
+                return Err(IpamError::NotAssignable {
+                    network: pool.network.clone(),
+                    ip,
+                    subnet: pool.v4.subnet.to_string(),
+                });
+            }
             return Err(IpamError::OutOfRange {
                 network: pool.network.clone(),
                 ip,
@@ -385,26 +494,85 @@ impl Ipam {
                 blocks: pool.blocks_text(),
             });
         }
-        if let Some(holder) = self.allocs.get(&(pool.network.clone(), ip)) {
+        if let Some(holder) = self.holder_of(&pool.network, ip) {
             return Err(IpamError::Taken {
                 network: pool.network.clone(),
                 ip,
-                holder: if holder.pod.is_empty() {
-                    holder.container_id.clone()
-                } else {
-                    holder.pod.clone()
-                },
+                holder: holder.to_string(),
             });
         }
         Ok(ip)
     }
 
+    /// A wanted address of a claimed attachment: any assignable address of the subnet that
+    /// this node has not given out. Whether another pod elsewhere holds it is the claim's to
+    /// say.
+    fn check_claimable(
+        &self,
+        pool: &Pool,
+        plan: &AddressPlan,
+        ip: IpAddr,
+    ) -> Result<IpAddr, IpamError> {
+        if !plan.is_assignable(ip) {
+            return Err(IpamError::NotAssignable {
+                network: pool.network.clone(),
+                ip,
+                subnet: plan.subnet.to_string(),
+            });
+        }
+        if let Some(holder) = self.allocs.get(&(pool.network.clone(), ip)) {
+            return Err(IpamError::Taken {
+                network: pool.network.clone(),
+                ip,
+                holder: holder.holder(),
+            });
+        }
+        Ok(ip)
+    }
+
+    /// Who holds `ip` on `network` on this node: an allocation of the journal, or a claim this
+    /// node saw. `None` when it is free here.
+    pub fn holder_of(&self, network: &str, ip: IpAddr) -> Option<Holder<'_>> {
+        let key = (network.to_owned(), ip);
+        if let Some(a) = self.allocs.get(&key) {
+            return Some(Holder::Allocation(a));
+        }
+        self.claimed.get(&key).map(Holder::Claim)
+    }
+
+    /// Records that a claim holds `ip` on `network` (seen in the cluster, or granted here).
+    pub fn mark_claimed(&mut self, network: &str, ip: IpAddr, mark: ClaimMark) {
+        self.claimed.insert((network.to_owned(), ip), mark);
+    }
+
+    /// Forgets the claim of `ip` on `network` if it is the one with `uid` (its object is gone).
+    pub fn unmark_claimed(&mut self, network: &str, ip: IpAddr, uid: &str) {
+        let key = (network.to_owned(), ip);
+        if self.claimed.get(&key).is_some_and(|m| m.uid == uid) {
+            self.claimed.remove(&key);
+        }
+    }
+
+    /// Replaces what is known of `network`'s claims with a fresh list of them.
+    pub fn reset_claimed(
+        &mut self,
+        network: &str,
+        marks: impl IntoIterator<Item = (IpAddr, ClaimMark)>,
+    ) {
+        self.claimed.retain(|(n, _), _| n != network);
+        for (ip, mark) in marks {
+            self.claimed.insert((network.to_owned(), ip), mark);
+        }
+    }
+
     fn find_free(&self, pool: &Pool, plan: &AddressPlan) -> Result<IpAddr, IpamError> {
         let family = plan.family();
+        let range = (pool.network.clone(), min_ip(family))..=(pool.network.clone(), max_ip(family));
         let used: BTreeSet<IpAddr> = self
             .allocs
-            .range((pool.network.clone(), min_ip(family))..=(pool.network.clone(), max_ip(family)))
+            .range(range.clone())
             .map(|((_, ip), _)| *ip)
+            .chain(self.claimed.range(range).map(|((_, ip), _)| *ip))
             .collect();
         let last = self.last.get(&(pool.network.clone(), family)).copied();
         let mut blocks: Vec<&IpNet> = pool
@@ -484,6 +652,7 @@ mod tests {
             host_veth: format!("v{cid}"),
             mac: String::new(),
             ip: None,
+            claims: None,
         }
     }
 

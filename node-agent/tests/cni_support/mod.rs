@@ -240,6 +240,7 @@ impl Directory for StaticDirectory {
         let world = self.world.lock().unwrap();
         Ok(world.pods.get(&pod.to_string()).map(|annotations| PodInfo {
             annotations: annotations.clone(),
+            uid: String::new(),
         }))
     }
 

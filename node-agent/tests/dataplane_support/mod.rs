@@ -68,6 +68,7 @@ pub fn spec(
         masquerade: true,
         inter_pod_traffic: true,
         dns: true,
+        sticky_addresses: false,
         namespace_selector: None,
         peers: peers
             .iter()

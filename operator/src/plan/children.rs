@@ -189,6 +189,7 @@ impl Children {
             masquerade,
             inter_pod_traffic,
             dns,
+            sticky_addresses,
             namespace_selector,
             peers: _,
         } = spec;
@@ -207,6 +208,7 @@ impl Children {
             && *masquerade == t.masquerade
             && *inter_pod_traffic == t.inter_pod_traffic
             && *dns == t.dns
+            && *sticky_addresses == t.sticky_addresses
             && *namespace_selector == t.namespace_selector
     }
 
@@ -311,6 +313,7 @@ pub(crate) fn plan_children(
         masquerade: net.spec.masquerade,
         inter_pod_traffic: net.spec.inter_pod_traffic,
         dns: net.spec.dns,
+        sticky_addresses: net.spec.sticky_addresses,
         namespace_selector: net.spec.namespace_selector.clone(),
         peers: Vec::new(),
     };

@@ -6,14 +6,38 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use bridgenet_crds::ResolvedNodeBridge;
+use bridgenet_crds::{AddressClaim, ResolvedNodeBridge};
 
 /// What the engine needs to know about a pod.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PodInfo {
     /// Its annotations; the engine reads `bridgenet.io/networks` from them.
     pub annotations: BTreeMap<String, String>,
+    /// Its UID, recorded in the `AddressClaim`s it holds.
+    pub uid: String,
 }
+
+/// Why a guarded write of an `AddressClaim` did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimWriteError {
+    /// The claim changed (or was replaced) since it was read: read it again and decide again.
+    #[error("the address claim changed since it was read")]
+    Conflict,
+    /// The API server could not be asked.
+    #[error("{0}")]
+    Api(String),
+}
+
+/// What creating an `AddressClaim` found.
+#[derive(Debug)]
+pub enum Created {
+    /// Created: the claim is this call's.
+    New(Box<AddressClaim>),
+    /// A claim of that name (the same network and address) already exists.
+    Exists,
+}
+
+const NO_CLAIMS: &str = "this agent has no AddressClaim store";
 
 /// A pod by namespace and name; displayed `namespace/name`, as allocations record it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -68,4 +92,64 @@ pub trait Directory: Send + Sync + 'static {
     fn ready(&self) -> bool;
     /// Reports a notice; must not block.
     fn notify(&self, notice: Notice);
+
+    /// Whether addresses can be claimed cluster-wide (`AddressClaim`s): a static address
+    /// anywhere in the subnet, sticky addresses. Without it a static address must lie in this
+    /// node's blocks.
+    fn claims_enabled(&self) -> bool {
+        false
+    }
+    /// This node's name, as claims record it.
+    fn node_name(&self) -> &str {
+        ""
+    }
+    /// Creates a claim (the API server's name uniqueness decides between claimers).
+    fn create_claim(
+        &self,
+        claim: &AddressClaim,
+    ) -> impl Future<Output = Result<Created, String>> + Send {
+        let _ = claim;
+        async { Err(NO_CLAIMS.to_owned()) }
+    }
+    /// Reads a claim from the API server (not a cache); `None` if there is none.
+    fn get_claim(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<AddressClaim>, String>> + Send {
+        let _ = name;
+        async { Err(NO_CLAIMS.to_owned()) }
+    }
+    /// Every claim of `network`, as of now (a consistent read, not a cache).
+    fn list_claims(
+        &self,
+        network: &str,
+    ) -> impl Future<Output = Result<Vec<AddressClaim>, String>> + Send {
+        let _ = network;
+        async { Err(NO_CLAIMS.to_owned()) }
+    }
+    /// Replaces a claim's spec, guarded by its `resourceVersion`.
+    fn replace_claim(
+        &self,
+        claim: &AddressClaim,
+    ) -> impl Future<Output = Result<AddressClaim, ClaimWriteError>> + Send {
+        let _ = claim;
+        async { Err(ClaimWriteError::Api(NO_CLAIMS.to_owned())) }
+    }
+    /// Replaces a claim's status, guarded by its `resourceVersion`.
+    fn replace_claim_status(
+        &self,
+        claim: &AddressClaim,
+    ) -> impl Future<Output = Result<AddressClaim, ClaimWriteError>> + Send {
+        let _ = claim;
+        async { Err(ClaimWriteError::Api(NO_CLAIMS.to_owned())) }
+    }
+    /// Deletes a claim if it still is the one read (its UID and `resourceVersion`); a claim
+    /// already gone is success.
+    fn delete_claim(
+        &self,
+        claim: &AddressClaim,
+    ) -> impl Future<Output = Result<(), ClaimWriteError>> + Send {
+        let _ = claim;
+        async { Err(ClaimWriteError::Api(NO_CLAIMS.to_owned())) }
+    }
 }

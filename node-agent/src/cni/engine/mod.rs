@@ -10,7 +10,7 @@
 //! nothing, [`result`] builds the CNI result, [`repair`] puts running pods' interfaces back;
 //! this file is the engine's entry points (ADD, DEL, CHECK, GC, STATUS, hot-plug, reconcile).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -26,6 +26,7 @@ use crate::cni::types::{CniError, Command, NetConf, Request, Response, code, ver
 use crate::ipam::{AllocRequest, Allocation, Ipam, IpamError, Pool};
 use crate::metrics;
 
+mod claims;
 mod directory;
 mod error;
 mod locks;
@@ -34,7 +35,7 @@ mod request;
 mod reservation;
 mod result;
 
-pub use directory::{Directory, Notice, PodInfo, PodRef};
+pub use directory::{ClaimWriteError, Created, Directory, Notice, PodInfo, PodRef};
 pub use repair::{Repaired, Runtime};
 pub use result::Attached;
 
@@ -53,6 +54,10 @@ pub mod failpoint {
     pub const DEL_BEFORE_DETACH: &str = "del-before-detach";
     /// DEL: veth deleted, addresses not yet freed.
     pub const DEL_AFTER_DETACH: &str = "del-after-detach";
+    /// DEL: veth deleted and address claims released, addresses not yet freed.
+    pub const DEL_AFTER_CLAIMS: &str = "del-after-claims";
+    /// ADD: addresses journaled and their claims created, not yet granted.
+    pub const ADD_AFTER_CLAIM: &str = "add-after-claim";
     /// ADD: the result has reached the plugin (the runtime sees the pod networked), nothing
     /// is reported yet.
     pub const ADD_AFTER_REPLY: &str = "add-after-reply";
@@ -66,6 +71,7 @@ pub mod failpoint {
         ADD_AFTER_ATTACH,
         DEL_BEFORE_DETACH,
         DEL_AFTER_DETACH,
+        DEL_AFTER_CLAIMS,
     ];
     /// Every step from an ADD to its results being reported, in order.
     pub const REPORTING: &[&str] = &[
@@ -116,6 +122,8 @@ pub struct Engine<D> {
     sandboxes: SandboxLocks,
     host_netns: Option<PathBuf>,
     network_grace: Duration,
+    /// Per network, the blocks for which the claims were last re-read (see [`claims`]).
+    fenced: Mutex<HashMap<String, Vec<ipnet::IpNet>>>,
 }
 
 /// How long an ADD waits for a network this node does not know yet. `kubectl apply` of a
@@ -144,6 +152,7 @@ impl<D: Directory> Engine<D> {
             sandboxes: SandboxLocks::default(),
             host_netns,
             network_grace: NEW_NETWORK_GRACE,
+            fenced: Mutex::default(),
         })
     }
 
@@ -299,11 +308,13 @@ impl<D: Directory> Engine<D> {
     ) -> Result<Vec<Reserved<'r>>, CniError> {
         let pod = target.pod.as_ref();
         let mut reserved = Vec::new();
-        let mut ipam = self.ipam.lock().await;
         for (request, spec) in planned {
             let host_veth = attach::host_veth_name(&target.container_id, &request.interface);
-            let alloc = ipam.allocate(
-                &Pool::from_resolved(&spec),
+            self.ensure_fenced(&spec).await?;
+            let claimed = self.plan_claims(target, request, &spec).await?;
+            let pool = Pool::from_resolved(&spec);
+            let alloc = self.ipam.lock().await.allocate(
+                &pool,
                 &AllocRequest {
                     container_id: target.container_id.clone(),
                     ifname: request.interface.clone(),
@@ -312,12 +323,16 @@ impl<D: Directory> Engine<D> {
                     delegate: target.delegate,
                     host_veth,
                     mac: Mac::new(request.mac.unwrap_or_else(attach::random_mac)).to_string(),
-                    ip: request.ip,
+                    ip: request.ip.or(request.ip6),
+                    claims: claimed.as_ref().map(|c| c.plan.clone()),
                 },
             );
             match alloc {
                 Ok(a) => {
                     reservation.hold(&a);
+                    if let Some(claimed) = &claimed {
+                        self.settle_claims(target, claimed, &a, &pool).await?;
+                    }
                     reserved.push((a, request, spec));
                 }
                 Err(e) => {
@@ -444,10 +459,16 @@ impl<D: Directory> Engine<D> {
             }
         }
         failpoint(failpoint::DEL_AFTER_DETACH);
-        let free: Vec<Allocation> = allocs
+        let gone: Vec<Allocation> = allocs
             .iter()
             .filter(|a| !failed.contains(&a.host_veth))
             .cloned()
+            .collect();
+        let kept = self.release_claims(&gone).await;
+        failpoint(failpoint::DEL_AFTER_CLAIMS);
+        let free: Vec<Allocation> = gone
+            .into_iter()
+            .filter(|a| !kept.contains(&(a.network.clone(), a.ip)))
             .collect();
         self.ipam
             .lock()

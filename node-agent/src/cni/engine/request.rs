@@ -100,6 +100,8 @@ pub(super) async fn requested<D: Directory>(
             mac,
             default_route: false,
             aliases: Vec::new(),
+            ip6: None,
+            sticky: None,
         }]);
     }
     let Some(value) = info.annotations.get(bridgenet_crds::ANNOTATION_NETWORKS) else {

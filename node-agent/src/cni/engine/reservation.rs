@@ -53,8 +53,17 @@ impl<'e, D: Directory> Reservation<'e, D> {
                 if let Err(e) = self.engine.remove_locked(&held).await {
                     tracing::error!(error = %e.msg, "rolling back a failed ADD");
                 }
-            } else if let Err(e) = self.engine.ipam.lock().await.release(&held) {
-                tracing::error!(error = %e, "releasing addresses of a failed ADD");
+            } else {
+                // Claims first: an address whose claim could not be released stays journaled,
+                // for the runtime's DEL, CNI GC or the reconcile to release.
+                let kept = self.engine.release_claims(&held).await;
+                let free: Vec<_> = held
+                    .into_iter()
+                    .filter(|a| !kept.contains(&(a.network.clone(), a.ip)))
+                    .collect();
+                if let Err(e) = self.engine.ipam.lock().await.release(&free) {
+                    tracing::error!(error = %e, "releasing addresses of a failed ADD");
+                }
             }
         }
         outcome
@@ -138,6 +147,8 @@ mod tests {
             mac: None,
             default_route: false,
             aliases: Vec::new(),
+            ip6: None,
+            sticky: None,
         }
     }
 
