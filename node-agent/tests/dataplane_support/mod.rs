@@ -18,7 +18,11 @@ pub async fn install_crds(c: &kube::Client) {
     use kube::{CustomResourceExt, ResourceExt};
     let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
     let pp = PatchParams::apply("bridgenet-test").force();
-    for crd in [bridgenet_crds::BridgeNetwork::crd(), NodeBridge::crd()] {
+    for crd in [
+        bridgenet_crds::BridgeNetwork::crd(),
+        NodeBridge::crd(),
+        bridgenet_crds::AddressClaim::crd(),
+    ] {
         crds.patch(&crd.name_any(), &pp, &Patch::Apply(&crd))
             .await
             .unwrap();

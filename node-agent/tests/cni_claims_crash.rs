@@ -1,0 +1,231 @@
+//! Address claims survive a crash at any step: the real agent binary, in a node namespace with
+//! the sandbox's Kubernetes API emulator, is aborted (`BRIDGENET_FAILPOINT`, like a `kill -9`)
+//! at every step of an ADD and a DEL of a pod with a static address, and started again; the
+//! runtime then does what it does (DEL of the failed sandbox and a new ADD; DEL again).
+//!
+//! Whatever the step: the retried ADD gets the address with exactly one claim, Bound and naming
+//! the sandbox that has it; after the DEL no claim is left and the address is free again (a new
+//! pod gets it). Nothing leaks and nothing is held twice. Sticky claims are released, not
+//! deleted, and a pod of the same name gets the address back. Needs root.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cni_support;
+mod dataplane_support;
+mod root_support;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bridgenet_agent::cni::engine::failpoint;
+use bridgenet_crds::{AddressClaim, NodeBridge};
+use cni_support::{Call, Netns, chained_config, run_plugin};
+use dataplane_support::{Node, install_crds, nodebridge};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, PostParams};
+use root_support::require_root;
+use serde_json::json;
+
+const NETWORK: &str = "net-c";
+
+fn pod_address(pod: &Netns) -> Option<IpAddr> {
+    let link = pod.link_json("net1")?;
+    link["addr_info"]
+        .as_array()?
+        .iter()
+        .find(|a| a["family"] == "inet")
+        .and_then(|a| a["local"].as_str()?.parse().ok())
+}
+
+fn claims(node: &Node) -> Vec<AddressClaim> {
+    node.kube(|c| async move {
+        Api::<AddressClaim>::all(c)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+    })
+}
+
+fn create_pod(node: &Node, name: &str, annotation: serde_json::Value) {
+    let (n, a) = (name.to_owned(), annotation.to_string());
+    node.kube(move |c| async move {
+        let api = Api::<Pod>::namespaced(c, "default");
+        let _ = api.delete(&n, &DeleteParams::default()).await;
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": n, "namespace": "default",
+                         "annotations": {"bridgenet.io/networks": a}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "main", "image": "busybox"}]},
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &pod).await.unwrap();
+    });
+}
+
+/// (Re)starts the agent, the previous one killed first, and waits until it serves CNI.
+fn start_agent(node: &mut Node, failpoint: Option<&str>) {
+    node.kill_agent();
+    let socket = node.dir().join("cni.sock");
+    let _ = std::fs::remove_file(&socket);
+    match failpoint {
+        Some(fp) => node.start_agent_with_env(&[("BRIDGENET_FAILPOINT", fp)]),
+        None => node.start_agent(),
+    }
+    node.eventually("the agent's CNI socket", || socket.exists());
+}
+
+fn expect_abort(node: &mut Node, fp: &str) {
+    let status = node
+        .wait_agent_exit(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("{fp}: the failpoint never fired:\n{}", node.agent_log()));
+    assert!(!status.success(), "{fp}: the agent aborted");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn claims_are_neither_lost_nor_leaked_whichever_step_the_agent_dies_at() {
+    require_root();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut node = Node::new("claims", env!("CARGO_BIN_EXE_bridgenet-agent"));
+    node.kube(|c| async move {
+        install_crds(&c).await;
+        let mut nb = nodebridge(NETWORK, "bnt-cl", "172.20.6.0/24", "172.20.6.1", 311);
+        nb.spec.blocks = vec!["172.20.6.0/26".into()];
+        Api::<NodeBridge>::all(c)
+            .create(&PostParams::default(), &nb)
+            .await
+            .unwrap();
+    });
+    let socket = node.dir().join("cni.sock");
+    let add_steps = [
+        failpoint::ADD_AFTER_RESERVE,
+        failpoint::ADD_AFTER_CLAIM,
+        failpoint::ADD_AFTER_ATTACH,
+    ];
+    let del_steps = [
+        failpoint::DEL_BEFORE_DETACH,
+        failpoint::DEL_AFTER_DETACH,
+        failpoint::DEL_AFTER_CLAIMS,
+    ];
+    for (round, fp) in add_steps.iter().chain(&del_steps).enumerate() {
+        let name = format!("s{round}");
+        let wanted: IpAddr = format!("172.20.6.{}", 10 + round).parse().unwrap();
+        create_pod(
+            &node,
+            &name,
+            json!([{"name": NETWORK, "ip": wanted.to_string()}]),
+        );
+        let pod_ns = Netns::new(&format!("claims-s{round}"));
+        let add = Call::new(
+            "ADD",
+            &format!("sb-{round}"),
+            pod_ns.path().to_str().unwrap(),
+            &format!("default/{name}"),
+            chained_config(&socket, "1.1.0", None),
+        );
+        let mut holder = add.clone();
+        if add_steps.contains(fp) {
+            start_agent(&mut node, Some(fp));
+            let answer = rt.block_on(run_plugin(&add));
+            assert!(!answer.ok, "{fp}: the ADD died with the agent");
+            expect_abort(&mut node, fp);
+            start_agent(&mut node, None);
+            // The runtime cleans the sandbox up, then retries with a new one.
+            assert!(rt.block_on(run_plugin(&add.with_command("DEL"))).ok);
+            holder.container_id = format!("sb-{round}-retry");
+            let answer = rt.block_on(run_plugin(&holder));
+            assert!(answer.ok, "{fp}: the retried ADD: {}", answer.raw);
+        } else {
+            start_agent(&mut node, None);
+            let answer = rt.block_on(run_plugin(&add));
+            assert!(answer.ok, "{fp}: ADD: {}", answer.raw);
+        }
+        assert_eq!(pod_address(&pod_ns), Some(wanted), "{fp}: the asked address");
+        let held: Vec<AddressClaim> = claims(&node)
+            .into_iter()
+            .filter(|c| c.spec.address == wanted.to_string())
+            .collect();
+        assert_eq!(held.len(), 1, "{fp}: one claim");
+        assert_eq!(held[0].spec.container_id, holder.container_id, "{fp}");
+        assert_eq!(
+            held[0].status.as_ref().and_then(|s| s.phase),
+            Some(bridgenet_crds::v1alpha1::ClaimPhase::Bound),
+            "{fp}"
+        );
+        let del = holder.with_command("DEL");
+        if del_steps.contains(fp) {
+            start_agent(&mut node, Some(fp));
+            let answer = rt.block_on(run_plugin(&del));
+            assert!(!answer.ok, "{fp}: the DEL died with the agent");
+            expect_abort(&mut node, fp);
+            start_agent(&mut node, None);
+        }
+        let answer = rt.block_on(run_plugin(&del));
+        assert!(answer.ok, "{fp}: DEL: {}", answer.raw);
+        assert!(
+            claims(&node)
+                .iter()
+                .all(|c| c.spec.address != wanted.to_string()),
+            "{fp}: the claim is released with the interface"
+        );
+        // Free again: another pod gets it.
+        let again = format!("again{round}");
+        create_pod(
+            &node,
+            &again,
+            json!([{"name": NETWORK, "ip": wanted.to_string()}]),
+        );
+        let other_ns = Netns::new(&format!("claims-a{round}"));
+        let other = Call::new(
+            "ADD",
+            &format!("sb-again-{round}"),
+            other_ns.path().to_str().unwrap(),
+            &format!("default/{again}"),
+            chained_config(&socket, "1.1.0", None),
+        );
+        let answer = rt.block_on(run_plugin(&other));
+        assert!(answer.ok, "{fp}: the address is free again: {}", answer.raw);
+        assert!(rt.block_on(run_plugin(&other.with_command("DEL"))).ok);
+        println!("claims crash: failpoint {fp}: ok");
+    }
+    assert!(claims(&node).is_empty(), "no claim leaked");
+
+    // Sticky: released, not deleted, and the pod's successor (same name) gets it back.
+    create_pod(&node, "db", json!([{"name": NETWORK, "sticky": true}]));
+    let first_ns = Netns::new("claims-db1");
+    let first = Call::new(
+        "ADD",
+        "sb-db-1",
+        first_ns.path().to_str().unwrap(),
+        "default/db",
+        chained_config(&socket, "1.1.0", None),
+    );
+    assert!(rt.block_on(run_plugin(&first)).ok);
+    let ip = pod_address(&first_ns).unwrap();
+    start_agent(&mut node, Some(failpoint::DEL_AFTER_CLAIMS));
+    assert!(!rt.block_on(run_plugin(&first.with_command("DEL"))).ok);
+    expect_abort(&mut node, failpoint::DEL_AFTER_CLAIMS);
+    start_agent(&mut node, None);
+    assert!(rt.block_on(run_plugin(&first.with_command("DEL"))).ok);
+    let kept = claims(&node);
+    assert_eq!(kept.len(), 1, "the sticky claim stays");
+    assert_eq!(
+        kept[0].status.as_ref().and_then(|s| s.phase),
+        Some(bridgenet_crds::v1alpha1::ClaimPhase::Released)
+    );
+    create_pod(&node, "db", json!([{"name": NETWORK, "sticky": true}]));
+    let second_ns = Netns::new("claims-db2");
+    let second = Call::new(
+        "ADD",
+        "sb-db-2",
+        second_ns.path().to_str().unwrap(),
+        "default/db",
+        chained_config(&socket, "1.1.0", None),
+    );
+    let answer = rt.block_on(run_plugin(&second));
+    assert!(answer.ok, "the successor: {}", answer.raw);
+    assert_eq!(pod_address(&second_ns), Some(ip), "same name, same address");
+    assert_eq!(claims(&node)[0].name_any(), kept[0].name_any());
+    node.kill_agent();
+}
