@@ -169,6 +169,60 @@ run podexec web -- nslookup www.upstream.test 172.20.0.1
 echo "# a pod on another network asking its own gateway: custom-network's names are not there"
 run podexec stranger -- nslookup web 172.21.0.1
 
+say "docker run --network static-net --ip 172.41.0.77: any address of the subnet, on any node"
+run cat examples/sticky-network.yaml
+run kubectl apply -f examples/sticky-network.yaml
+run kubectl wait --for=condition=Ready bridgenetwork/static-net --timeout="$WAIT"
+run kubectl get nodebridges -l bridgenet.io/network=static-net -o custom-columns='NODE:.spec.node,BLOCKS:.spec.blocks'
+# The pod goes to the node whose block does NOT hold 172.41.0.77: the other node grants the claim.
+ELSEWHERE=$(kubectl get nodebridges -l bridgenet.io/network=static-net -o json | python3 -c '
+import ipaddress, json, sys
+nbs = json.load(sys.stdin)["items"]
+print(next(nb["spec"]["node"] for nb in nbs
+           if not any(ipaddress.ip_address("172.41.0.77") in ipaddress.ip_network(b) for b in nb["spec"]["blocks"])))')
+OTHER=$(kubectl get nodes -o jsonpath='{.items[*].metadata.name}' | tr ' ' '\n' | grep -vx "$ELSEWHERE" | head -1)
+echo "# 172.41.0.77 is not in $ELSEWHERE's block: pinned goes to $ELSEWHERE"
+pinned_pod() { # NAME NODE ANNOTATION
+    printf '$ kubectl apply -f - # pod %s on %s, bridgenet.io/networks: %s\n' "$1" "$2" "$3"
+    kubectl apply -f - <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: $1
+  annotations: {bridgenet.io/networks: '$3'}
+spec:
+  nodeName: $2
+  containers: [{name: main, image: "busybox:1.36", command: [sleep, "3600"]}]
+EOF
+}
+pinned_pod pinned "$ELSEWHERE" '[{"name":"static-net","ip":"172.41.0.77"}]'
+run kubectl wait --for=condition=Ready pod/pinned --timeout="$WAIT"
+wait_attached pinned static-net
+run podexec pinned -- ip -4 -o addr show net1
+run kubectl get addressclaims -o wide
+echo "# a second pod asking for the same address, on the other node, is refused and told who has it:"
+pinned_pod copycat "$OTHER" '[{"name":"static-net","ip":"172.41.0.77"}]'
+for _ in $(seq 40); do
+    kubectl get events --field-selector involvedObject.name=copycat,reason=AddressInUse -o name | grep -q . && break
+    sleep 0.5
+done
+run kubectl get events --field-selector involvedObject.name=copycat,reason=AddressInUse
+run kubectl delete pod copycat --wait=false
+
+say "sticky addresses: a pod deleted and created again with its name gets its address back, on the other node"
+pinned_pod keeper "$ELSEWHERE" static-net
+run kubectl wait --for=condition=Ready pod/keeper --timeout="$WAIT"
+wait_attached keeper static-net
+echo "# keeper on $ELSEWHERE has $(network_ip keeper static-net)"
+run kubectl delete pod keeper --wait=true --timeout=60s
+run kubectl get addressclaims
+pinned_pod keeper "$OTHER" static-net
+run kubectl wait --for=condition=Ready pod/keeper --timeout="$WAIT"
+wait_attached keeper static-net
+echo "# keeper, created again on $OTHER, has $(network_ip keeper static-net)"
+run kubectl get addressclaims
+run podexec pinned -- ping -c 2 -W 1 "$(network_ip keeper static-net)"
+
 say "docker network inspect custom-network"
 run kubectl bridgenet inspect --format table custom-network
 run kubectl describe bridgenetwork custom-network
@@ -200,7 +254,7 @@ run kubectl get bridgenetwork custom-network -o jsonpath='{.status.conditions[?(
 echo
 
 say "delete the pods, then every network: nothing of bridgenet is left on the nodes"
-run kubectl delete pod web db stranger store client --wait=true --timeout=60s
+run kubectl delete pod web db stranger store client pinned keeper --wait=true --timeout=60s
 run kubectl delete bridgenetworks --all --wait=true --timeout=60s
 run kubectl get bridgenetworks,nodebridges
 for node in node1 node2; do

@@ -141,7 +141,11 @@ fn claims_are_neither_lost_nor_leaked_whichever_step_the_agent_dies_at() {
             let answer = rt.block_on(run_plugin(&add));
             assert!(answer.ok, "{fp}: ADD: {}", answer.raw);
         }
-        assert_eq!(pod_address(&pod_ns), Some(wanted), "{fp}: the asked address");
+        assert_eq!(
+            pod_address(&pod_ns),
+            Some(wanted),
+            "{fp}: the asked address"
+        );
         let held: Vec<AddressClaim> = claims(&node)
             .into_iter()
             .filter(|c| c.spec.address == wanted.to_string())

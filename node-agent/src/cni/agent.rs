@@ -141,7 +141,7 @@ pub async fn run(
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                engine.refence_all().await;
+                engine.refence_all(RECONCILE_MIN_AGE).await;
                 match cri.sandbox_ids().await {
                     Ok(live) => match engine.reconcile(&live, RECONCILE_MIN_AGE).await {
                         Ok(0) => {}

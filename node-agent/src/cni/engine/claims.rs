@@ -166,14 +166,62 @@ impl<D: Directory> Engine<D> {
     }
 
     /// Re-reads the claims of every network fenced so far (the periodic safety net for a
-    /// watch that missed a deletion).
-    pub async fn refence_all(&self) {
+    /// watch that missed a deletion), and releases this node's claims that no allocation
+    /// holds any more (older than `min_age`, so never one an ADD in flight is making).
+    pub async fn refence_all(&self, min_age: Duration) {
         let networks: Vec<String> = self.fenced.lock().await.keys().cloned().collect();
         for network in networks {
-            if let Some(spec) = self.dir.node_bridge(&network)
-                && let Err(e) = self.fence(&spec).await
+            let Some(spec) = self.dir.node_bridge(&network) else {
+                continue;
+            };
+            match self.fence(&spec).await {
+                Ok(claims) => self.release_strays(&claims, min_age).await,
+                Err(e) => tracing::warn!(network, error = %e.msg, "re-reading address claims"),
+            }
+        }
+    }
+
+    /// Releases claims made by this node whose sandbox holds no allocation of them (the
+    /// journal was lost, or an API error let one outlive its allocation).
+    async fn release_strays(&self, claims: &[AddressClaim], min_age: Duration) {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let journal = self.allocations().await;
+        for c in claims {
+            let old_enough = c.metadata.creation_timestamp.as_ref().is_some_and(|t| {
+                now.as_second() - t.0.as_second()
+                    >= i64::try_from(min_age.as_secs()).unwrap_or(i64::MAX)
+            });
+            let held = journal
+                .iter()
+                .any(|a| a.claim == c.name_any() && a.container_id == c.spec.container_id);
+            if c.spec.node != self.dir.node_name()
+                || !old_enough
+                || held
+                || phase(c) == Some(ClaimPhase::Released)
+                || self.is_busy(&c.spec.container_id)
             {
-                tracing::warn!(network, error = %e.msg, "re-reading address claims");
+                continue;
+            }
+            let Some(ip) = address_of(c) else { continue };
+            // Released the way its allocation would have released it.
+            let stray = Allocation {
+                network: c.spec.network.clone(),
+                ip,
+                prefix: 0,
+                container_id: c.spec.container_id.clone(),
+                ifname: c.spec.interface.clone(),
+                pod: format!("{}/{}", c.spec.pod.namespace, c.spec.pod.name),
+                cni_name: String::new(),
+                delegate: false,
+                host_veth: String::new(),
+                mac: String::new(),
+                since: 0,
+                claim: c.name_any(),
+                sticky: c.spec.sticky,
+            };
+            tracing::warn!(claim = %c.name_any(), "releasing an address claim of this node that no allocation holds");
+            if let Err(e) = self.release_claim(&stray).await {
+                tracing::warn!(claim = %c.name_any(), error = %e, "releasing a stray address claim");
             }
         }
     }
