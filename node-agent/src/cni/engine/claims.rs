@@ -620,3 +620,248 @@ impl<D: Directory> Engine<D> {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use bridgenet_crds::{NodeBridgeSpec, resolve_node_bridge};
+    use serde_json::json;
+
+    use super::*;
+    use crate::cni::engine::PodInfo;
+    use crate::ipam::AllocRequest;
+
+    /// Node `n1` owning 172.30.1.0/26 of network `red`'s 172.30.1.0/24, and an API server
+    /// that keeps AddressClaims in memory with resourceVersion guards.
+    #[derive(Default)]
+    struct Cluster {
+        claims: Mutex<BTreeMap<String, AddressClaim>>,
+        version: Mutex<u64>,
+    }
+
+    impl Cluster {
+        fn stamp(&self, claim: &mut AddressClaim) {
+            let mut v = self.version.lock().unwrap();
+            *v += 1;
+            claim.metadata.resource_version = Some(v.to_string());
+        }
+
+        fn write(
+            &self,
+            claim: &AddressClaim,
+            status_only: bool,
+        ) -> Result<AddressClaim, ClaimWriteError> {
+            let mut all = self.claims.lock().unwrap();
+            let current = all
+                .get_mut(&claim.name_any())
+                .ok_or(ClaimWriteError::Conflict)?;
+            if current.metadata.resource_version != claim.metadata.resource_version {
+                return Err(ClaimWriteError::Conflict);
+            }
+            if status_only {
+                current.status = claim.status.clone();
+            } else {
+                current.spec = claim.spec.clone();
+            }
+            let mut updated = current.clone();
+            drop(all);
+            self.stamp(&mut updated);
+            self.claims
+                .lock()
+                .unwrap()
+                .insert(updated.name_any(), updated.clone());
+            Ok(updated)
+        }
+    }
+
+    impl Directory for Cluster {
+        fn node_bridge(&self, network: &str) -> Option<Arc<ResolvedNodeBridge>> {
+            (network == "red").then(|| {
+                let spec: NodeBridgeSpec = serde_json::from_value(json!({
+                    "network": "red", "node": "n1", "bridge": "bnt1",
+                    "subnet": "172.30.1.0/24", "gateway": "172.30.1.1",
+                    "gatewayMac": "02:aa:00:00:00:01", "blocks": ["172.30.1.0/26"],
+                    "mtu": 1400, "vni": 100,
+                }))
+                .unwrap();
+                Arc::new(resolve_node_bridge(&spec).unwrap())
+            })
+        }
+
+        async fn pod(&self, _: &PodRef) -> Result<Option<PodInfo>, String> {
+            Ok(None)
+        }
+
+        async fn namespace_labels(&self, _: &str) -> Result<BTreeMap<String, String>, String> {
+            Ok(BTreeMap::new())
+        }
+
+        fn ready(&self) -> bool {
+            true
+        }
+
+        fn notify(&self, _: Notice) {}
+
+        fn claims_enabled(&self) -> bool {
+            true
+        }
+
+        fn node_name(&self) -> &str {
+            "n1"
+        }
+
+        async fn create_claim(&self, claim: &AddressClaim) -> Result<Created, String> {
+            if self.claims.lock().unwrap().contains_key(&claim.name_any()) {
+                return Ok(Created::Exists);
+            }
+            let mut c = claim.clone();
+            c.metadata.uid = Some(format!("uid-{}", c.name_any()));
+            self.stamp(&mut c);
+            self.claims.lock().unwrap().insert(c.name_any(), c.clone());
+            Ok(Created::New(Box::new(c)))
+        }
+
+        async fn get_claim(&self, name: &str) -> Result<Option<AddressClaim>, String> {
+            Ok(self.claims.lock().unwrap().get(name).cloned())
+        }
+
+        async fn list_claims(&self, network: &str) -> Result<Vec<AddressClaim>, String> {
+            Ok(self
+                .claims
+                .lock()
+                .unwrap()
+                .values()
+                .filter(|c| c.spec.network == network)
+                .cloned()
+                .collect())
+        }
+
+        async fn replace_claim(
+            &self,
+            claim: &AddressClaim,
+        ) -> Result<AddressClaim, ClaimWriteError> {
+            self.write(claim, false)
+        }
+
+        async fn replace_claim_status(
+            &self,
+            claim: &AddressClaim,
+        ) -> Result<AddressClaim, ClaimWriteError> {
+            self.write(claim, true)
+        }
+
+        async fn delete_claim(&self, claim: &AddressClaim) -> Result<(), ClaimWriteError> {
+            self.claims.lock().unwrap().remove(&claim.name_any());
+            Ok(())
+        }
+    }
+
+    /// A claim another node made (pod `other/remote` on node `n2`) for `ip` of `red`.
+    async fn remote_claim(cluster: &Cluster, ip: &str) -> AddressClaim {
+        let claim: AddressClaim = serde_json::from_value(json!({
+            "apiVersion": "bridgenet.io/v1alpha1", "kind": "AddressClaim",
+            "metadata": {"name": bridgenet_crds::claims::claim_name("red", ip.parse().unwrap())},
+            "spec": {"network": "red", "address": ip, "node": "n2", "containerId": "sb-remote",
+                     "interface": "net1", "pod": {"namespace": "other", "name": "remote", "uid": "u"}},
+        }))
+        .unwrap();
+        match cluster.create_claim(&claim).await.unwrap() {
+            Created::New(c) => *c,
+            Created::Exists => panic!("exists"),
+        }
+    }
+
+    fn dynamic(cid: &str) -> AllocRequest {
+        AllocRequest {
+            container_id: cid.into(),
+            ifname: "net1".into(),
+            pod: format!("default/{cid}"),
+            cni_name: String::new(),
+            delegate: false,
+            host_veth: format!("v{cid}"),
+            mac: String::new(),
+            ip: None,
+            claims: None,
+        }
+    }
+
+    fn phase_of(engine: &Engine<Cluster>, name: &str) -> (Option<ClaimPhase>, Option<String>) {
+        let c = engine
+            .dir
+            .claims
+            .lock()
+            .unwrap()
+            .get(name)
+            .cloned()
+            .unwrap();
+        let s = c.status.unwrap_or_default();
+        (s.phase, s.message)
+    }
+
+    /// The owner of a block grants a free address to another node's pod, and from then on never
+    /// hands it out itself: all 61 other addresses of the block go first, then the block is
+    /// full.
+    #[tokio::test]
+    async fn the_block_owner_grants_a_free_address_and_never_hands_it_out() {
+        let state = tempfile::tempdir().unwrap();
+        let engine = Engine::new(Cluster::default(), state.path(), None).unwrap();
+        let claim = remote_claim(&engine.dir, "172.30.1.7").await;
+        engine.observe_claim(&claim).await;
+        assert_eq!(
+            phase_of(&engine, &claim.name_any()),
+            (Some(ClaimPhase::Bound), None)
+        );
+        let granted_by = engine.dir.claims.lock().unwrap()[&claim.name_any()]
+            .status
+            .clone()
+            .unwrap()
+            .granted_by;
+        assert_eq!(granted_by.as_deref(), Some("n1"));
+        let pool = Pool::from_resolved(&engine.dir.node_bridge("red").unwrap());
+        let mut ipam = engine.ipam.lock().await;
+        let mut handed = BTreeSet::new();
+        // .0 is the network address and .1 the gateway: 62 addresses, one of them claimed.
+        for i in 0..61 {
+            let a = ipam.allocate(&pool, &dynamic(&format!("c{i}"))).unwrap();
+            handed.insert(a[0].ip);
+        }
+        assert!(!handed.contains(&"172.30.1.7".parse().unwrap()));
+        assert!(
+            ipam.allocate(&pool, &dynamic("full")).is_err(),
+            "the block is full"
+        );
+        // The claim goes: the address is free again.
+        ipam.unmark_claimed("red", "172.30.1.7".parse().unwrap(), "uid-red.172-30-1-7");
+        let last = ipam.allocate(&pool, &dynamic("last")).unwrap();
+        assert_eq!(last[0].ip, "172.30.1.7".parse::<IpAddr>().unwrap());
+    }
+
+    /// An address this node already gave out is refused to another node's claim, naming the
+    /// pod that has it; a claim outside this node's blocks is not this node's to decide.
+    #[tokio::test]
+    async fn the_block_owner_refuses_an_address_it_gave_out_and_ignores_others_blocks() {
+        let state = tempfile::tempdir().unwrap();
+        let engine = Engine::new(Cluster::default(), state.path(), None).unwrap();
+        let pool = Pool::from_resolved(&engine.dir.node_bridge("red").unwrap());
+        let mine = engine
+            .ipam
+            .lock()
+            .await
+            .allocate(&pool, &dynamic("local"))
+            .unwrap();
+        let claim = remote_claim(&engine.dir, &mine[0].ip.to_string()).await;
+        engine.observe_claim(&claim).await;
+        let (phase, message) = phase_of(&engine, &claim.name_any());
+        assert_eq!(phase, Some(ClaimPhase::Refused));
+        assert!(
+            message.unwrap().contains("default/local"),
+            "names the holder"
+        );
+        let elsewhere = remote_claim(&engine.dir, "172.30.1.100").await;
+        engine.observe_claim(&elsewhere).await;
+        assert_eq!(phase_of(&engine, &elsewhere.name_any()), (None, None));
+    }
+}
