@@ -151,7 +151,8 @@ pub async fn delete_all(client: &Client, claims: &[&AddressClaim]) -> usize {
     let api: Api<AddressClaim> = Api::all(client.clone());
     let mut failed = 0;
     for c in claims {
-        match api.delete(&c.name_any(), &DeleteParams::default()).await {
+        let name = c.name_any();
+        match api.delete(&name, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => {

@@ -38,6 +38,7 @@ API_CALLS = yaml.safe_load((CHART / "api-calls.yaml").read_text())["binaries"]
 KIND_RESOURCES = {
     "BridgeNetwork": ("bridgenet.io", "bridgenetworks"),
     "NodeBridge": ("bridgenet.io", "nodebridges"),
+    "AddressClaim": ("bridgenet.io", "addressclaims"),
     "Pod": ("", "pods"),
     "Namespace": ("", "namespaces"),
     "Node": ("", "nodes"),
@@ -207,12 +208,17 @@ def test_every_service_account_is_accounted_for(default_render):
 def test_the_agent_cannot_touch_what_is_not_its_business(default_render):
     have = granted(default_render, "bridgenet-agent")
     assert not any(r in ("secrets", "configmaps", "bridgenetworks") for _, _, r, _ in have)
-    assert not any(v in ("create", "delete", "update", "deletecollection") for _, g, r, v in have if g != "events.k8s.io")
-    # Writes: its NodeBridges' status and finalizers, pods' annotations, events.
+    # Creates, replaces and deletes only address claims (its pods' addresses) and Events.
+    assert not any(v in ("create", "delete", "update", "deletecollection") for _, g, r, v in have
+                   if g != "events.k8s.io" and not r.startswith("addressclaims"))
+    assert not any(v == "deletecollection" for _, _, _, v in have)
+    # Writes: its NodeBridges' status and finalizers, pods' annotations, address claims, events.
     writes = {(g, r) for _, g, r, v in have if v in MUTATING}
     assert writes == {
         ("bridgenet.io", "nodebridges/status"),
         ("bridgenet.io", "nodebridges"),
+        ("bridgenet.io", "addressclaims"),
+        ("bridgenet.io", "addressclaims/status"),
         ("", "pods"),
         ("events.k8s.io", "events"),
     }

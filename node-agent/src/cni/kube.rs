@@ -221,8 +221,9 @@ impl Directory for KubeDirectory {
     }
 
     async fn replace_claim(&self, claim: &AddressClaim) -> Result<AddressClaim, ClaimWriteError> {
+        let name = claim.name_any();
         self.claims()
-            .replace(&claim.name_any(), &PostParams::default(), claim)
+            .replace(&name, &PostParams::default(), claim)
             .await
             .map_err(claim_write_error)
     }
@@ -231,8 +232,9 @@ impl Directory for KubeDirectory {
         &self,
         claim: &AddressClaim,
     ) -> Result<AddressClaim, ClaimWriteError> {
+        let name = claim.name_any();
         self.claims()
-            .replace_status(&claim.name_any(), &PostParams::default(), claim)
+            .replace_status(&name, &PostParams::default(), claim)
             .await
             .map_err(claim_write_error)
     }
@@ -245,7 +247,8 @@ impl Directory for KubeDirectory {
             }),
             ..DeleteParams::default()
         };
-        match self.claims().delete(&claim.name_any(), &params).await {
+        let name = claim.name_any();
+        match self.claims().delete(&name, &params).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(claim_write_error(e)),
