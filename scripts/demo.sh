@@ -213,8 +213,11 @@ say "sticky addresses: a pod deleted and created again with its name gets its ad
 pinned_pod keeper "$ELSEWHERE" static-net
 run kubectl wait --for=condition=Ready pod/keeper --timeout="$WAIT"
 wait_attached keeper static-net
-echo "# keeper on $ELSEWHERE has $(network_ip keeper static-net)"
+KEEPER_IP=$(network_ip keeper static-net)
+echo "# keeper on $ELSEWHERE has $KEEPER_IP"
 run kubectl delete pod keeper --wait=true --timeout=60s
+# The claim is released (not deleted) once the agent has removed keeper's interface.
+run kubectl wait --for=jsonpath='{.status.phase}'=Released "addressclaim/static-net.${KEEPER_IP//./-}" --timeout="$WAIT"
 run kubectl get addressclaims
 pinned_pod keeper "$OTHER" static-net
 run kubectl wait --for=condition=Ready pod/keeper --timeout="$WAIT"
