@@ -28,15 +28,6 @@ use serde_json::json;
 
 const NETWORK: &str = "net-c";
 
-fn pod_address(pod: &Netns) -> Option<IpAddr> {
-    let link = pod.link_json("net1")?;
-    link["addr_info"]
-        .as_array()?
-        .iter()
-        .find(|a| a["family"] == "inet")
-        .and_then(|a| a["local"].as_str()?.parse().ok())
-}
-
 fn claims(node: &Node) -> Vec<AddressClaim> {
     node.kube(|c| async move {
         Api::<AddressClaim>::all(c)
@@ -61,18 +52,6 @@ fn create_pod(node: &Node, name: &str, annotation: serde_json::Value) {
         .unwrap();
         api.create(&PostParams::default(), &pod).await.unwrap();
     });
-}
-
-/// (Re)starts the agent, the previous one killed first, and waits until it serves CNI.
-fn start_agent(node: &mut Node, failpoint: Option<&str>) {
-    node.kill_agent();
-    let socket = node.dir().join("cni.sock");
-    let _ = std::fs::remove_file(&socket);
-    match failpoint {
-        Some(fp) => node.start_agent_with_env(&[("BRIDGENET_FAILPOINT", fp)]),
-        None => node.start_agent(),
-    }
-    node.eventually("the agent's CNI socket", || socket.exists());
 }
 
 fn expect_abort(node: &mut Node, fp: &str) {
@@ -126,26 +105,22 @@ fn claims_are_neither_lost_nor_leaked_whichever_step_the_agent_dies_at() {
         );
         let mut holder = add.clone();
         if add_steps.contains(fp) {
-            start_agent(&mut node, Some(fp));
+            node.restart_agent(Some(fp));
             let answer = rt.block_on(run_plugin(&add));
             assert!(!answer.ok, "{fp}: the ADD died with the agent");
             expect_abort(&mut node, fp);
-            start_agent(&mut node, None);
+            node.restart_agent(None);
             // The runtime cleans the sandbox up, then retries with a new one.
             assert!(rt.block_on(run_plugin(&add.with_command("DEL"))).ok);
             holder.container_id = format!("sb-{round}-retry");
             let answer = rt.block_on(run_plugin(&holder));
             assert!(answer.ok, "{fp}: the retried ADD: {}", answer.raw);
         } else {
-            start_agent(&mut node, None);
+            node.restart_agent(None);
             let answer = rt.block_on(run_plugin(&add));
             assert!(answer.ok, "{fp}: ADD: {}", answer.raw);
         }
-        assert_eq!(
-            pod_address(&pod_ns),
-            Some(wanted),
-            "{fp}: the asked address"
-        );
+        assert_eq!(pod_ns.ipv4("net1"), Some(wanted), "{fp}: the asked address");
         let held: Vec<AddressClaim> = claims(&node)
             .into_iter()
             .filter(|c| c.spec.address == wanted.to_string())
@@ -159,11 +134,11 @@ fn claims_are_neither_lost_nor_leaked_whichever_step_the_agent_dies_at() {
         );
         let del = holder.with_command("DEL");
         if del_steps.contains(fp) {
-            start_agent(&mut node, Some(fp));
+            node.restart_agent(Some(fp));
             let answer = rt.block_on(run_plugin(&del));
             assert!(!answer.ok, "{fp}: the DEL died with the agent");
             expect_abort(&mut node, fp);
-            start_agent(&mut node, None);
+            node.restart_agent(None);
         }
         let answer = rt.block_on(run_plugin(&del));
         assert!(answer.ok, "{fp}: DEL: {}", answer.raw);
@@ -206,11 +181,11 @@ fn claims_are_neither_lost_nor_leaked_whichever_step_the_agent_dies_at() {
         chained_config(&socket, "1.1.0", None),
     );
     assert!(rt.block_on(run_plugin(&first)).ok);
-    let ip = pod_address(&first_ns).unwrap();
-    start_agent(&mut node, Some(failpoint::DEL_AFTER_CLAIMS));
+    let ip = first_ns.ipv4("net1").unwrap();
+    node.restart_agent(Some(failpoint::DEL_AFTER_CLAIMS));
     assert!(!rt.block_on(run_plugin(&first.with_command("DEL"))).ok);
     expect_abort(&mut node, failpoint::DEL_AFTER_CLAIMS);
-    start_agent(&mut node, None);
+    node.restart_agent(None);
     assert!(rt.block_on(run_plugin(&first.with_command("DEL"))).ok);
     let kept = claims(&node);
     assert_eq!(kept.len(), 1, "the sticky claim stays");
@@ -229,7 +204,7 @@ fn claims_are_neither_lost_nor_leaked_whichever_step_the_agent_dies_at() {
     );
     let answer = rt.block_on(run_plugin(&second));
     assert!(answer.ok, "the successor: {}", answer.raw);
-    assert_eq!(pod_address(&second_ns), Some(ip), "same name, same address");
+    assert_eq!(second_ns.ipv4("net1"), Some(ip), "same name, same address");
     assert_eq!(claims(&node)[0].name_any(), kept[0].name_any());
     node.kill_agent();
 }

@@ -173,15 +173,6 @@ impl Drop for Node {
     }
 }
 
-fn pod_address(pod: &Netns) -> Option<IpAddr> {
-    let link = pod.link_json("net1")?;
-    link["addr_info"]
-        .as_array()?
-        .iter()
-        .find(|a| a["family"] == "inet")
-        .and_then(|a| a["local"].as_str()?.parse().ok())
-}
-
 /// Invariants once the runtime has cleaned up: every allocation belongs to a sandbox that is
 /// attached, carries exactly its pod's address, each address once, and each attached pod has
 /// exactly one host veth.
@@ -197,7 +188,7 @@ fn assert_consistent(node: &mut Node, attached: &BTreeMap<usize, &Netns>) {
     assert_eq!(ips.len(), allocs.len(), "no address held twice");
     for (i, pod) in attached {
         assert_eq!(
-            pod_address(pod),
+            pod.ipv4("net1"),
             allocs.get(&format!("sandbox-{i}")).copied(),
             "pod {i} carries its address"
         );
@@ -236,13 +227,13 @@ async fn failpoints() {
         let add1 = node.call("ADD", 1, &p1);
         let second = run_plugin(&add1).await;
         assert!(second.ok, "{fp}: ADD after restart: {}", second.raw);
-        if let (Some(a0), Some(a1)) = (pod_address(&p0), pod_address(&p1)) {
+        if let (Some(a0), Some(a1)) = (p0.ipv4("net1"), p1.ipv4("net1")) {
             assert_ne!(a0, a1, "{fp}: address handed out twice");
         }
         // The runtime retries the failed call's cleanup: DEL.
         let del0 = run_plugin(&add0.with_command("DEL")).await;
         assert!(del0.ok, "{fp}: DEL after restart: {}", del0.raw);
-        assert!(pod_address(&p0).is_none(), "{fp}: p0's interface gone");
+        assert!(p0.ipv4("net1").is_none(), "{fp}: p0's interface gone");
         assert_consistent(&mut node, &BTreeMap::from([(1, &p1)]));
         node.start(None);
         assert!(run_plugin(&add1.with_command("DEL")).await.ok);

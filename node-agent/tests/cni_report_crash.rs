@@ -86,18 +86,6 @@ fn endpoint_listed(node: &Node, pod: &str, ip: IpAddr) -> bool {
     })
 }
 
-/// (Re)starts the agent, the previous one killed first, and waits until it serves CNI.
-fn start_agent(node: &mut Node, failpoint: Option<&str>) {
-    node.kill_agent();
-    let socket = node.dir().join("cni.sock");
-    let _ = std::fs::remove_file(&socket);
-    match failpoint {
-        Some(fp) => node.start_agent_with_env(&[("BRIDGENET_FAILPOINT", fp)]),
-        None => node.start_agent(),
-    }
-    node.eventually("the agent's CNI socket", || socket.exists());
-}
-
 #[test]
 #[ignore = "needs root"]
 fn results_are_reported_whichever_step_between_add_and_report_the_agent_dies_at() {
@@ -133,7 +121,7 @@ fn results_are_reported_whichever_step_between_add_and_report_the_agent_dies_at(
                 .unwrap();
         });
         let pod_ns = Netns::new(&format!("report-p{round}"));
-        start_agent(&mut node, Some(fp));
+        node.restart_agent(Some(fp));
         let add = Call::new(
             "ADD",
             &format!("sb-{round}"),
@@ -146,7 +134,7 @@ fn results_are_reported_whichever_step_between_add_and_report_the_agent_dies_at(
             .wait_agent_exit(Duration::from_secs(20))
             .unwrap_or_else(|| panic!("{fp}: the failpoint never fired:\n{}", node.agent_log()));
         assert!(!status.success(), "{fp}: the agent aborted");
-        start_agent(&mut node, None);
+        node.restart_agent(None);
         if !answer.ok {
             // Killed inside the ADD: the runtime cleans the sandbox up and retries with a new one.
             assert_eq!(answer.code(), 11, "{fp}: try again later: {}", answer.raw);

@@ -94,6 +94,17 @@ impl Context {
         }
     }
 
+    /// The cached address claims of `network`; `None` when claims are not watched.
+    fn claims_of(&self, network: &str) -> Option<Vec<Arc<AddressClaim>>> {
+        self.claims.as_ref().map(|store| {
+            store
+                .state()
+                .into_iter()
+                .filter(|c| c.spec.network == network)
+                .collect()
+        })
+    }
+
     /// Also tends the networks' address claims, from this cache of them.
     pub fn with_claims(mut self, claims: Store<AddressClaim>) -> Self {
         self.claims = Some(claims);
@@ -314,13 +325,8 @@ async fn cleanup(net: Arc<BridgeNetwork>, ctx: &Context) -> Result<Action> {
             remaining,
         });
     }
-    if let Some(store) = &ctx.claims {
-        let all = store.state();
-        let mine: Vec<&AddressClaim> = all
-            .iter()
-            .filter(|c| c.spec.network == name)
-            .map(|c| &**c)
-            .collect();
+    if let Some(all) = ctx.claims_of(&name) {
+        let mine: Vec<&AddressClaim> = all.iter().map(|c| &**c).collect();
         let failed = claims::delete_all(&ctx.client, &mine).await;
         if failed > 0 {
             return Err(Error::WaitingForTeardown {
@@ -343,16 +349,11 @@ async fn tend_claims(
     net: &BridgeNetwork,
     nodes: &[Arc<Node>],
 ) -> Result<Option<Duration>> {
-    let Some(store) = &ctx.claims else {
+    let name = net.name_any();
+    let Some(all) = ctx.claims_of(&name) else {
         return Ok(None);
     };
-    let name = net.name_any();
-    let all = store.state();
-    let mine: Vec<&AddressClaim> = all
-        .iter()
-        .filter(|c| c.spec.network == name)
-        .map(|c| &**c)
-        .collect();
+    let mine: Vec<&AddressClaim> = all.iter().map(|c| &**c).collect();
     if mine.is_empty() {
         return Ok(None);
     }

@@ -104,6 +104,15 @@ impl Netns {
         let v: Value = serde_json::from_str(&out).ok()?;
         v.as_array()?.first().cloned()
     }
+
+    /// The IPv4 address of `dev` in this namespace, as the kernel has it.
+    pub fn ipv4(&self, dev: &str) -> Option<std::net::IpAddr> {
+        self.link_json(dev)?["addr_info"]
+            .as_array()?
+            .iter()
+            .find(|a| a["family"] == "inet")
+            .and_then(|a| a["local"].as_str()?.parse().ok())
+    }
 }
 
 impl Drop for Netns {

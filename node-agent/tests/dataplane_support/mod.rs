@@ -198,6 +198,20 @@ impl Node {
         self.start_agent_with_env(&[]);
     }
 
+    /// (Re)starts the agent, the previous one killed first, armed with `failpoint` (see
+    /// `bridgenet_agent::cni::engine::failpoint`) if given, and waits until it serves CNI on
+    /// `cni.sock` in [`Node::dir`].
+    pub fn restart_agent(&mut self, failpoint: Option<&str>) {
+        self.kill_agent();
+        let socket = self.dir().join("cni.sock");
+        let _ = std::fs::remove_file(&socket);
+        match failpoint {
+            Some(fp) => self.start_agent_with_env(&[("BRIDGENET_FAILPOINT", fp)]),
+            None => self.start_agent(),
+        }
+        self.eventually("the agent's CNI socket", || socket.exists());
+    }
+
     /// Starts the agent with extra environment variables (e.g. the downward API's
     /// `POD_NAME`/`POD_NAMESPACE`). The log of this run replaces the previous one.
     pub fn start_agent_with_env(&mut self, env: &[(&str, &str)]) {
