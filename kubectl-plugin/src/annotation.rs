@@ -62,11 +62,6 @@ pub enum RequestError {
     /// `--ip6` that is not an IPv6 address (Docker's words).
     #[error("invalid IPv6 address: {0}")]
     BadIpv6(String),
-    /// Both: the annotation's entry has one `ip` field; the other family is allocated.
-    #[error(
-        "give --ip or --ip6, not both: bridgenet's annotation asks for one address per network (the other family's is allocated)"
-    )]
-    TwoAddresses,
     /// An address outside the network's subnets (Docker's words).
     #[error("Invalid address {0}: It does not belong to any of this network's subnets")]
     OutsideSubnets(String),
@@ -90,9 +85,12 @@ pub struct Attachment {
     /// Interface name inside the pod, when it has to be written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
-    /// The address asked for (`--ip` or `--ip6`).
+    /// The IPv4 address asked for (`--ip`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ip: Option<IpAddr>,
+    /// The IPv6 address asked for (`--ip6`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<IpAddr>,
     /// DNS aliases (`--alias`), lowercase, each once.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
@@ -119,11 +117,7 @@ impl Attachment {
                 _ => Err(RequestError::BadIpv6(s.to_owned())),
             })
             .transpose()?;
-        let ip = match (v4, v6) {
-            (Some(_), Some(_)) => return Err(RequestError::TwoAddresses),
-            (a, b) => a.or(b),
-        };
-        if let Some(addr) = ip {
+        for addr in v4.into_iter().chain(v6) {
             let subnet = match addr {
                 IpAddr::V4(_) => Some(net.spec.subnet.as_str()),
                 IpAddr::V6(_) => net.spec.ipv6.as_ref().map(|v6| v6.subnet.as_str()),
@@ -153,7 +147,8 @@ impl Attachment {
         Ok(Self {
             name: net.metadata.name.clone().unwrap_or_default(),
             interface: interface.map(str::to_owned),
-            ip,
+            ip: v4,
+            ip6: v6,
             aliases: lower,
         })
     }
@@ -534,7 +529,15 @@ mod tests {
         assert_eq!(ok.interface.as_deref(), Some("data0"));
         assert_eq!(ok.name, "web");
         let v6 = Attachment::new(&n, None, Some("fd00:20::9"), &[], None).unwrap();
-        assert_eq!(v6.ip, Some("fd00:20::9".parse().unwrap()));
+        assert_eq!(v6.ip6, Some("fd00:20::9".parse().unwrap()));
+        let both = Attachment::new(&n, Some("172.20.0.9"), Some("fd00:20::9"), &[], None).unwrap();
+        assert_eq!(
+            (both.ip, both.ip6),
+            (
+                Some("172.20.0.9".parse().unwrap()),
+                Some("fd00:20::9".parse().unwrap())
+            )
+        );
         let err =
             |ip: Option<&str>, ip6: Option<&str>, alias: &str, ifname: Option<&str>, ipv6: bool| {
                 let aliases = if alias.is_empty() {
@@ -551,10 +554,6 @@ mod tests {
         assert_eq!(
             err(None, Some("172.20.0.9"), "", None, true),
             RequestError::BadIpv6("172.20.0.9".into())
-        );
-        assert_eq!(
-            err(Some("172.20.0.9"), Some("fd00:20::9"), "", None, true),
-            RequestError::TwoAddresses
         );
         assert_eq!(
             err(Some("10.0.0.9"), None, "", None, true).to_string(),

@@ -162,3 +162,17 @@ def test_a_recreated_sticky_pod_gets_its_address_back_on_the_other_node(cluster)
     cluster.pod(other, net, node="node1")
     cluster.wait_ready(other)
     assert cluster.ip(other, net) != before
+
+
+def test_a_sticky_address_is_free_again_once_its_hold_is_over(cluster):
+    net = unique("hold")
+    cluster.network(net, "172.45.0.0/24", stickyAddresses=True, stickyHoldSeconds=3)
+    p = unique("gone")
+    cluster.pod(p, net, node="node2")
+    cluster.wait_ready(p)
+    ip = cluster.ip(p, net)
+    cluster.kubectl("delete", "pod", p, "--wait=true", "--timeout=60s")
+    eventually(lambda: claims_of(cluster, net).get(ip, {}).get("status", {}).get("phase") == "Released",
+               what="the sticky claim released")
+    # The operator deletes it once the hold (3 s) is over; the address is anyone's again.
+    eventually(lambda: ip not in claims_of(cluster, net), timeout=30, what="the claim deleted after its hold")

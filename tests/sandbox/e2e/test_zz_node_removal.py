@@ -23,10 +23,18 @@ def test_node_deleted_with_pods_attached_frees_its_blocks_after_pod_gc(cluster):
     eventually(lambda: set(blocks_by_node()) == {"node1", "node2"}, what="blocks on both nodes")
     # The node dies with a pod of the network attached (and pods of earlier tests): no drain,
     # and no agent is left to report any of them detached.
-    stranded, asker = unique("stranded"), unique("asker")
+    stranded, asker, pinned = unique("stranded"), unique("asker"), unique("pinned")
     cluster.pod(stranded, networks=net, node="node2")
     cluster.pod(asker, networks=net, node="node1")
-    cluster.wait_ready(stranded, asker)
+    # An address of no node's block (the operator granted it), claimed from node2.
+    cluster.pod(pinned, networks=[{"name": net, "ip": "172.23.0.222"}], node="node2")
+    cluster.wait_ready(stranded, asker, pinned)
+
+    def claim_of_pinned():
+        return [c for c in cluster.get("addressclaims", "-l", f"bridgenet.io/network={net}")["items"]
+                if c["spec"]["address"] == "172.23.0.222"]
+
+    assert claim_of_pinned()[0]["status"]["grantedBy"] == "operator"
     eventually(lambda: any(attached(nb) for nb in on_node2(net)), what="node2's agent to report the pod")
 
     def lookup() -> subprocess.CompletedProcess:
@@ -53,5 +61,8 @@ def test_node_deleted_with_pods_attached_frees_its_blocks_after_pod_gc(cluster):
     cluster.kubectl("delete", "pods", "-A", "--field-selector", "spec.nodeName=node2", "--force",
                     "--grace-period=0", "--wait=true", "--timeout=60s")
     eventually(lambda: set(blocks_by_node()) == {"node1"}, timeout=45, what="node2's blocks to be freed")
+    # No agent is left on node2 to release the claim: the operator deletes the claims of a
+    # node that is gone.
+    eventually(lambda: not claim_of_pinned(), what="the claim of node2's pod to go with node2")
     eventually(lambda: not on_node2(net), what="node2's NodeBridge to go")
     eventually(lambda: not on_node2(), what="every network to give up its NodeBridge on node2")
