@@ -208,12 +208,14 @@ def test_the_agent_cannot_touch_what_is_not_its_business(default_render):
     have = granted(default_render, "bridgenet-agent")
     assert not any(r in ("secrets", "configmaps", "bridgenetworks") for _, _, r, _ in have)
     assert not any(v in ("create", "delete", "update", "deletecollection") for _, g, r, v in have if g != "events.k8s.io")
-    # Writes: its NodeBridges' status and finalizers, pods' annotations, events.
+    # Writes: its NodeBridges' status and finalizers, pods' annotations and readiness-gate
+    # condition, events.
     writes = {(g, r) for _, g, r, v in have if v in MUTATING}
     assert writes == {
         ("bridgenet.io", "nodebridges/status"),
         ("bridgenet.io", "nodebridges"),
         ("", "pods"),
+        ("", "pods/status"),
         ("events.k8s.io", "events"),
     }
 
