@@ -55,7 +55,7 @@ def test_the_policy_adds_the_gate_to_annotated_pods_at_creation_only():
     expr = mutation["jsonPatch"]["expression"]
     # Both shapes of a pod: no readinessGates yet (add the list), some already (append).
     assert 'path: "/spec/readinessGates/-"' in expr and 'path: "/spec/readinessGates",' in expr
-    assert expr.count(f'conditionType: "{GATE}"') == 2
+    assert f'conditionType: "{GATE}"' in expr and f'[{{"conditionType": "{GATE}"}}]' in expr
 
 
 def test_injection_can_be_turned_off_and_fail_closed():
