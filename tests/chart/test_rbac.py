@@ -212,7 +212,8 @@ def test_the_agent_cannot_touch_what_is_not_its_business(default_render):
     assert not any(v in ("create", "delete", "update", "deletecollection") for _, g, r, v in have
                    if g != "events.k8s.io" and not r.startswith("addressclaims"))
     assert not any(v == "deletecollection" for _, _, _, v in have)
-    # Writes: its NodeBridges' status and finalizers, pods' annotations, address claims, events.
+    # Writes: its NodeBridges' status and finalizers, pods' annotations, address claims, the
+    # readiness-gate condition (pods/status), events.
     writes = {(g, r) for _, g, r, v in have if v in MUTATING}
     assert writes == {
         ("bridgenet.io", "nodebridges/status"),
@@ -220,6 +221,7 @@ def test_the_agent_cannot_touch_what_is_not_its_business(default_render):
         ("bridgenet.io", "addressclaims"),
         ("bridgenet.io", "addressclaims/status"),
         ("", "pods"),
+        ("", "pods/status"),
         ("events.k8s.io", "events"),
     }
 

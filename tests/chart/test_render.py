@@ -71,6 +71,8 @@ BAD_VALUE_SETS = {
     "dns-upstream-by-name": {"agent": {"dns": {"upstream": ["dns.example.com"]}}},
     "tests-ipv6-subnet": {"tests": {"subnet": "fd00::/64"}},
     "tests-short-timeout": {"tests": {"timeoutSeconds": 5}},
+    "readiness-gate-unknown-version": {"readinessGate": {"apiVersion": "v2"}},
+    "readiness-gate-bad-failure-policy": {"readinessGate": {"failurePolicy": "Maybe"}},
 }
 
 

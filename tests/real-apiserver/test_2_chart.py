@@ -5,6 +5,9 @@ charts/bridgenet/api-calls.yaml lists — asked of the server's own RBAC authori
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 import yaml
 
@@ -27,7 +30,10 @@ NEVER = [
 def installed(kubectl):
     """The chart's templates applied in the release namespace (CRDs are test_1's); deleted after
     the module, before the sandbox suite starts its own operator and agents."""
-    rendered = chart.render()
+    # `helm install` asks the server which MutatingAdmissionPolicy version it serves (the
+    # chart's default picks the newest); the offline renderer cannot, so it is told the same.
+    version = served_policy_version(kubectl)
+    rendered = chart.render({"readinessGate": {"apiVersion": version}} if version else None)
     # `helm install` creates no `helm test` hook; `helm test` creates the hook's RBAC first (lower
     # weight), then its Pod. So everything but the hook's Pod is installed (its ServiceAccount's
     # grants are checked like the others), and the Pod is judged by the server (dry run) once its
@@ -50,6 +56,17 @@ def installed(kubectl):
         kubectl("delete", "-f", "-", "--ignore-not-found", "--wait=true", "--timeout=120s", stdin=manifest,
                 check=False)
         kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=120s", check=False)
+
+
+def served_policy_version(kubectl) -> str | None:
+    """The newest admissionregistration.k8s.io version whose MutatingAdmissionPolicy the server
+    serves, as the chart's capability check picks it."""
+    for version in ("v1", "v1beta1", "v1alpha1"):
+        res = kubectl("get", "--raw", f"/apis/admissionregistration.k8s.io/{version}", check=False)
+        if res.returncode == 0 and any(r["kind"] == "MutatingAdmissionPolicy"
+                                       for r in json.loads(res.stdout)["resources"]):
+            return version
+    return None
 
 
 def test_every_rendered_object_exists(kubectl, installed):
@@ -118,3 +135,41 @@ def test_service_account_may_do_exactly_its_listed_calls(kubectl, installed, bin
 def test_service_account_is_refused_what_it_does_not_need(kubectl, installed, binary, verb, resource, namespace):
     sa = f"bridgenet-{API_CALLS[binary]['serviceAccount']}"
     assert not can_i(kubectl, sa, verb, resource, namespace), f"{sa} may {verb} {resource}"
+
+
+GATE = "bridgenet.io/networks-ready"
+
+
+def admitted_pod(kubectl, name: str, annotations: dict | None, gates: list[str] | None) -> dict:
+    """The Pod as the API server would store it (`--dry-run=server` runs admission, mutating
+    policies included), without creating it."""
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": NAMESPACE, **({"annotations": annotations} if annotations else {})},
+           "spec": {"containers": [{"name": "main", "image": "busybox:1.36"}]}}
+    if gates is not None:
+        pod["spec"]["readinessGates"] = [{"conditionType": g} for g in gates]
+    res = kubectl("create", "--dry-run=server", "-o", "json", "-f", "-", stdin=json.dumps(pod))
+    return json.loads(res.stdout)
+
+
+def gates(pod: dict) -> list[str]:
+    return [g["conditionType"] for g in pod["spec"].get("readinessGates") or []]
+
+
+def test_pods_asking_for_networks_get_the_readiness_gate_from_the_policy(kubectl, installed):
+    if not installed.of_kind("MutatingAdmissionPolicy"):
+        pytest.skip("this API server serves no MutatingAdmissionPolicy API: the chart installs no policy")
+    networks = {"bridgenet.io/networks": "custom-network"}
+    # A new policy takes effect once the server's policy informers have it: moments.
+    deadline = time.monotonic() + 30
+    while gates(admitted_pod(kubectl, "gated", networks, None)) != [GATE]:
+        assert time.monotonic() < deadline, "the policy never added the gate to an annotated pod"
+        time.sleep(0.5)
+    # A list that is there already is appended to, not replaced.
+    assert gates(admitted_pod(kubectl, "gated-too", networks, ["example.com/other"])) == ["example.com/other", GATE]
+    # A pod that has the gate keeps exactly one.
+    assert gates(admitted_pod(kubectl, "has-it", networks, [GATE])) == [GATE]
+    # A pod that asks for no network gets nothing.
+    assert gates(admitted_pod(kubectl, "plain", None, None)) == []
+    assert gates(admitted_pod(kubectl, "other-annotation", {"example.com/x": "y"}, None)) == []
+    assert gates(admitted_pod(kubectl, "empty", {"bridgenet.io/networks": ""}, None)) == []

@@ -57,3 +57,22 @@ app.kubernetes.io/component: agent
 {{- define "bridgenet.agent.image" -}}
 {{- printf "%s:%s" .Values.agent.image.repository (default .Chart.AppVersion .Values.agent.image.tag) -}}
 {{- end -}}
+
+{{/*
+admissionregistration.k8s.io version of the readiness gate's MutatingAdmissionPolicy: the one
+set in readinessGate.apiVersion, else the newest the cluster serves, else empty (none).
+*/}}
+{{- define "bridgenet.readinessGate.apiVersion" -}}
+{{- if .Values.readinessGate.apiVersion -}}
+admissionregistration.k8s.io/{{ .Values.readinessGate.apiVersion }}
+{{- else -}}
+{{- $found := dict "gv" "" -}}
+{{- range list "v1" "v1beta1" "v1alpha1" -}}
+{{- $gv := printf "admissionregistration.k8s.io/%s" . -}}
+{{- if and (not $found.gv) ($.Capabilities.APIVersions.Has (printf "%s/MutatingAdmissionPolicy" $gv)) -}}
+{{- $_ := set $found "gv" $gv -}}
+{{- end -}}
+{{- end -}}
+{{- $found.gv -}}
+{{- end -}}
+{{- end }}

@@ -145,7 +145,14 @@ pub async fn sync_pod<D: Directory>(
     };
     // Each network on its own: one refused network must not hold back the others.
     for request in plan.attach {
-        let key = (pod_ref.clone(), format!("{value}\u{0}{}", request.name));
+        // Whether this node has the network is part of what was refused: a network created
+        // after the refusal (`docker network connect` right after `network create`) is
+        // attached at the next resync instead of waiting for the annotation to change.
+        let known = engine.directory().node_bridge(&request.name).is_some();
+        let key = (
+            pod_ref.clone(),
+            format!("{value}\u{0}{}\u{0}{known}", request.name),
+        );
         if reported.contains(&key) {
             continue;
         }

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use crate::cni::engine::{Directory, Engine, Notice, PodRef, failpoint};
 use crate::cni::kube::KubeDirectory;
 use crate::cni::npwg;
+use crate::cni::readiness::{self, ConditionPatch, Failure, Readiness};
 use crate::ipam::{Allocation, Pool};
 use crate::metrics::{self, NetworkUsage};
 use crate::nodebridge::StatusWriter;
@@ -372,6 +373,8 @@ pub async fn status_loop(
     );
     let mut written: HashMap<PodRef, (StatusPatch, Instant)> = HashMap::new();
     let mut told: HashMap<PodRef, String> = HashMap::new();
+    let mut conditions: HashMap<PodRef, (Readiness, Option<String>, Instant)> = HashMap::new();
+    let mut failures: BTreeMap<PodRef, Failure> = BTreeMap::new();
     let changes = engine.journal_changes();
     // A pass every second checks everything (level-triggered); a change of the journal brings
     // the next pass forward, so a name or endpoint is out within moments of an attach or
@@ -386,7 +389,16 @@ pub async fn status_loop(
             notice = notices.recv() => match notice {
                 None => return,
                 Some(Notice::Rejected { pod, reason, message }) => {
-                    let reference = engine.directory().cached_pod(&pod).map_or_else(
+                    let cached = engine.directory().cached_pod(&pod);
+                    failures.insert(pod.clone(), Failure {
+                        reason,
+                        message: message.clone(),
+                        annotation: cached
+                            .as_deref()
+                            .and_then(readiness::networks_annotation)
+                            .map(ToOwned::to_owned),
+                    });
+                    let reference = cached.map_or_else(
                         || k8s_openapi::api::core::v1::ObjectReference {
                             api_version: Some("v1".into()),
                             kind: Some("Pod".into()),
@@ -423,6 +435,7 @@ pub async fn status_loop(
                 let allocs = engine.allocations().await;
                 let problems = write_network_status(&engine, &client, &allocs, &mut written).await;
                 tell_problems(&recorder, dir, problems, &mut told).await;
+                write_readiness(&engine, &client, &allocs, &mut failures, &mut conditions).await;
                 if write_endpoints(dir, &status, &allocs).await {
                     last_write = tokio::time::Instant::now();
                 }
@@ -526,6 +539,75 @@ async fn write_network_status(
         }
     }
     report.problems
+}
+
+/// Writes the `bridgenet.io/networks-ready` condition of every gated pod whose condition
+/// differs from the journal (see [`readiness::condition_patches`]); forgets the refusals of
+/// pods that are gone or attached since.
+async fn write_readiness(
+    engine: &Engine<KubeDirectory>,
+    client: &Client,
+    allocs: &[Allocation],
+    failures: &mut BTreeMap<PodRef, Failure>,
+    written: &mut HashMap<PodRef, (Readiness, Option<String>, Instant)>,
+) {
+    let dir = engine.directory();
+    let pods = dir.pods();
+    let busy = |id: &str| engine.is_busy(id);
+    let patches = readiness::condition_patches(&pods, allocs, busy, failures, Timestamp::now());
+    // A refusal stays the wording of a False condition until the pod is gone or its condition
+    // is written True (only pods with something to write can have changed).
+    failures.retain(|pod, _| {
+        pods.iter().any(|p| {
+            p.metadata.namespace.as_deref() == Some(pod.namespace.as_str())
+                && p.metadata.name.as_deref() == Some(pod.name.as_str())
+        }) && !patches.iter().any(|c| c.pod == *pod && c.readiness.ready)
+    });
+    written.retain(|_, (_, _, at)| at.elapsed() < WRITE_SETTLE);
+    for patch in patches {
+        // Computed again from the same version of the pod: our write has not come back
+        // through the watch yet.
+        if written
+            .get(&patch.pod)
+            .is_some_and(|(r, rv, _)| *r == patch.readiness && *rv == patch.resource_version)
+        {
+            continue;
+        }
+        send_condition(client, &patch).await;
+        written.insert(
+            patch.pod.clone(),
+            (patch.readiness, patch.resource_version, Instant::now()),
+        );
+    }
+}
+
+/// One condition write; failures are logged and retried at the next pass (the difference is
+/// still there).
+async fn send_condition(client: &Client, patch: &ConditionPatch) {
+    let pod = &patch.pod;
+    let api = Api::<Pod>::namespaced(client.clone(), &pod.namespace);
+    let sent = api
+        .patch_status(
+            &pod.name,
+            &PatchParams::default(),
+            &Patch::Strategic(patch.body()),
+        )
+        .await;
+    match sent {
+        Ok(_) => tracing::info!(
+            pod = %pod,
+            ready = patch.readiness.ready,
+            reason = patch.readiness.reason,
+            message = %patch.readiness.message,
+            "{} written",
+            readiness::CONDITION_NETWORKS_READY
+        ),
+        // Deleted meanwhile: its cache entry goes with the watch event.
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => {
+            tracing::warn!(pod = %pod, error = %e, "writing {}", readiness::CONDITION_NETWORKS_READY)
+        }
+    }
 }
 
 /// Publishes each problem as a Warning Event on its pod, once: `told` remembers what each pod

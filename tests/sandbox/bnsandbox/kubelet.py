@@ -1,7 +1,8 @@
 """A minimal kubelet stand-in for one sandbox node: Pods bound to the node (`spec.nodeName`)
 become a CRI pod sandbox (the runtime calls the node's CNI plugins, as for a real kubelet) plus
 one container per Pod container, with the offline busybox image; their status (phase, IPs,
-container states, Ready) goes back to the Pod's status subresource; Pods that are gone or being
+container states, Ready — which, as for a real kubelet, also needs every readiness gate's condition
+True) goes back to the Pod's status subresource, leaving conditions others own in place; Pods that are gone or being
 deleted are stopped and removed. A failed sandbox gets a `FailedCreatePodSandBox` Warning Event
 on the Pod and is retried. A Pod's `dnsPolicy`/`dnsConfig` become the sandbox's DNS config, so the
 runtime writes its /etc/resolv.conf as for a real kubelet (there is no cluster DNS: `ClusterFirst`
@@ -155,6 +156,7 @@ class Kubelet:
             await self._status(pod, {"phase": "Pending", "conditions": [
                 {"type": "Ready", "status": "False", "reason": "FailedCreatePodSandBox",
                  "message": err.details, "lastTransitionTime": _now()}]})
+            self.reported.pop(uid, None)
             return
         self.failed_at.pop(uid, None)
         for c in spec.get("containers") or []:
@@ -197,18 +199,26 @@ class Kubelet:
                 cs["state"] = {"terminated": {"exitCode": codes[cs["name"]],
                                               "reason": "Completed" if codes[cs["name"]] == 0 else "Error",
                                               "finishedAt": _now()}}
-        key = (sandbox.id, tuple(ips), ready, tuple(sorted(running)), phase)
+        # Like the kubelet: Ready needs the containers ready and every readiness gate's
+        # condition True (a gate without its condition counts as False); ContainersReady is the
+        # containers alone.
+        gates_ok, gates_msg = readiness_gates(pod)
+        pod_ready = ready and gates_ok
+        key = (sandbox.id, tuple(ips), ready, pod_ready, tuple(sorted(running)), phase)
         if self.reported.get(uid) == key:
             return
         flag = "True" if ready else "False"
+        ready_cond = {"type": "Ready", "status": "True" if pod_ready else "False", "lastTransitionTime": _now()}
+        if ready and not gates_ok:
+            ready_cond.update(reason="ReadinessGatesNotReady", message=gates_msg)
         body = {
             "phase": phase,
             "hostIP": self.node_ip, "hostIPs": [{"ip": self.node_ip}],
             "podIP": ips[0] if ips else None, "podIPs": [{"ip": ip} for ip in ips] or None,
             "startTime": pod.get("status", {}).get("startTime") or _now(),
-            "conditions": [{"type": t, "status": flag if t in ("Ready", "ContainersReady") else "True",
+            "conditions": [{"type": t, "status": flag if t == "ContainersReady" else "True",
                             "lastTransitionTime": _now()}
-                           for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")],
+                           for t in ("PodScheduled", "Initialized", "ContainersReady")] + [ready_cond],
             "containerStatuses": cstatuses,
         }
         if await self._status(pod, body):
@@ -236,10 +246,19 @@ class Kubelet:
                 raise
 
     async def _status(self, pod: dict, status: dict) -> bool:
+        """Writes the status in two patches: a merge patch for everything but the conditions
+        (lists such as podIPs replaced whole, as the kubelet's computed patch does), and a
+        strategic merge patch for the conditions, which are keyed on `type`: the ones others own
+        (a readiness gate's, written by its controller) stay as they are."""
         meta = pod["metadata"]
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status"
+        rest = {k: v for k, v in status.items() if k != "conditions"}
         try:
-            await self.kube.request("PATCH", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status",
-                                    {"status": status}, content_type="application/merge-patch+json")
+            if rest:
+                await self.kube.request("PATCH", path, {"status": rest}, content_type="application/merge-patch+json")
+            if "conditions" in status:
+                await self.kube.request("PATCH", path, {"status": {"conditions": status["conditions"]}},
+                                        content_type="application/strategic-merge-patch+json")
             return True
         except KubeError as err:
             if err.status == 404:
@@ -274,6 +293,18 @@ class Kubelet:
             await self.kube.request("POST", path, ev)
         except KubeError as err:
             log.warning("event for %s/%s: %s", meta["namespace"], meta["name"], err)
+
+
+def readiness_gates(pod: dict) -> tuple[bool, str]:
+    """Whether every readiness gate of `pod` has its condition True in the pod's status, and,
+    if not, the kubelet's message naming those that do not."""
+    conditions = {c.get("type"): c.get("status") for c in (pod.get("status") or {}).get("conditions") or []}
+    missing = [g["conditionType"] for g in (pod.get("spec") or {}).get("readinessGates") or []
+               if conditions.get(g.get("conditionType")) != "True"]
+    if not missing:
+        return True, ""
+    return False, "corresponding condition of pod readiness gate " + ", ".join(f'"{m}"' for m in missing) + \
+        " does not exist or is not True"
 
 
 def parse_resolv_conf(text: str) -> cri.DnsConfig:

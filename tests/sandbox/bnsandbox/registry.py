@@ -218,7 +218,18 @@ def _pod_row(o: dict) -> list:
         human_age(o["metadata"].get("creationTimestamp")),
         status.get("podIP") or "<none>",
         (o.get("spec") or {}).get("nodeName") or "<none>",
+        status.get("nominatedNodeName") or "<none>",
+        _readiness_gates_cell(o),
     ]
+
+
+def _readiness_gates_cell(o: dict) -> str:
+    """`<true>/<all>` of the pod's readiness gates, as the API server prints it; `<none>`."""
+    gates = (o.get("spec") or {}).get("readinessGates") or []
+    if not gates:
+        return "<none>"
+    true = {c.get("type") for c in (o.get("status") or {}).get("conditions") or [] if c.get("status") == "True"}
+    return f"{sum(1 for g in gates if g.get('conditionType') in true)}/{len(gates)}"
 
 
 def _node_row(o: dict) -> list:
@@ -324,7 +335,7 @@ def builtin_types() -> list[ResourceType]:
             "", ["v1"], "pods", "pod", "Pod", True, ["po"], ["all"], status_subresource=True,
             table=(
                 [_col("Name", fmt="name"), _col("Ready"), _col("Status"), _col("Restarts", typ="integer"),
-                 _col("Age"), _col("IP", 1), _col("Node", 1)],
+                 _col("Age"), _col("IP", 1), _col("Node", 1), _col("Nominated Node", 1), _col("Readiness Gates", 1)],
                 _pod_row,
             ),
         ),

@@ -266,3 +266,16 @@ def test_pod_dns_config_is_merged_into_the_nodes_for_other_policies():
         "options": [{"name": "ndots", "value": "5"}, {"name": "rotate"}]}}, NODE_RESOLV)
     assert got == cri.DnsConfig(["10.255.255.53", "172.20.0.1"], ["corp.example", "x.test"],
                                 ["ndots:5", "timeout:2", "rotate"])
+
+
+def test_kubelet_counts_readiness_gates_like_the_kubelet():
+    gate = "bridgenet.io/networks-ready"
+    pod = {"spec": {"readinessGates": [{"conditionType": gate}]},
+           "status": {"conditions": [{"type": "ContainersReady", "status": "True"}]}}
+    ok, msg = kubelet.readiness_gates(pod)
+    assert not ok and gate in msg
+    pod["status"]["conditions"].append({"type": gate, "status": "False"})
+    assert not kubelet.readiness_gates(pod)[0]
+    pod["status"]["conditions"][-1]["status"] = "True"
+    assert kubelet.readiness_gates(pod) == (True, "")
+    assert kubelet.readiness_gates({"spec": {}, "status": {}}) == (True, "")
