@@ -289,6 +289,8 @@ mod tests {
             host_veth: "bnv1".into(),
             mac: "02:00:00:00:00:01".into(),
             since,
+            claim: String::new(),
+            sticky: false,
         }
     }
 
