@@ -182,8 +182,11 @@ print(next(nb["spec"]["node"] for nb in nbs
            if not any(ipaddress.ip_address("172.41.0.77") in ipaddress.ip_network(b) for b in nb["spec"]["blocks"])))')
 OTHER=$(kubectl get nodes -o jsonpath='{.items[*].metadata.name}' | tr ' ' '\n' | grep -vx "$ELSEWHERE" | head -1)
 echo "# 172.41.0.77 is not in $ELSEWHERE's block: pinned goes to $ELSEWHERE"
+# These pods carry the readiness gate bridgenet.io/networks-ready: Ready only once their networks
+# are attached. On a cluster the chart's MutatingAdmissionPolicy adds it to every pod created with
+# the annotation; the demo installs no chart (and the emulator runs no admission), so they list it.
 pinned_pod() { # NAME NODE ANNOTATION
-    printf '$ kubectl apply -f - # pod %s on %s, bridgenet.io/networks: %s\n' "$1" "$2" "$3"
+    printf '$ kubectl apply -f - # pod %s on %s, bridgenet.io/networks: %s, readinessGates: [bridgenet.io/networks-ready]\n' "$1" "$2" "$3"
     kubectl apply -f - <<EOF
 apiVersion: v1
 kind: Pod
@@ -192,6 +195,7 @@ metadata:
   annotations: {bridgenet.io/networks: '$3'}
 spec:
   nodeName: $2
+  readinessGates: [{conditionType: bridgenet.io/networks-ready}]
   containers: [{name: main, image: "busybox:1.36", command: [sleep, "3600"]}]
 EOF
 }
@@ -224,7 +228,26 @@ run kubectl wait --for=condition=Ready pod/keeper --timeout="$WAIT"
 wait_attached keeper static-net
 echo "# keeper, created again on $OTHER, has $(network_ip keeper static-net)"
 run kubectl get addressclaims
+run kubectl get pods pinned keeper -o wide
 run podexec pinned -- ping -c 2 -W 1 "$(network_ip keeper static-net)"
+
+say "readiness gate: a pod is Ready only while every network it asks for is attached"
+echo "# keeper now also asks for late-net, which does not exist yet:"
+run kubectl annotate pod keeper --overwrite bridgenet.io/networks=static-net,late-net
+run kubectl wait --for=condition=bridgenet.io/networks-ready=False pod/keeper --timeout="$WAIT"
+run kubectl get pod keeper -o wide
+run kubectl get pod keeper -o jsonpath='{.status.conditions[?(@.type=="bridgenet.io/networks-ready")].message}'
+echo
+kubectl apply -f - <<'EOF'
+apiVersion: bridgenet.io/v1alpha1
+kind: BridgeNetwork
+metadata: {name: late-net}
+spec: {subnet: 172.42.0.0/24}
+EOF
+run kubectl wait --for=condition=Ready pod/keeper --timeout="$WAIT"
+run kubectl get pod keeper -o wide
+run kubectl get pod keeper -o jsonpath='{.status.conditions[?(@.type=="bridgenet.io/networks-ready")].message}'
+echo
 
 say "docker network inspect custom-network"
 run kubectl bridgenet inspect --format table custom-network
