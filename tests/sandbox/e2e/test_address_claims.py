@@ -101,11 +101,11 @@ def test_a_second_claim_is_refused_with_the_holder_named_and_the_first_keeps_wor
 
 def test_twenty_concurrent_claims_of_five_addresses_end_with_five_holders(cluster):
     net = unique("race")
-    cluster.network(net, "172.43.0.0/24")
+    cluster.network(net, "172.47.0.0/24")
     blocks = blocks_by_node(cluster, net)
     addresses = [str(blocks["node1"].network_address + 30), str(blocks["node1"].network_address + 31),
                  str(blocks["node2"].network_address + 30), str(blocks["node2"].network_address + 31),
-                 "172.43.0.250"]
+                 "172.47.0.250"]
     pods = [unique(f"r{i}") for i in range(20)]
     docs = []
     for i, p in enumerate(pods):
