@@ -29,7 +29,7 @@ def test_crds_install_on_the_real_server(kubectl, folder):
     no_warnings(kubectl("apply", "--dry-run=server", "-f", str(folder)))
     no_warnings(kubectl("apply", "-f", str(folder)))
     kubectl("wait", "--for=condition=Established", "crd/bridgenetworks.bridgenet.io",
-            "crd/nodebridges.bridgenet.io", "--timeout=60s")
+            "crd/nodebridges.bridgenet.io", "crd/addressclaims.bridgenet.io", "--timeout=60s")
     # Applying the same again changes nothing (idempotent install / upgrade).
     again = kubectl("apply", "-f", str(folder))
     assert "unchanged" in again.stdout and "configured" not in again.stdout, again.stdout
@@ -37,13 +37,35 @@ def test_crds_install_on_the_real_server(kubectl, folder):
 
 def test_kubectl_knows_the_kinds(kubectl):
     names = kubectl("api-resources", "--api-group=bridgenet.io", "-o", "name").stdout.split()
-    assert sorted(names) == ["bridgenetworks.bridgenet.io", "nodebridges.bridgenet.io"]
+    assert sorted(names) == ["addressclaims.bridgenet.io", "bridgenetworks.bridgenet.io",
+                             "nodebridges.bridgenet.io"]
     # The server publishes a new CRD's OpenAPI a moment after it is Established.
     deadline = time.monotonic() + 60
     while (explained := kubectl("explain", "bridgenetwork.spec.subnet", check=False)).returncode != 0:
         assert time.monotonic() < deadline, explained.stderr
         time.sleep(1)
     assert "--subnet" in explained.stdout, explained.stdout
+
+
+def test_an_address_claim_names_an_address_and_keeps_it(kubectl):
+    def claim(address: str) -> str:
+        return yaml.safe_dump({
+            "apiVersion": "bridgenet.io/v1alpha1", "kind": "AddressClaim",
+            "metadata": {"name": "real-claim-test"},
+            "spec": {"network": "claim-net", "address": address, "node": "node1",
+                     "pod": {"namespace": "default", "name": "p", "uid": "u"}},
+        })
+
+    bad = kubectl("apply", "-f", "-", stdin=claim("300.1.1.1"), check=False)
+    assert bad.returncode != 0 and "address must be an IP address" in bad.stderr, bad.stderr
+    kubectl("apply", "-f", "-", stdin=claim("172.41.0.77"))
+    try:
+        moved = kubectl("apply", "-f", "-", stdin=claim("172.41.0.78"), check=False)
+        assert moved.returncode != 0 and "address is immutable" in moved.stderr, moved.stderr
+        table = kubectl("get", "bnac", "real-claim-test").stdout.splitlines()
+        assert table[0].split() == ["NAME", "NETWORK", "ADDRESS", "NAMESPACE", "POD", "NODE", "PHASE", "AGE"]
+    finally:
+        kubectl("delete", "addressclaim", "real-claim-test", "--wait=true")
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
