@@ -204,10 +204,7 @@ pub async fn run<D: Directory>(
             }
         };
         for pod in pods() {
-            let pod_ref = PodRef {
-                namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-                name: pod.metadata.name.clone().unwrap_or_default(),
-            };
+            let pod_ref = PodRef::of(&pod.metadata);
             if wanted.as_ref().is_some_and(|w| !w.contains(&pod_ref)) {
                 continue;
             }

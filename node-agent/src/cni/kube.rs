@@ -80,10 +80,7 @@ impl KubeDirectory {
         .default_backoff()
         .touched_objects()
         .map(|ev| match ev {
-            Ok(pod) => Some(PodRef {
-                namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-                name: pod.metadata.name.clone().unwrap_or_default(),
-            }),
+            Ok(pod) => Some(PodRef::of(&pod.metadata)),
             Err(e) => {
                 tracing::warn!(error = %e, "watching this node's pods");
                 None

@@ -22,6 +22,7 @@ use serde_json::json;
 
 use crate::cni::annotation;
 use crate::cni::engine::PodRef;
+use crate::cni::report::ByPod;
 use crate::ipam::Allocation;
 
 /// The condition type of bridgenet's readiness gate, and the gate's `conditionType`.
@@ -210,10 +211,7 @@ pub fn condition_patches(
     failures: &BTreeMap<PodRef, Failure>,
     now: Timestamp,
 ) -> Vec<ConditionPatch> {
-    let mut by_pod: BTreeMap<&str, Vec<&Allocation>> = BTreeMap::new();
-    for a in allocs.iter().filter(|a| !a.pod.is_empty()) {
-        by_pod.entry(a.pod.as_str()).or_default().push(a);
-    }
+    let by_pod = ByPod::new(allocs);
     let mut out = Vec::new();
     for pod in pods.iter().filter(|p| has_gate(p)) {
         let finished = pod
@@ -224,27 +222,10 @@ pub fn condition_patches(
         if pod.metadata.deletion_timestamp.is_some() || finished {
             continue;
         }
-        let pod_ref = PodRef {
-            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-            name: pod.metadata.name.clone().unwrap_or_default(),
-        };
-        let mine = by_pod
-            .get(pod_ref.to_string().as_str())
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        if mine.iter().any(|a| busy(&a.container_id)) {
+        let pod_ref = PodRef::of(&pod.metadata);
+        let Some(current) = by_pod.current(&pod_ref, &busy) else {
             continue;
-        }
-        let newest = mine
-            .iter()
-            .map(|a| (a.since, a.container_id.as_str()))
-            .max()
-            .map(|(_, id)| id);
-        let current: Vec<&Allocation> = mine
-            .iter()
-            .filter(|a| Some(a.container_id.as_str()) == newest)
-            .copied()
-            .collect();
+        };
         let want = desired(pod, &current, failures.get(&pod_ref));
         let status = if want.ready { "True" } else { "False" };
         let have = carried(pod);

@@ -128,6 +128,48 @@ pub fn endpoints(
     list
 }
 
+/// The journal's allocations by pod (`namespace/name`), for the per-pod reports.
+pub(crate) struct ByPod<'a>(BTreeMap<&'a str, Vec<&'a Allocation>>);
+
+impl<'a> ByPod<'a> {
+    pub(crate) fn new(allocs: &'a [Allocation]) -> Self {
+        let mut by_pod: BTreeMap<&str, Vec<&Allocation>> = BTreeMap::new();
+        for a in allocs.iter().filter(|a| !a.pod.is_empty()) {
+            by_pod.entry(a.pod.as_str()).or_default().push(a);
+        }
+        Self(by_pod)
+    }
+
+    /// The allocations of `pod`'s newest sandbox (older sandboxes' ones are leftovers awaiting
+    /// their DEL), empty if it has none; `None` while a CNI call, hot-plug change or repair is
+    /// under way in any of its sandboxes (`busy`): half-made attachments are not reported.
+    pub(crate) fn current(
+        &self,
+        pod: &PodRef,
+        busy: impl Fn(&str) -> bool,
+    ) -> Option<Vec<&'a Allocation>> {
+        let mine = self
+            .0
+            .get(pod.to_string().as_str())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if mine.iter().any(|a| busy(&a.container_id)) {
+            return None;
+        }
+        let newest = mine
+            .iter()
+            .map(|a| (a.since, a.container_id.as_str()))
+            .max()
+            .map(|(_, id)| id);
+        Some(
+            mine.iter()
+                .filter(|a| Some(a.container_id.as_str()) == newest)
+                .copied()
+                .collect(),
+        )
+    }
+}
+
 /// A new value for one annotation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Write {
@@ -237,33 +279,14 @@ pub fn network_status_patches(
     busy: impl Fn(&str) -> bool,
     now: u64,
 ) -> StatusReport {
-    let mut by_pod: BTreeMap<&str, Vec<&Allocation>> = BTreeMap::new();
-    for a in allocs.iter().filter(|a| !a.pod.is_empty()) {
-        by_pod.entry(a.pod.as_str()).or_default().push(a);
-    }
+    let by_pod = ByPod::new(allocs);
     let mut out = StatusReport::default();
     for pod in pods {
-        let pod_ref = PodRef {
-            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-            name: pod.metadata.name.clone().unwrap_or_default(),
-        };
-        let mine = by_pod
-            .get(pod_ref.to_string().as_str())
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        if mine.iter().any(|a| busy(&a.container_id)) {
+        let pod_ref = PodRef::of(&pod.metadata);
+        let Some(current) = by_pod.current(&pod_ref, &busy) else {
             continue;
-        }
-        let newest = mine
-            .iter()
-            .map(|a| (a.since, a.container_id.as_str()))
-            .max()
-            .map(|(_, id)| id);
-        let current: Vec<Allocation> = mine
-            .iter()
-            .filter(|a| Some(a.container_id.as_str()) == newest)
-            .map(|a| (*a).clone())
-            .collect();
+        };
+        let current: Vec<Allocation> = current.into_iter().cloned().collect();
         let desired = (!current.is_empty()).then(|| network_status(&current, facts));
         let no_annotations = BTreeMap::new();
         let annotations = pod.metadata.annotations.as_ref().unwrap_or(&no_annotations);
