@@ -14,12 +14,11 @@ mod dataplane_support;
 mod root_support;
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use bridgenet_agent::cni::engine::failpoint;
-use bridgenet_crds::{AddressClaim, NodeBridge};
+use bridgenet_crds::AddressClaim;
 use cni_support::{Call, Netns, chained_config, run_plugin};
-use dataplane_support::{Node, install_crds, nodebridge};
+use dataplane_support::{Node, nodebridge};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -54,28 +53,15 @@ fn create_pod(node: &Node, name: &str, annotation: serde_json::Value) {
     });
 }
 
-fn expect_abort(node: &mut Node, fp: &str) {
-    let status = node
-        .wait_agent_exit(Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("{fp}: the failpoint never fired:\n{}", node.agent_log()));
-    assert!(!status.success(), "{fp}: the agent aborted");
-}
-
 #[test]
 #[ignore = "needs root"]
 fn claims_are_neither_lost_nor_leaked_whichever_step_the_agent_dies_at() {
     require_root();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut node = Node::new("claims", env!("CARGO_BIN_EXE_bridgenet-agent"));
-    node.kube(|c| async move {
-        install_crds(&c).await;
-        let mut nb = nodebridge(NETWORK, "bnt-cl", "172.20.6.0/24", "172.20.6.1", 311);
-        nb.spec.blocks = vec!["172.20.6.0/26".into()];
-        Api::<NodeBridge>::all(c)
-            .create(&PostParams::default(), &nb)
-            .await
-            .unwrap();
-    });
+    let mut nb = nodebridge(NETWORK, "bnt-cl", "172.20.6.0/24", "172.20.6.1", 311);
+    nb.spec.blocks = vec!["172.20.6.0/26".into()];
+    node.create_node_bridge(nb);
     let socket = node.dir().join("cni.sock");
     let add_steps = [
         failpoint::ADD_AFTER_RESERVE,
@@ -108,7 +94,7 @@ fn claims_are_neither_lost_nor_leaked_whichever_step_the_agent_dies_at() {
             node.restart_agent(Some(fp));
             let answer = rt.block_on(run_plugin(&add));
             assert!(!answer.ok, "{fp}: the ADD died with the agent");
-            expect_abort(&mut node, fp);
+            node.expect_abort(fp);
             node.restart_agent(None);
             // The runtime cleans the sandbox up, then retries with a new one.
             assert!(rt.block_on(run_plugin(&add.with_command("DEL"))).ok);
@@ -137,7 +123,7 @@ fn claims_are_neither_lost_nor_leaked_whichever_step_the_agent_dies_at() {
             node.restart_agent(Some(fp));
             let answer = rt.block_on(run_plugin(&del));
             assert!(!answer.ok, "{fp}: the DEL died with the agent");
-            expect_abort(&mut node, fp);
+            node.expect_abort(fp);
             node.restart_agent(None);
         }
         let answer = rt.block_on(run_plugin(&del));
@@ -184,7 +170,7 @@ fn claims_are_neither_lost_nor_leaked_whichever_step_the_agent_dies_at() {
     let ip = first_ns.ipv4("net1").unwrap();
     node.restart_agent(Some(failpoint::DEL_AFTER_CLAIMS));
     assert!(!rt.block_on(run_plugin(&first.with_command("DEL"))).ok);
-    expect_abort(&mut node, failpoint::DEL_AFTER_CLAIMS);
+    node.expect_abort(failpoint::DEL_AFTER_CLAIMS);
     node.restart_agent(None);
     assert!(rt.block_on(run_plugin(&first.with_command("DEL"))).ok);
     let kept = claims(&node);

@@ -13,12 +13,11 @@ mod dataplane_support;
 mod root_support;
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use bridgenet_agent::cni::engine::failpoint;
 use bridgenet_crds::NodeBridge;
 use cni_support::{Call, Netns, chained_config, run_plugin};
-use dataplane_support::{Node, install_crds, nodebridge};
+use dataplane_support::{Node, nodebridge};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
@@ -92,15 +91,9 @@ fn results_are_reported_whichever_step_between_add_and_report_the_agent_dies_at(
     require_root();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut node = Node::new("report", env!("CARGO_BIN_EXE_bridgenet-agent"));
-    node.kube(|c| async move {
-        install_crds(&c).await;
-        let mut nb = nodebridge(NETWORK, "bnt-rp", "172.20.5.0/24", "172.20.5.1", 310);
-        nb.spec.blocks = vec!["172.20.5.0/26".into()];
-        Api::<NodeBridge>::all(c)
-            .create(&PostParams::default(), &nb)
-            .await
-            .unwrap();
-    });
+    let mut nb = nodebridge(NETWORK, "bnt-rp", "172.20.5.0/24", "172.20.5.1", 310);
+    nb.spec.blocks = vec!["172.20.5.0/26".into()];
+    node.create_node_bridge(nb);
     let socket = node.dir().join("cni.sock");
     let mut pods = Vec::new();
     for (round, fp) in failpoint::REPORTING.iter().enumerate() {
@@ -130,10 +123,7 @@ fn results_are_reported_whichever_step_between_add_and_report_the_agent_dies_at(
             chained_config(&socket, "1.1.0", None),
         );
         let answer = rt.block_on(run_plugin(&add));
-        let status = node
-            .wait_agent_exit(Duration::from_secs(20))
-            .unwrap_or_else(|| panic!("{fp}: the failpoint never fired:\n{}", node.agent_log()));
-        assert!(!status.success(), "{fp}: the agent aborted");
+        node.expect_abort(fp);
         node.restart_agent(None);
         if !answer.ok {
             // Killed inside the ADD: the runtime cleans the sandbox up and retries with a new one.

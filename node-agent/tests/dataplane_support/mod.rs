@@ -198,6 +198,25 @@ impl Node {
         self.start_agent_with_env(&[]);
     }
 
+    /// Installs the CRDs and creates `nb`: a node with one network, as the crash tests start.
+    pub fn create_node_bridge(&self, nb: NodeBridge) {
+        self.kube(|c| async move {
+            install_crds(&c).await;
+            kube::Api::<NodeBridge>::all(c)
+                .create(&kube::api::PostParams::default(), &nb)
+                .await
+                .unwrap();
+        });
+    }
+
+    /// Waits for the agent armed with failpoint `fp` to abort (it must, within 20 s).
+    pub fn expect_abort(&mut self, fp: &str) {
+        let status = self
+            .wait_agent_exit(Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("{fp}: the failpoint never fired:\n{}", self.agent_log()));
+        assert!(!status.success(), "{fp}: the agent aborted");
+    }
+
     /// (Re)starts the agent, the previous one killed first, armed with `failpoint` (see
     /// `bridgenet_agent::cni::engine::failpoint`) if given, and waits until it serves CNI on
     /// `cni.sock` in [`Node::dir`].
