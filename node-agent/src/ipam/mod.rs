@@ -414,18 +414,15 @@ impl Ipam {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let wanted: Vec<IpAddr> = match &req.claims {
+            Some(c) => c.wanted.clone(),
+            None => req.ip.into_iter().collect(),
+        };
         let mut out = Vec::new();
         for plan in pool.plans() {
             let subnet = plan.subnet;
             let family = plan.family();
-            let wanted = match &req.claims {
-                Some(c) => c
-                    .wanted
-                    .iter()
-                    .copied()
-                    .find(|ip| Family::of(*ip) == family),
-                None => req.ip.filter(|ip| Family::of(*ip) == family),
-            };
+            let wanted = wanted.iter().copied().find(|ip| Family::of(*ip) == family);
             let ip = match (wanted, &req.claims) {
                 (Some(ip), Some(_)) => self.check_claimable(pool, plan, ip)?,
                 (Some(ip), None) => self.check_requested(pool, ip)?,
@@ -453,10 +450,6 @@ impl Ipam {
                 claim,
             });
         }
-        let wanted: Vec<IpAddr> = match &req.claims {
-            Some(c) => c.wanted.clone(),
-            None => req.ip.into_iter().collect(),
-        };
         if let Some(ip) = wanted
             .into_iter()
             .find(|ip| !out.iter().any(|a| a.ip == *ip))
