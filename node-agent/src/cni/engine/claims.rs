@@ -94,13 +94,15 @@ impl<D: Directory> Engine<D> {
             Ok(info) => info.map(|i| i.uid).unwrap_or_default(),
             Err(e) => return Err(api_error(&format!("reading pod {pod}"), e)),
         };
-        let claims = self.fence(spec).await?;
         let mut plan = ClaimPlan {
             wanted: wanted.clone(),
             sticky,
         };
         let mut takeovers = Vec::new();
         if sticky {
+            // A predecessor's claim may be seconds old: read them now, not from the watch.
+            // (A static address needs no list: creating its claim is what decides.)
+            let claims = self.fence(spec).await?;
             for family in spec.families().map(|f| Family::of_net(&f.subnet)) {
                 if wanted.iter().any(|ip| Family::of(*ip) == family) {
                     continue;
