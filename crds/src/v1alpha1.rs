@@ -652,6 +652,13 @@ pub struct ClaimHolder {
     pub uid: String,
 }
 
+impl std::fmt::Display for ClaimHolder {
+    /// `namespace/name`, as allocations and messages name pods.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
 /// Where a claim stands.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

@@ -53,7 +53,7 @@ fn address_of(claim: &AddressClaim) -> Option<IpAddr> {
 fn mark_of(claim: &AddressClaim) -> ClaimMark {
     ClaimMark {
         uid: claim.metadata.uid.clone().unwrap_or_default(),
-        holder: format!("{}/{}", claim.spec.pod.namespace, claim.spec.pod.name),
+        holder: claim.spec.pod.to_string(),
     }
 }
 
@@ -212,7 +212,7 @@ impl<D: Directory> Engine<D> {
                 prefix: 0,
                 container_id: c.spec.container_id.clone(),
                 ifname: c.spec.interface.clone(),
-                pod: format!("{}/{}", c.spec.pod.namespace, c.spec.pod.name),
+                pod: c.spec.pod.to_string(),
                 cni_name: String::new(),
                 delegate: false,
                 host_veth: String::new(),
@@ -370,8 +370,8 @@ impl<D: Directory> Engine<D> {
                 a.ip, a.network
             ),
             _ => format!(
-                "address {} on network {} is already claimed by pod {}/{} on node {}",
-                a.ip, a.network, holder.spec.pod.namespace, holder.spec.pod.name, holder.spec.node
+                "address {} on network {} is already claimed by pod {} on node {}",
+                a.ip, a.network, holder.spec.pod, holder.spec.node
             ),
         };
         if let Some(p) = pod {
