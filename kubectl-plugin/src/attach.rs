@@ -131,6 +131,17 @@ impl Target {
         format!("{}/{}", self.namespace, self.pod)
     }
 
+    /// The pod as the API server has it now; `None` if it does not exist.
+    async fn read_pod(&self) -> Result<Option<Pod>, Error> {
+        self.pods
+            .get_opt(&self.pod)
+            .await
+            .map_err(|source| Error::Api {
+                what: format!("get pod {}", self.qualified()),
+                source,
+            })
+    }
+
     fn edit_error(&self, e: EditError, network: &str) -> Error {
         let pod = self.pod.clone();
         let network = network.to_owned();
@@ -151,13 +162,8 @@ impl Target {
         loop {
             attempt += 1;
             let pod = self
-                .pods
-                .get_opt(&self.pod)
-                .await
-                .map_err(|source| Error::Api {
-                    what: format!("get pod {}", self.qualified()),
-                    source,
-                })?
+                .read_pod()
+                .await?
                 .ok_or_else(|| Error::NoSuchPod(self.qualified()))?;
             check_attachable(&pod, &self.pod)?;
             let current = Networks::parse(
@@ -276,13 +282,8 @@ impl Target {
             }
             tokio::time::sleep(POLL.min(deadline - now)).await;
             pod = self
-                .pods
-                .get_opt(&self.pod)
-                .await
-                .map_err(|source| Error::Api {
-                    what: format!("get pod {}", self.qualified()),
-                    source,
-                })?
+                .read_pod()
+                .await?
                 .filter(|p| p.metadata.uid == uid)
                 .ok_or_else(|| Error::PodGone(self.qualified()))?;
         }

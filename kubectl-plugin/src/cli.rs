@@ -160,7 +160,7 @@ pub struct ConnectArgs {
     /// Ask for this IPv4 address.
     #[arg(long, value_name = "IP")]
     pub ip: Option<String>,
-    /// Ask for this IPv6 address (the annotation carries one address: not with --ip).
+    /// Ask for this IPv6 address (with --ip too, for a dual-stack network).
     #[arg(long, value_name = "IP")]
     pub ip6: Option<String>,
     /// Another name the pod answers to on the network's DNS (repeatable).
