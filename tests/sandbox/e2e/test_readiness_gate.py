@@ -57,6 +57,19 @@ def injected(cluster):
     manifest = yaml.safe_dump_all(objects, sort_keys=False)
     cluster.kubectl("apply", "-f", "-", input=manifest)
     try:
+        # The API server loads a new policy through an informer: a pod created at once may be
+        # admitted before it is in effect. Wait until a dry-run pod gets the gate.
+        probe = json.dumps({"apiVersion": "v1", "kind": "Pod",
+                            "metadata": {"name": unique("probe"), "namespace": "default",
+                                         "annotations": {"bridgenet.io/networks": "probe"}},
+                            "spec": {"containers": [{"name": "main", "image": "busybox:1.36"}]}})
+
+        def in_effect():
+            res = cluster.kubectl("create", "--dry-run=server", "-o", "json", "-f", "-", input=probe, check=False)
+            gates = json.loads(res.stdout).get("spec", {}).get("readinessGates") if res.returncode == 0 else None
+            return bool(gates)
+
+        eventually(in_effect, timeout=30, what="the readiness-gate policy to take effect")
         yield True
     finally:
         cluster.kubectl("delete", "-f", "-", "--ignore-not-found", input=manifest, check=False)
