@@ -38,6 +38,9 @@ use crate::status::PlannedEvent;
 pub const MANAGER: &str = "bridgenet-operator";
 /// How often an accepted network is reconciled without any change, as a safety net.
 pub const RESYNC: Duration = Duration::from_secs(300);
+/// Most NodeBridge writes (applies, deletes, finalizer releases) one reconcile has in flight at
+/// once: a network on many nodes is written in parallel, without flooding the API server.
+pub const WRITE_CONCURRENCY: usize = 16;
 /// How soon a network looks again at the pods of a deleted node that still hold its addresses
 /// (pod deletions are not watched).
 pub const ORPHAN_RECHECK: Duration = Duration::from_secs(10);
@@ -262,17 +265,25 @@ async fn apply(net: Arc<BridgeNetwork>, ctx: &Context) -> Result<Action> {
         patch_status(ctx, &net, &plan.status).await?;
     }
     if let Some(children) = &plan.children {
+        let mut writes = Vec::new();
         for (i, member) in children.members.iter().enumerate() {
             if children.needs_write(i) {
-                write_node_bridge(ctx, &net, member, || children.spec_for(i)).await?;
+                writes.push(write_node_bridge(ctx, &net, member, move || {
+                    children.spec_for(i)
+                }));
             }
         }
+        bounded(writes).await?;
+        let mut deletes = Vec::new();
         for nb in &children.deletes {
-            delete_node_bridge(ctx, nb).await?;
+            deletes.push(delete_node_bridge(ctx, nb));
         }
+        bounded(deletes).await?;
+        let mut releases = Vec::new();
         for nb in &children.release_agent_finalizer {
-            release_agent_finalizer(ctx, nb).await?;
+            releases.push(release_agent_finalizer(ctx, nb));
         }
+        bounded(releases).await?;
     }
     publish(ctx, &net, &plan.events).await;
     let next_expiry = if plan.rejection.is_none() {
@@ -313,12 +324,16 @@ async fn cleanup(net: Arc<BridgeNetwork>, ctx: &Context) -> Result<Action> {
             message,
         });
     }
+    let mut deletes = Vec::new();
     for nb in &plan.deletes {
-        delete_node_bridge(ctx, nb).await?;
+        deletes.push(delete_node_bridge(ctx, nb));
     }
+    bounded(deletes).await?;
+    let mut releases = Vec::new();
     for nb in &plan.release_agent_finalizer {
-        release_agent_finalizer(ctx, nb).await?;
+        releases.push(release_agent_finalizer(ctx, nb));
     }
+    bounded(releases).await?;
     if let Some(CleanupWait::Teardown(remaining)) = waiting {
         return Err(Error::WaitingForTeardown {
             network: name,
@@ -452,6 +467,27 @@ async fn patch_status(
 /// fields written by a create belong to an `Update` entry of our manager, which a later apply
 /// does not own, so a peer dropped from the applied list would stay in the object. An object
 /// of that name carrying another network's or node's labels is never overwritten.
+/// Runs `writes` with at most [`WRITE_CONCURRENCY`] in flight, every one to its end, and returns
+/// the first failure. Each write is idempotent and the plan they come from was guarded by the
+/// status write before them, so their order does not matter; one failing does not stop the
+/// others, and the retry after it rewrites only what still differs.
+///
+/// Takes the writes collected: a stream over a closure would make the reconcile's future
+/// lifetime-generic over the closure, which the controller cannot prove `Send`.
+async fn bounded<F>(writes: Vec<F>) -> Result<()>
+where
+    F: Future<Output = Result<()>>,
+{
+    let mut first = Ok(());
+    let mut results = futures::stream::iter(writes).buffer_unordered(WRITE_CONCURRENCY);
+    while let Some(result) = results.next().await {
+        if first.is_ok() {
+            first = result;
+        }
+    }
+    first
+}
+
 async fn write_node_bridge(
     ctx: &Context,
     net: &BridgeNetwork,

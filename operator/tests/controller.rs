@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bridgenet_crds::v1alpha1::{BridgeNetwork, NodeBridge, NodeBridgeStatus};
 use bridgenet_crds::{FINALIZER_OPERATOR, LABEL_NETWORK, LABEL_NODE};
-use bridgenet_operator::controller::{Context, error_policy, reconcile};
+use bridgenet_operator::controller::{Context, WRITE_CONCURRENCY, error_policy, reconcile};
 use bridgenet_operator::metrics::Metrics;
 use bridgenet_operator::plan::Settings;
 use bridgenet_operator::scale::{network, node};
@@ -59,12 +59,32 @@ struct Api {
     conflict_on: Vec<(String, String)>,
     /// Pods as (namespace, name, node), for pod lists by `spec.nodeName`.
     pods: Vec<(String, String, String)>,
+    /// When not 0, NodeBridge applies are answered only once this many wait for an answer, or
+    /// no further request came for [`HOLD_QUIET`]: how many a reconcile sends before any
+    /// returns is then its concurrency.
+    hold: usize,
+    /// Sizes of the batches of held applies, in order.
+    in_flight: Arc<std::sync::Mutex<Vec<usize>>>,
 }
 
 impl Api {
     async fn run(mut self) -> Vec<Seen> {
         let mut seen = Vec::new();
-        while let Some((req, send)) = self.handle.next_request().await {
+        // NodeBridge applies held back, answered together (see `hold`).
+        let mut held = Vec::new();
+        loop {
+            let next = if held.is_empty() {
+                self.handle.next_request().await
+            } else {
+                match tokio::time::timeout(HOLD_QUIET, self.handle.next_request()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        self.release(&mut held);
+                        continue;
+                    }
+                }
+            };
+            let Some((req, send)) = next else { break };
             let method = req.method().to_string();
             let path = req.uri().path().to_owned();
             let query = req.uri().query().unwrap_or_default().to_owned();
@@ -141,16 +161,39 @@ impl Api {
             } else {
                 (if method == "POST" { 201 } else { 200 }, body)
             };
-            send.send_response(
-                Response::builder()
-                    .status(code)
-                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                    .unwrap(),
-            );
+            let response = Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                .unwrap();
+            if self.hold > 0 && method == "PATCH" && path.starts_with(NBS) {
+                held.push((send, response));
+                if held.len() == self.hold {
+                    self.release(&mut held);
+                }
+            } else {
+                send.send_response(response);
+            }
         }
         seen
     }
+
+    /// Answers the held applies, noting how many were in flight together.
+    fn release(
+        &self,
+        held: &mut Vec<(
+            tower_test::mock::SendResponse<Response<Body>>,
+            Response<Body>,
+        )>,
+    ) {
+        self.in_flight.lock().unwrap().push(held.len());
+        for (send, response) in held.drain(..) {
+            send.send_response(response);
+        }
+    }
 }
+
+/// How long the fake server waits for one more held apply before answering those it holds.
+const HOLD_QUIET: Duration = Duration::from_millis(300);
 
 struct Scenario {
     network: BridgeNetwork,
@@ -159,6 +202,8 @@ struct Scenario {
     node_bridges: Vec<NodeBridge>,
     conflict_on: Vec<(String, String)>,
     pods: Vec<(String, String, String)>,
+    hold: usize,
+    in_flight: Arc<std::sync::Mutex<Vec<usize>>>,
 }
 
 impl Scenario {
@@ -170,6 +215,8 @@ impl Scenario {
             node_bridges: Vec::new(),
             conflict_on: Vec::new(),
             pods: Vec::new(),
+            hold: 0,
+            in_flight: Arc::default(),
         }
     }
 
@@ -182,6 +229,8 @@ impl Scenario {
             network: serde_json::to_value(&self.network).unwrap(),
             conflict_on: self.conflict_on,
             pods: self.pods,
+            hold: self.hold,
+            in_flight: self.in_flight,
         };
         let server = tokio::spawn(api.run());
         let client = Client::new(service, "default");
@@ -639,4 +688,27 @@ async fn deleting_a_network_is_not_held_by_pods_of_a_deleted_node_that_are_gone(
     let (seen, result, _) = sc.reconcile().await;
     assert_eq!(routes(&seen)[0], PODS_ON_B);
     assert!(result.unwrap_err().contains("blocked"));
+}
+
+/// A network on 40 nodes: its NodeBridges go out 16 at a time (the status first, alone), not
+/// one after another, and every one of them is written.
+#[tokio::test]
+async fn node_bridges_are_written_concurrently_within_the_bound() {
+    let nodes: Vec<Node> = (0..40)
+        .map(|i| node(&format!("n{i:02}"), &format!("192.168.1.{}", i + 1), &[]))
+        .collect();
+    let mut sc = Scenario::new(blue(), nodes);
+    sc.hold = WRITE_CONCURRENCY;
+    let in_flight = sc.in_flight.clone();
+    let (seen, result, _) = sc.reconcile().await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(route(&seen[0]), format!("PATCH {NETS}/blue/status"));
+    let mut written: Vec<String> = seen[1..].iter().map(route).collect();
+    written.sort();
+    let expected: Vec<String> = (0..40)
+        .map(|i| format!("PATCH {NBS}/blue.n{i:02}"))
+        .collect();
+    assert_eq!(written, expected);
+    // 40 applies with 16 in flight: two full batches, then the 8 left.
+    assert_eq!(*in_flight.lock().unwrap(), [16, 16, 8]);
 }
