@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import select
 import subprocess
 import time
@@ -126,16 +127,38 @@ def test_get_watch_streams_changes(emulator, crds):
     )
     try:
         out = _read_until(proc, name.encode(), 10)  # the initial row
-        emulator.client.patch(f"/apis/bridgenet.io/v1alpha1/bridgenetworks/{name}/status",
-                              {"status": {"readySummary": "1/1"}})
-        # kubectl watches from resourceVersion 0 after its GET: a change that lands in between
-        # arrives as the watch's initial ADDED (as from a real server), later ones as MODIFIED.
-        out = _read_until(proc, b"1/1", 10, out)
-        row = next(ln for ln in out.decode().splitlines() if "1/1" in ln)
-        assert row.split()[0] in ("ADDED", "MODIFIED") and name in row, out
+        # kubectl prints its GET, then watches from resourceVersion 0: a change that lands
+        # before the watch starts is in the watch's initial ADDED (as from a real server), which
+        # kubectl does not print, having printed the object already. Nothing shows when the
+        # watch has started, so change the object until a change is streamed.
+        buf = bytearray(out)
+        modified = None
+        for i in range(1, 21):
+            emulator.client.patch(f"/apis/bridgenet.io/v1alpha1/bridgenetworks/{name}/status",
+                                  {"status": {"readySummary": f"{i}/{i}"}})
+            _read_for(proc, buf, 0.5)
+            modified = re.search(rb"^MODIFIED .*\n", bytes(buf), re.MULTILINE)
+            if modified:
+                break
+            assert proc.poll() is None, f"kubectl exited: {bytes(buf)!r} {proc.stderr.read()!r}"
+        assert modified, f"no change streamed in 10 s: {bytes(buf)!r}"
+        row = modified.group(0).decode()
+        assert name in row and re.search(r"\b(\d+)/\1\b", row), row
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def _read_for(proc, buf: bytearray, seconds: float) -> None:
+    """Appends to `buf` what the process prints on stdout within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([proc.stdout], [], [], left)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                return
+            buf += chunk
 
 
 def _read_until(proc, needle: bytes, timeout: float, seen: bytes = b"") -> bytes:
