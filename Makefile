@@ -93,7 +93,8 @@ cni-test:
 	$(CARGO) test --locked -p bridgenet-agent --lib -- cni ipam
 	$(CARGO) test --locked -p bridgenet-agent --test cni_plugin --test cni_crash --test cni_report_crash --test pod_repair --test cni_containerd -- --include-ignored
 
-## CNI latency next to the reference bridge+host-local chain, agent and plugin RSS (root).
+## CNI latency next to the reference bridge+host-local chain, agent and plugin RSS, then network
+## Ready, hot attach/detach and pods Ready in the two-node sandbox (root).
 bench-cni:
 	bash scripts/bench-cni.sh
 

@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# CNI call latency of bridgenet next to Debian's reference bridge+host-local chain (ipMasq on),
-# in one run: N pods (default 200) attached and detached sequentially and 4 in parallel, p50/p95
-# of every ADD and DEL, the agent's RSS with N endpoints and the plugin's peak RSS.
-# Root only (network namespaces prefixed bnt-cni-bench). Usage: scripts/bench-cni.sh [N]
+# What a pod waits for, in one run:
+# 1. CNI call latency of bridgenet next to Debian's reference bridge+host-local chain (ipMasq on):
+#    N pods (default 200) attached and detached sequentially and 4 in parallel, p50/p95 of every
+#    ADD and DEL, the agent's RSS with N endpoints and the plugin's peak RSS;
+# 2. in the two-node sandbox with the real operator and agents (release build): a new network
+#    Ready on every node, hot attach and hot detach of a running pod, 30 pods Ready
+#    (tests/sandbox/latency_bench.py).
+# Root only (network namespaces prefixed bnt-cni-bench and bnt-sb-bench-). Usage:
+# scripts/bench-cni.sh [N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v /usr/lib/cni/bridge >/dev/null || {
     echo "bench-cni: needs containernetworking-plugins (make setup)" >&2
     exit 1
 }
-BNT_BENCH_PODS="${1:-200}" exec cargo bench -q -p bridgenet-agent --bench cni
+BNT_BENCH_PODS="${1:-200}" cargo bench -q -p bridgenet-agent --bench cni
+cargo build -q --release --workspace --locked
+cd tests/sandbox
+python3 latency_bench.py --bin-dir ../../target/release

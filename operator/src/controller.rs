@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -684,8 +684,13 @@ pub async fn run(
     .reflect(claim_writer)
     .touched_objects();
 
-    let controller = Controller::new(networks.clone(), watcher::Config::default())
-        .with_config(controller::Config::default().debounce(Duration::from_millis(500)));
+    // No debounce: a network is reconciled at the first event, and the events that come while
+    // it is being reconciled are merged into one more pass right after it, which is what keeps a
+    // burst from costing a reconcile each. A debounce window would only add its length to every
+    // reaction (a new network waited through it three times before Ready), and under a steady
+    // stream of events (every node's agent reporting) it would keep the network from being
+    // reconciled at all while the stream lasts.
+    let controller = Controller::new(networks.clone(), watcher::Config::default());
     let net_store = controller.store();
     let ctx = Arc::new(
         Context::new(

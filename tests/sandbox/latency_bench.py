@@ -1,0 +1,203 @@
+"""What a user waits for, timed in the two-node sandbox with the real operator and agents:
+
+- a new BridgeNetwork Ready on every node, from the create call's answer to `Ready=True` with
+  every node counted;
+- hot attach (`docker network connect`): from the pod's annotation patch to the new interface
+  being up with its address inside the pod;
+- hot detach (`docker network disconnect`): from the patch to the interface being gone;
+- N pods asking for a network, from the first create to every one of them Ready.
+
+Every figure is read off the outside (the API and the pod's network namespace, polled every
+5 ms), as a user would see it, never off the agents' own timings. Root (network namespaces,
+containerd). Usage, from tests/sandbox:
+
+    python3 latency_bench.py [--bin-dir ../../target/release] [--rounds 10] [--pods 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import pathlib
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+SANDBOX = pathlib.Path(__file__).resolve().parent
+REPO = SANDBOX.parents[1]
+sys.path.insert(0, str(SANDBOX))
+
+from bnsandbox import images, kube, podexec, up  # noqa: E402
+
+PREFIX = "bnt-sb-bench-"
+NETS = "/apis/bridgenet.io/v1alpha1/bridgenetworks"
+PODS = "/api/v1/namespaces/default/pods"
+POLL = 0.005
+TIMEOUT = 60.0
+
+
+class Timeout(RuntimeError):
+    pass
+
+
+async def until(pred, what: str) -> float:
+    """Seconds until `pred()` (async) is truthy, polling every POLL; fails after TIMEOUT."""
+    started = time.monotonic()
+    while not await pred():
+        if time.monotonic() - started > TIMEOUT:
+            raise Timeout(f"timed out after {TIMEOUT:.0f} s waiting for {what}")
+        await asyncio.sleep(POLL)
+    return time.monotonic() - started
+
+
+def network(name: str, subnet: str) -> dict:
+    return {"apiVersion": "bridgenet.io/v1alpha1", "kind": "BridgeNetwork", "metadata": {"name": name},
+            "spec": {"subnet": subnet}}
+
+
+def pod(name: str, networks: str, node: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "annotations": {"bridgenet.io/networks": networks}},
+            "spec": {"nodeSelector": {"kubernetes.io/hostname": node}, "terminationGracePeriodSeconds": 1,
+                     "containers": [{"name": "main", "image": "busybox:1.36",
+                                     "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]}]}}
+
+
+def ready(obj: dict) -> bool:
+    conds = (obj.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+
+
+async def network_ready(k: kube.Kube, name: str, nodes: int) -> bool:
+    try:
+        net = await k.request("GET", f"{NETS}/{name}")
+    except kube.KubeError:
+        return False
+    return ready(net) and (net.get("status") or {}).get("readyNodes") == nodes
+
+
+def summary(label: str, samples: list[float]) -> str:
+    ms = sorted(s * 1000 for s in samples)
+    p50 = statistics.median(ms)
+    return f"| {label} | {len(ms)} | {p50:.0f} ms | {ms[-1]:.0f} ms | {ms[0]:.0f} ms |"
+
+
+class Bench:
+    def __init__(self, sb: up.Sandbox, k: kube.Kube, nodes: list[str]) -> None:
+        self.sb, self.k, self.nodes = sb, k, nodes
+        self.busybox = str(images.find_static_busybox())
+
+    async def networks(self, rounds: int) -> list[float]:
+        times = []
+        for r in range(rounds):
+            name = f"bench-net-{r}"
+            await self.k.request("POST", NETS, network(name, f"172.61.{r}.0/24"))
+            times.append(await until(lambda: network_ready(self.k, name, len(self.nodes)), f"{name} Ready"))
+        return times
+
+    def has_address(self, netns: str, ifname: str) -> bool:
+        """Whether `ifname` is up (administratively and its carrier) with an IPv4 address."""
+        def ip(*args: str) -> str:
+            return subprocess.run(["nsenter", f"--net={netns}", self.busybox, "ip", "-o", *args, "dev", ifname],
+                                  capture_output=True, text=True).stdout
+
+        if " inet " not in ip("addr", "show"):
+            return False
+        flags = re.search(r"<([^>]*)>", ip("link", "show"))
+        return bool(flags) and {"UP", "LOWER_UP"} <= set(flags.group(1).split(","))
+
+    def gone(self, netns: str, ifname: str) -> bool:
+        return subprocess.run(["nsenter", f"--net={netns}", self.busybox, "ip", "link", "show", "dev", ifname],
+                              capture_output=True).returncode != 0
+
+    async def annotate(self, name: str, value: str) -> None:
+        await self.k.request("PATCH", f"{PODS}/{name}",
+                             {"metadata": {"annotations": {"bridgenet.io/networks": value}}},
+                             content_type="application/merge-patch+json")
+
+    async def hotplug(self, rounds: int) -> tuple[list[float], list[float]]:
+        name = "bench-hot"
+        await self.k.request("POST", PODS, pod(name, "bench-net-0", self.nodes[0]))
+        await until(lambda: self.pod_ready(name), f"{name} Ready")
+        netns = await asyncio.to_thread(podexec.pod_netns, self.sb.state, "default", name)
+        attach, detach = [], []
+        for r in range(rounds):
+            await self.annotate(name, "bench-net-0,bench-net-1")
+            attach.append(await until(lambda: asyncio.to_thread(self.has_address, netns, "net2"),
+                                      f"net2 with its address in {name} (round {r})"))
+            await self.annotate(name, "bench-net-0")
+            detach.append(await until(lambda: asyncio.to_thread(self.gone, netns, "net2"),
+                                      f"net2 gone from {name} (round {r})"))
+        await self.k.request("DELETE", f"{PODS}/{name}")
+        return attach, detach
+
+    async def pod_ready(self, name: str) -> bool:
+        try:
+            return ready(await self.k.request("GET", f"{PODS}/{name}"))
+        except kube.KubeError:
+            return False
+
+    async def many(self, count: int) -> float:
+        names = [f"bench-many-{i}" for i in range(count)]
+        started = time.monotonic()
+        for i, name in enumerate(names):
+            await self.k.request("POST", PODS, pod(name, "bench-net-0", self.nodes[i % len(self.nodes)]))
+
+        async def all_ready() -> bool:
+            items = (await self.k.request("GET", PODS))["items"]
+            return sum(1 for p in items if p["metadata"]["name"] in names and ready(p)) == count
+
+        await until(all_ready, f"{count} pods Ready")
+        elapsed = time.monotonic() - started
+        for name in names:
+            await self.k.request("DELETE", f"{PODS}/{name}")
+        return elapsed
+
+
+async def measure(sb: up.Sandbox, args) -> list[str]:
+    nodes = [n.name for n in sb.topo.nodes]
+    async with kube.Kube(str(sb.kubeconfig)) as k:
+        b = Bench(sb, k, nodes)
+        nets = await b.networks(args.rounds)
+        attach, detach = await b.hotplug(args.rounds)
+        many = await b.many(args.pods)
+    return [
+        "| what | samples | p50 | max | min |",
+        "|---|---|---|---|---|",
+        summary(f"network created → Ready on all {len(nodes)} nodes", nets),
+        summary("hot attach: annotation patched → interface up with its address", attach),
+        summary("hot detach: annotation patched → interface gone", detach),
+        f"| {args.pods} pods created → all Ready | 1 | {many * 1000:.0f} ms | | |",
+    ]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bin-dir", type=pathlib.Path, default=REPO / "target" / "release")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--pods", type=int, default=30)
+    args = p.parse_args()
+    for binary in ("bridgenet-operator", "bridgenet-agent", "bridgenet"):
+        if not (args.bin_dir / binary).exists():
+            print(f"latency-bench: {args.bin_dir / binary} is missing (cargo build --release)", file=sys.stderr)
+            return 1
+    with tempfile.TemporaryDirectory(prefix="bnt-bench-") as state:
+        with up.Sandbox(2, pathlib.Path(state), prefix=PREFIX, bin_dir=args.bin_dir, log=lambda m: None) as sb:
+            try:
+                lines = asyncio.run(measure(sb, args))
+            except Timeout as e:
+                for log in sorted(pathlib.Path(state).glob("*/agent.log")) + [pathlib.Path(state) / "operator.log"]:
+                    tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
+                    print(f"--- {log.relative_to(state)}", *tail, sep="\n", file=sys.stderr)
+                print(f"latency-bench: {e}", file=sys.stderr)
+                return 1
+    print(f"latency in the two-node sandbox ({args.bin_dir.name} build)")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
