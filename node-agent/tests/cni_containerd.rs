@@ -484,6 +484,7 @@ async fn kubelet_path_chained_after_the_reference_bridge_then_hot_plug() {
         })
         .await
         .expect("StopPodSandbox (CNI DEL)");
+    agent.settled().await;
     assert!(
         agent.engine.allocations().await.is_empty(),
         "every address freed"
@@ -670,6 +671,7 @@ async fn ctr_run_with_cni_attaches_and_detaches_a_container() {
         "gateway answered: {stdout}"
     );
     // --rm: ctr ran the CNI DEL.
+    agent.settled().await;
     assert!(agent.engine.allocations().await.is_empty(), "address freed");
     assert!(
         !node.links().iter().any(|l| l.starts_with("bnv")),

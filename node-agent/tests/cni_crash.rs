@@ -144,8 +144,34 @@ impl Node {
         )
     }
 
-    /// The journal's view, read with the agent stopped (a `kill -9`, which it must survive).
-    fn allocations(&mut self) -> BTreeMap<String, IpAddr> {
+    /// Waits for the agent to die by itself (at its failpoint).
+    fn expect_abort(&mut self, fp: &str) {
+        let child = self.child.as_mut().expect("an agent runs");
+        for _ in 0..500 {
+            if child.try_wait().unwrap().is_some() {
+                self.child = None;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("{fp}: the agent did not abort at its failpoint");
+    }
+
+    /// The journal's view once the agent has recovered: after a `kill -9` (which it must
+    /// survive) it is started again and answers a call, so that it has finished the DELs it
+    /// had answered, then it is stopped and the journal is read.
+    async fn allocations(&mut self) -> BTreeMap<String, IpAddr> {
+        self.kill();
+        self.start(None);
+        let status = Call::new(
+            "STATUS",
+            "",
+            "",
+            "",
+            chained_config(&self.socket(), "1.1.0", None),
+        );
+        let answer = run_plugin(&status).await;
+        assert!(answer.ok, "STATUS after restart: {}", answer.raw);
         self.kill();
         let ipam = Ipam::open(self.state.path()).unwrap();
         let mut out = BTreeMap::new();
@@ -176,8 +202,8 @@ impl Drop for Node {
 /// Invariants once the runtime has cleaned up: every allocation belongs to a sandbox that is
 /// attached, carries exactly its pod's address, each address once, and each attached pod has
 /// exactly one host veth.
-fn assert_consistent(node: &mut Node, attached: &BTreeMap<usize, &Netns>) {
-    let allocs = node.allocations();
+async fn assert_consistent(node: &mut Node, attached: &BTreeMap<usize, &Netns>) {
+    let allocs = node.allocations().await;
     let expected: BTreeSet<String> = attached.keys().map(|i| format!("sandbox-{i}")).collect();
     assert_eq!(
         allocs.keys().cloned().collect::<BTreeSet<_>>(),
@@ -234,11 +260,42 @@ async fn failpoints() {
         let del0 = run_plugin(&add0.with_command("DEL")).await;
         assert!(del0.ok, "{fp}: DEL after restart: {}", del0.raw);
         assert!(p0.ipv4("net1").is_none(), "{fp}: p0's interface gone");
-        assert_consistent(&mut node, &BTreeMap::from([(1, &p1)]));
+        assert_consistent(&mut node, &BTreeMap::from([(1, &p1)])).await;
         node.start(None);
         assert!(run_plugin(&add1.with_command("DEL")).await.ok);
-        assert_consistent(&mut node, &BTreeMap::new());
+        assert_consistent(&mut node, &BTreeMap::new()).await;
         println!("cni_crash: failpoint {fp}: ok");
+    }
+    // After its answer a DEL has succeeded: the runtime never calls it again. Killed anywhere
+    // in the rest, the agent finishes it when it starts: the interface goes, the address is
+    // free, and nothing is held twice in between.
+    for (round, fp) in failpoint::AFTER_DEL_ANSWER.iter().enumerate() {
+        let mut node = Node::new(&format!("fa{round}"), 60 + round as u8, 2);
+        let p0 = Netns::new(&format!("fa{round}-p0"));
+        let p1 = Netns::new(&format!("fa{round}-p1"));
+        node.start(Some(fp));
+        let add0 = node.call("ADD", 0, &p0);
+        let first = run_plugin(&add0).await;
+        assert!(first.ok, "{fp}: ADD: {}", first.raw);
+        let del = run_plugin(&add0.with_command("DEL")).await;
+        assert!(
+            del.ok,
+            "{fp}: the DEL answered before the kill: {}",
+            del.raw
+        );
+        node.expect_abort(fp);
+        node.start(None);
+        let add1 = node.call("ADD", 1, &p1);
+        let second = run_plugin(&add1).await;
+        assert!(second.ok, "{fp}: ADD after restart: {}", second.raw);
+        // Finished before the ADD was served: p0's interface is gone and its address free
+        // (p1 may well have it now).
+        assert!(p0.ipv4("net1").is_none(), "{fp}: p0's interface gone");
+        assert_consistent(&mut node, &BTreeMap::from([(1, &p1)])).await;
+        node.start(None);
+        assert!(run_plugin(&add1.with_command("DEL")).await.ok);
+        assert_consistent(&mut node, &BTreeMap::new()).await;
+        println!("cni_crash: failpoint {fp} (after the DEL's answer): ok");
     }
 }
 
@@ -282,13 +339,13 @@ async fn random_kills() {
                 attached.remove(&v);
             }
         }
-        assert_consistent(&mut node, &attached);
+        assert_consistent(&mut node, &attached).await;
     }
     node.start(None);
     for (i, pod) in std::mem::take(&mut attached) {
         assert!(run_plugin(&node.call("DEL", i, pod)).await.ok);
     }
-    assert_consistent(&mut node, &BTreeMap::new());
+    assert_consistent(&mut node, &BTreeMap::new()).await;
     assert!(
         interrupted > 0,
         "no kill interrupted a call: the delays are too long"
@@ -313,7 +370,7 @@ async fn vanished_netns_is_collected() {
         serde_json::json!([{"containerID": "sandbox-1", "ifname": "eth0"}]);
     let answer = run_plugin(&Call::new("GC", "", "", "x", gc)).await;
     assert!(answer.ok, "{}", answer.raw);
-    assert_consistent(&mut node, &BTreeMap::from([(1, &p1)]));
+    assert_consistent(&mut node, &BTreeMap::from([(1, &p1)])).await;
     // DEL with an empty netns (containerd's RemovePodSandbox) of a vanished sandbox succeeds.
     node.start(None);
     let mut del = node.call("DEL", 0, &p1);

@@ -156,6 +156,7 @@ async fn add_check_del_attaches_a_working_interface_and_removes_it() {
 
     let del = run_plugin(&add.with_command("DEL")).await;
     assert!(del.ok, "DEL: {}", del.raw);
+    s.agent.settled().await;
     assert!(s.pod.link_json("net1").is_none(), "net1 removed");
     assert!(
         !s.node.links().iter().any(|l| l.starts_with("bnv")),
@@ -267,6 +268,8 @@ async fn chained_after_a_primary_appends_to_prev_result_with_requested_names_ip_
     assert!(pod2.link_json("net1").is_none(), "nothing half-attached");
 
     assert!(run_plugin(&add.with_command("DEL")).await.ok);
+
+    s.agent.settled().await;
     assert!(s.agent.engine.allocations().await.is_empty());
     assert!(!s.node.links().iter().any(|l| l.starts_with("bnv")));
 }
@@ -296,6 +299,7 @@ async fn multus_delegate_and_legacy_version() {
     assert!(s.pod.link_json("net7").is_some());
     assert!(run_plugin(&add.with_command("CHECK")).await.ok);
     assert!(run_plugin(&add.with_command("DEL")).await.ok);
+    s.agent.settled().await;
     assert!(s.pod.link_json("net7").is_none());
     assert!(s.agent.engine.allocations().await.is_empty());
 }
@@ -588,6 +592,7 @@ async fn dual_stack_network_gets_both_families() {
     );
     assert!(run_plugin(&add.with_command("CHECK")).await.ok);
     assert!(run_plugin(&add.with_command("DEL")).await.ok);
+    s.agent.settled().await;
     assert!(s.agent.engine.allocations().await.is_empty());
 }
 
@@ -689,6 +694,7 @@ async fn chained_into_a_0_3_1_conflist_like_kindnets() {
     let mut del = add.with_command("DEL");
     del.config.as_object_mut().unwrap().remove("prevResult");
     assert!(run_plugin(&del).await.ok);
+    s.agent.settled().await;
     assert!(s.pod.link_json("net1").is_none());
     assert!(s.agent.engine.allocations().await.is_empty());
 }
@@ -730,6 +736,7 @@ async fn add_waits_for_a_network_that_arrives_moments_later() {
             .exec(&["busybox", "ping", "-c", "1", "-W", "2", "172.29.19.1"])
     );
     assert!(run_plugin(&add.with_command("DEL")).await.ok);
+    s.agent.settled().await;
     assert!(s.agent.engine.allocations().await.is_empty());
 }
 
@@ -885,5 +892,6 @@ async fn sweep_takes_only_marked_pod_veths_without_an_allocation() {
     }
     assert!(!links.iter().any(|l| l == "bnv0123456789ac"), "{links:?}");
     assert!(run_plugin(&add.with_command("DEL")).await.ok);
+    s.agent.settled().await;
     assert!(s.agent.engine.allocations().await.is_empty());
 }

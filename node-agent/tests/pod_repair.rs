@@ -241,5 +241,6 @@ async fn repair_puts_running_pods_back_after_links_are_deleted_by_hand() {
         );
         assert!(run_plugin(&del).await.ok);
     }
+    agent.settled().await;
     assert!(agent.engine.allocations().await.is_empty());
 }

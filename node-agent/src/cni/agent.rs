@@ -141,6 +141,7 @@ pub async fn run(
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
+                engine.finish_releasing().await;
                 engine.refence_all(RECONCILE_MIN_AGE).await;
                 match cri.sandbox_ids().await {
                     Ok(live) => match engine.reconcile(&live, RECONCILE_MIN_AGE).await {

@@ -237,6 +237,7 @@ mod tests {
             since: 0,
             claim: String::new(),
             sticky: false,
+            releasing: false,
         }
     }
 

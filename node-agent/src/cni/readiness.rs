@@ -272,6 +272,7 @@ mod tests {
             since,
             claim: String::new(),
             sticky: false,
+            releasing: false,
         }
     }
 

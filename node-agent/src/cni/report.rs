@@ -765,6 +765,7 @@ mod tests {
             since: 1_700_000_000,
             claim: String::new(),
             sticky: false,
+            releasing: false,
         }
     }
 

@@ -66,11 +66,13 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     Ok(listener)
 }
 
-/// Serves CNI requests forever, each connection on its own task.
+/// Serves CNI requests forever, each connection on its own task, once the DELs a killed
+/// agent had answered but not finished are finished (calls wait in the listener's backlog).
 pub async fn serve<D: Directory>(
     listener: UnixListener,
     engine: Arc<Engine<D>>,
 ) -> Result<(), ServerError> {
+    engine.finish_releasing().await;
     loop {
         let (stream, _) = listener.accept().await.map_err(ServerError::Accept)?;
         let engine = engine.clone();
@@ -88,6 +90,7 @@ async fn handle_conn<D: Directory>(
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut is_add = false;
+    let mut rest = None;
     let read = tokio::time::timeout(
         READ_TIMEOUT,
         (&mut stream).take(MAX_REQUEST).read_to_end(&mut buf),
@@ -103,7 +106,9 @@ async fn handle_conn<D: Directory>(
         Ok(Ok(_)) => match serde_json::from_slice::<Request>(&buf) {
             Ok(req) => {
                 is_add = req.command == Command::Add;
-                engine.handle(req).await
+                let (response, more) = engine.answer(req).await;
+                rest = more;
+                response
             }
             Err(e) => Response::Error(CniError::new(
                 code::DECODE_FAILURE,
@@ -113,8 +118,17 @@ async fn handle_conn<D: Directory>(
         },
     };
     let bytes = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
-    stream.write_all(&bytes).await?;
-    stream.shutdown().await?;
+    let sent = async {
+        stream.write_all(&bytes).await?;
+        stream.shutdown().await
+    }
+    .await;
+    // An answered DEL is finished whether or not its answer reached the plugin: the
+    // allocations are journaled as releasing either way.
+    if let Some(rest) = rest {
+        engine.finish(rest).await;
+    }
+    sent?;
     if is_add && matches!(response, Response::Ok(_)) {
         failpoint(failpoint::ADD_AFTER_REPLY);
     }

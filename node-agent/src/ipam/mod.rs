@@ -161,6 +161,11 @@ pub struct Allocation {
     /// The claim is sticky: it outlives the pod, for a successor of the same name.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sticky: bool,
+    /// A DEL has answered for it: its interface is being deleted, after which the address is
+    /// freed. Journaled before the answer, so that an agent killed in between finishes the
+    /// job when it starts again; until then the address stays taken.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub releasing: bool,
 }
 
 impl Allocation {
@@ -385,6 +390,48 @@ impl Ipam {
             .collect()
     }
 
+    /// Marks the held allocations among `allocs` as releasing and makes that durable; returns
+    /// them as now journaled. Their addresses stay taken until [`Ipam::release`].
+    pub fn mark_releasing(&mut self, allocs: &[Allocation]) -> Result<Vec<Allocation>, IpamError> {
+        let marked: Vec<Allocation> = allocs
+            .iter()
+            .filter_map(|a| self.allocs.get(&(a.network.clone(), a.ip)))
+            .filter(|held| {
+                allocs
+                    .iter()
+                    .any(|a| a.container_id == held.container_id && a.ifname == held.ifname)
+            })
+            .map(|held| Allocation {
+                releasing: true,
+                ..held.clone()
+            })
+            .collect();
+        let records: Vec<Record> = marked
+            .iter()
+            .filter(|a| {
+                self.allocs
+                    .get(&(a.network.clone(), a.ip))
+                    .is_some_and(|h| !h.releasing)
+            })
+            .cloned()
+            .map(Record::Alloc)
+            .collect();
+        self.journal.append(&records)?;
+        for a in &marked {
+            self.allocs.insert((a.network.clone(), a.ip), a.clone());
+        }
+        Ok(marked)
+    }
+
+    /// The allocations a DEL answered for whose interfaces are not known to be gone yet.
+    pub fn releasing(&self) -> Vec<Allocation> {
+        self.allocs
+            .values()
+            .filter(|a| a.releasing)
+            .cloned()
+            .collect()
+    }
+
     /// Live allocations in `network`.
     pub fn count(&self, network: &str) -> usize {
         self.allocs.keys().filter(|(n, _)| n == network).count()
@@ -448,6 +495,7 @@ impl Ipam {
                 since: now,
                 sticky: !claim.is_empty() && req.claims.as_ref().is_some_and(|c| c.sticky),
                 claim,
+                releasing: false,
             });
         }
         if let Some(ip) = wanted
@@ -737,6 +785,36 @@ mod tests {
             Ipam::open(dir.path()),
             Err(IpamError::Corrupt { .. })
         ));
+    }
+
+    /// A DEL's answer marks its allocations releasing: durable, still taken, and freed only
+    /// by the release that follows the interface's deletion; a compaction keeps the mark.
+    #[test]
+    fn releasing_is_durable_and_keeps_the_address_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ipam = Ipam::open(dir.path()).unwrap();
+        let a = ipam.allocate(&pool(), &req("gone")).unwrap();
+        ipam.allocate(&pool(), &req("stays")).unwrap();
+        let marked = ipam.mark_releasing(&a).unwrap();
+        assert_eq!(marked.len(), 1);
+        assert!(marked[0].releasing);
+        // Marking again writes nothing new and changes nothing.
+        assert_eq!(ipam.mark_releasing(&a).unwrap(), marked);
+        drop(ipam);
+        let mut ipam = Ipam::open(dir.path()).unwrap();
+        assert_eq!(ipam.releasing(), marked, "survives a restart");
+        for i in 0..4 {
+            let b = ipam.allocate(&pool(), &req(&format!("new{i}"))).unwrap();
+            assert_ne!(b[0].ip, a[0].ip, "a releasing address is still taken");
+        }
+        ipam.journal.compact(ipam.allocs.values()).unwrap();
+        drop(ipam);
+        let mut ipam = Ipam::open(dir.path()).unwrap();
+        assert_eq!(ipam.releasing(), marked, "compaction keeps the mark");
+        ipam.release(&marked).unwrap();
+        assert!(ipam.releasing().is_empty());
+        assert!(ipam.of_container("gone").is_empty());
+        assert_eq!(ipam.of_container("stays").len(), 1);
     }
 
     #[test]

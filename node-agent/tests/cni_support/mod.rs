@@ -327,6 +327,21 @@ impl InProcessAgent {
     }
 }
 
+impl InProcessAgent {
+    /// Waits until every answered DEL has finished: a DEL answers once its allocations are
+    /// journaled as releasing and deletes the interfaces after, which the runtime does not
+    /// wait for; a test that looks at the pod or the journal right after a DEL must.
+    pub async fn settled(&self) {
+        for _ in 0..500 {
+            if !self.engine.allocations().await.iter().any(|a| a.releasing) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("an answered DEL did not finish within 5 s");
+    }
+}
+
 impl Drop for InProcessAgent {
     fn drop(&mut self) {
         self.task.abort();

@@ -43,6 +43,14 @@ use error::{attach_error, ipam_error};
 use locks::SandboxLocks;
 use reservation::Reservation;
 
+/// The rest of an answered DEL ([`Engine::answer`]): its allocations, journaled as releasing,
+/// and the lock of their sandbox, held until [`Engine::finish`] has removed them.
+pub struct Releasing<'a> {
+    _sandbox: locks::SandboxGuard<'a>,
+    container_id: String,
+    allocs: Vec<Allocation>,
+}
+
 /// Names of the steps a failure can be injected at (environment `BRIDGENET_FAILPOINT`), for
 /// the crash tests: the process aborts there, like a `kill -9` at that instant.
 pub mod failpoint {
@@ -50,11 +58,13 @@ pub mod failpoint {
     pub const ADD_AFTER_RESERVE: &str = "add-after-reserve";
     /// ADD: veth created and configured, result not yet sent.
     pub const ADD_AFTER_ATTACH: &str = "add-after-attach";
-    /// DEL: allocations looked up, nothing deleted yet.
+    /// DEL: allocations journaled as releasing, the answer not yet sent.
+    pub const DEL_AFTER_MARK: &str = "del-after-mark";
+    /// Removing interfaces (after a DEL's answer; GC, hot detach): nothing deleted yet.
     pub const DEL_BEFORE_DETACH: &str = "del-before-detach";
-    /// DEL: veth deleted, addresses not yet freed.
+    /// Removing interfaces: veth deleted, addresses not yet freed.
     pub const DEL_AFTER_DETACH: &str = "del-after-detach";
-    /// DEL: veth deleted and address claims released, addresses not yet freed.
+    /// Removing interfaces: veth deleted and address claims released, addresses not yet freed.
     pub const DEL_AFTER_CLAIMS: &str = "del-after-claims";
     /// ADD: addresses journaled and their claims created, not yet granted.
     pub const ADD_AFTER_CLAIM: &str = "add-after-claim";
@@ -66,13 +76,10 @@ pub mod failpoint {
     /// Reporting: a NodeBridge's endpoints are about to be written.
     pub const REPORT_BEFORE_ENDPOINTS: &str = "report-before-endpoints";
     /// Every step inside a CNI call, in order: a kill at any of them fails the call.
-    pub const ALL: &[&str] = &[
-        ADD_AFTER_RESERVE,
-        ADD_AFTER_ATTACH,
-        DEL_BEFORE_DETACH,
-        DEL_AFTER_DETACH,
-        DEL_AFTER_CLAIMS,
-    ];
+    pub const ALL: &[&str] = &[ADD_AFTER_RESERVE, ADD_AFTER_ATTACH, DEL_AFTER_MARK];
+    /// Every step of a DEL after its answer, in order: the call succeeded, and a kill at any
+    /// of them must still end with the interface gone and the address free.
+    pub const AFTER_DEL_ANSWER: &[&str] = &[DEL_BEFORE_DETACH, DEL_AFTER_DETACH, DEL_AFTER_CLAIMS];
     /// Every step from an ADD to its results being reported, in order.
     pub const REPORTING: &[&str] = &[
         ADD_AFTER_RESERVE,
@@ -136,6 +143,9 @@ pub const NEW_NETWORK_GRACE: Duration = Duration::from_secs(5);
 /// How long an attach waits for a known network's bridge to be created on the node.
 const BRIDGE_GRACE: Duration = Duration::from_secs(2);
 const GRACE_POLL: Duration = Duration::from_millis(25);
+/// How long an ADD waits for an answered DEL of another sandbox of its pod to be finished.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
+const RELEASE_POLL: Duration = Duration::from_millis(5);
 
 /// The addresses journaled for one admitted request, with the request and its NodeBridge.
 type Reserved<'r> = (Vec<Allocation>, &'r NetworkRequest, Arc<ResolvedNodeBridge>);
@@ -185,12 +195,27 @@ impl<D: Directory> Engine<D> {
         self.ipam.lock().await.all().cloned().collect()
     }
 
-    /// Handles one CNI call.
+    /// Handles one CNI call to its end: for a DEL, the interfaces are gone and the addresses
+    /// free when it returns.
+    pub async fn handle(&self, req: Request) -> Response {
+        let (response, rest) = self.answer(req).await;
+        if let Some(rest) = rest {
+            self.finish(rest).await;
+        }
+        response
+    }
+
+    /// Handles one CNI call up to its answer. A DEL answers once its allocations are journaled
+    /// as releasing, and returns the rest (deleting the interfaces, which the kernel takes tens
+    /// of milliseconds for, then freeing the addresses) for [`Engine::finish`] to do after the
+    /// answer is sent: the runtime stops waiting, and an address is still free only once its
+    /// interface is gone. The rest holds the sandbox's lock, so a call that follows for the
+    /// same sandbox waits for it.
     #[tracing::instrument(
         skip_all,
         fields(command = %req.command, container = %req.container_id, ifname = %req.ifname)
     )]
-    pub async fn handle(&self, req: Request) -> Response {
+    pub async fn answer(&self, req: Request) -> (Response, Option<Releasing<'_>>) {
         let version = req
             .config
             .get("cniVersion")
@@ -198,13 +223,17 @@ impl<D: Directory> Engine<D> {
             .unwrap_or(crate::cni::types::CNI_VERSION)
             .to_owned();
         let started = Instant::now();
+        let mut rest = None;
         let result = match serde_json::to_vec(&req.config)
             .map_err(|e| CniError::new(code::DECODE_FAILURE, e.to_string(), ""))
             .and_then(|b| NetConf::parse(&b))
         {
             Ok(conf) => match req.command {
                 Command::Add => self.add(&conf, &req).await,
-                Command::Del => self.del(&conf, &req).await.map(|()| Value::Null),
+                Command::Del => self.del(&conf, &req).await.map(|r| {
+                    rest = r;
+                    Value::Null
+                }),
                 Command::Check => self.check(&conf, &req).await.map(|()| Value::Null),
                 Command::Gc => self.gc(&conf).await.map(|()| Value::Null),
                 Command::Status => self.status().map(|()| Value::Null),
@@ -217,13 +246,49 @@ impl<D: Directory> Engine<D> {
             Command::Del => metrics::finished(metrics::Path::CniDel, started),
             _ => {}
         }
-        match result {
+        let response = match result {
             Ok(v) => Response::Ok(v),
             Err(e) => {
                 metrics::cni_failed(req.command, e.code);
                 tracing::warn!(code = e.code, msg = %e.msg, "CNI call failed");
                 Response::Error(e.with_version(&version))
             }
+        };
+        (response, rest)
+    }
+
+    /// What a DEL left for after its answer: deletes the interfaces and frees the addresses.
+    /// What fails stays journaled as releasing and is tried again by
+    /// [`Engine::finish_releasing`].
+    pub async fn finish(&self, rest: Releasing<'_>) {
+        match self.remove_locked(&rest.allocs).await {
+            Ok(()) => tracing::info!(
+                container = %rest.container_id,
+                detached = rest.allocs.len(),
+                "detached"
+            ),
+            Err(e) => tracing::warn!(
+                container = %rest.container_id,
+                error = %e.msg,
+                "deleting the interfaces of an answered DEL; trying again later"
+            ),
+        }
+    }
+
+    /// Finishes every DEL that answered but whose interfaces are not known to be gone (an
+    /// agent killed right after answering, a deletion that failed): at start, before serving,
+    /// and at every reconcile.
+    pub async fn finish_releasing(&self) {
+        let releasing = self.ipam.lock().await.releasing();
+        if releasing.is_empty() {
+            return;
+        }
+        match self.remove(&releasing).await {
+            Ok(()) => tracing::info!(
+                detached = releasing.len(),
+                "finished the detach of answered DELs"
+            ),
+            Err(e) => tracing::warn!(error = %e.msg, "finishing the detach of answered DELs"),
         }
     }
 
@@ -273,7 +338,23 @@ impl<D: Directory> Engine<D> {
         requests: &[NetworkRequest],
     ) -> Result<Vec<Attached>, CniError> {
         let _sandbox = self.sandboxes.lock(&target.container_id).await;
+        // A DEL of this sandbox that answered but could not delete its interfaces: finish it
+        // before anything is made under the same names.
+        let unfinished: Vec<Allocation> = self
+            .ipam
+            .lock()
+            .await
+            .of_container(&target.container_id)
+            .into_iter()
+            .filter(|a| a.releasing)
+            .collect();
+        if !unfinished.is_empty() {
+            self.remove_locked(&unfinished).await?;
+        }
         let pod = target.pod.as_ref();
+        if let Some(pod) = pod {
+            self.await_releases_of(pod).await;
+        }
         // Timed from here: waiting for another call on the same sandbox is not attaching.
         let mut watch = metrics::Stopwatch::start();
         let planned = request::admit_all(&self.dir, requests, pod).await?;
@@ -296,6 +377,28 @@ impl<D: Directory> Engine<D> {
         let done = reservation.settle(outcome).await?;
         tracing::info!(pod = ?pod.map(ToString::to_string), attached = done.len(), "attached");
         Ok(done)
+    }
+
+    /// Waits (up to [`RELEASE_WAIT`]) until no other sandbox of `pod` has an answered DEL still
+    /// being finished: a runtime that replaces a failed sandbox calls DEL and then ADD for the
+    /// new one at once, and the new sandbox must find the pod's addresses (a static one, a
+    /// sticky claim) free, as it would have had the DEL finished before answering.
+    async fn await_releases_of(&self, pod: &PodRef) {
+        let holder = pod.to_string();
+        let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+        while self
+            .ipam
+            .lock()
+            .await
+            .all()
+            .any(|a| a.releasing && a.pod == holder)
+        {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(pod = %pod, "a DEL of another sandbox of the pod is still being finished; going on");
+                return;
+            }
+            tokio::time::sleep(RELEASE_POLL).await;
+        }
     }
 
     /// Journals the addresses of every admitted request, holding them in `reservation`. A
@@ -492,16 +595,25 @@ impl<D: Directory> Engine<D> {
         }
     }
 
-    async fn del(&self, conf: &NetConf, req: &Request) -> Result<(), CniError> {
-        let _sandbox = self.sandboxes.lock(&req.container_id).await;
+    async fn del(&self, conf: &NetConf, req: &Request) -> Result<Option<Releasing<'_>>, CniError> {
+        let sandbox = self.sandboxes.lock(&req.container_id).await;
         let allocs = self.ipam.lock().await.of_container(&req.container_id);
         let allocs = self.selected(conf, req, allocs);
         if allocs.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
-        self.remove_locked(&allocs).await?;
-        tracing::info!(detached = allocs.len(), "detached");
-        Ok(())
+        let allocs = self
+            .ipam
+            .lock()
+            .await
+            .mark_releasing(&allocs)
+            .map_err(|e| ipam_error(e, None))?;
+        failpoint(failpoint::DEL_AFTER_MARK);
+        Ok(Some(Releasing {
+            _sandbox: sandbox,
+            container_id: req.container_id.clone(),
+            allocs,
+        }))
     }
 
     async fn check(&self, conf: &NetConf, req: &Request) -> Result<(), CniError> {

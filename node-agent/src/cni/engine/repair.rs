@@ -62,7 +62,13 @@ impl<D: Directory> Engine<D> {
     /// Sandboxes with a CNI call or hot-plug change in flight are skipped (their lock is held).
     pub async fn repair<R: Runtime>(&self, runtime: &R) -> Result<Repaired, CniError> {
         let mut interfaces: BTreeMap<(String, String), Vec<Allocation>> = BTreeMap::new();
-        for a in self.allocations().await {
+        // An answered DEL's interfaces are being deleted, not repaired.
+        for a in self
+            .allocations()
+            .await
+            .into_iter()
+            .filter(|a| !a.releasing)
+        {
             interfaces
                 .entry((a.container_id.clone(), a.ifname.clone()))
                 .or_default()
@@ -110,7 +116,7 @@ impl<D: Directory> Engine<D> {
                 .await
                 .of_container(&container)
                 .iter()
-                .any(|a| a.ifname == ifname)
+                .any(|a| a.ifname == ifname && !a.releasing)
             {
                 continue;
             }
