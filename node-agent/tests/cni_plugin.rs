@@ -117,6 +117,15 @@ async fn add_check_del_attaches_a_working_interface_and_removes_it() {
     assert_eq!(first & 0b11, 0b10, "unicast, locally administered: {mac}");
     assert_eq!(link["mtu"], 1400);
     assert!(link["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+    // An IPv4-only network: no IPv6 on the interface at all, not even link-local (as Docker).
+    assert!(
+        link["addr_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["family"] != "inet6"),
+        "{link}"
+    );
     let routes = s.pod.ip(&["route", "show"]);
     assert!(routes.contains("172.29.10.0/24 dev net1"), "{routes}");
     assert!(

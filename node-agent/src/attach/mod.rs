@@ -219,12 +219,25 @@ async fn pod_side(handle: &Handle, spec: &AttachSpec) -> Result<u32, AttachError
     let index = link.header.index;
     // The kernel announces the address itself when the link comes up with these set
     // (gratuitous ARP / unsolicited NA): no raw socket needed. IPv6 may be disabled in the pod.
-    for path in [
-        format!("/proc/sys/net/ipv4/conf/{}/arp_notify", spec.pod_ifname),
-        format!("/proc/sys/net/ipv6/conf/{}/ndisc_notify", spec.pod_ifname),
-    ] {
+    //
+    // On an IPv4-only network the interface gets no IPv6 at all, as Docker does for its
+    // containers' interfaces on such networks: set before the link is up, so it never takes a
+    // link-local address. Otherwise every new pod's MLD reports, router solicitations and
+    // DAD probes are flooded to every port of the bridge and handled by every pod on it,
+    // which at a thousand pods on a node doubled the time of each ADD.
+    let ipv6 = spec.addresses.iter().any(|(ip, _)| ip.is_ipv6());
+    let sysctls = [
+        ("ipv4", "arp_notify", "1"),
+        (
+            "ipv6",
+            if ipv6 { "ndisc_notify" } else { "disable_ipv6" },
+            "1",
+        ),
+    ];
+    for (family, key, value) in sysctls {
         metrics::netlink_write(Write::Sysctl);
-        let _ = std::fs::write(path, "1");
+        let path = format!("/proc/sys/net/{family}/conf/{}/{key}", spec.pod_ifname);
+        let _ = std::fs::write(path, value);
     }
     for (ip, prefix) in &spec.addresses {
         let mut req = handle.address().add(index, *ip, *prefix);
