@@ -93,8 +93,9 @@ cni-test:
 	$(CARGO) test --locked -p bridgenet-agent --lib -- cni ipam
 	$(CARGO) test --locked -p bridgenet-agent --test cni_plugin --test cni_crash --test cni_report_crash --test pod_repair --test cni_containerd -- --include-ignored
 
-## CNI latency next to the reference bridge+host-local chain, agent and plugin RSS, then network
-## Ready, hot attach/detach and pods Ready in the two-node sandbox (root).
+## CNI latency at 200 and 1,000 pods next to the reference bridge+host-local chain, agent and
+## plugin RSS, then network Ready, hot attach/detach, pods Ready and the agent's memory with 1,000
+## endpoints on 50 networks in the two-node sandbox (root; about 15 minutes).
 bench-cni:
 	bash scripts/bench-cni.sh
 

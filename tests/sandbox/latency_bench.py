@@ -5,7 +5,9 @@
 - hot attach (`docker network connect`): from the pod's annotation patch to the new interface
   being up with its address inside the pod;
 - hot detach (`docker network disconnect`): from the patch to the interface being gone;
-- N pods asking for a network, from the first create to every one of them Ready.
+- N pods asking for a network, from the first create to every one of them Ready;
+- the first node's agent's memory with 1,000 endpoints on 50 networks (50 pods on 20 networks
+  each), once every endpoint is reported.
 
 Every figure is read off the outside (the API and the pod's network namespace, polled every
 5 ms), as a user would see it, never off the agents' own timings. Root (network namespaces,
@@ -157,6 +159,48 @@ class Bench:
         return elapsed
 
 
+    async def rss(self, networks: int, pods: int, per_pod: int) -> tuple[int, dict[str, int]]:
+        """The agent of the first node with `pods` pods there, each on `per_pod` of `networks`
+        new networks (pods × per_pod endpoints in all): endpoints reported, and its VmRSS and
+        VmHWM in KiB once every pod is Ready and its NodeBridges report them."""
+        names = [f"bench-rss-{i}" for i in range(networks)]
+        for i, name in enumerate(names):
+            await self.k.request("POST", NETS, network(name, f"172.62.{i}.0/24"))
+        for name in names:
+            await until(lambda name=name: network_ready(self.k, name, len(self.nodes)), f"{name} Ready")
+        pod_names = [f"bench-rss-{i}" for i in range(pods)]
+        for i, name in enumerate(pod_names):
+            wanted = ",".join(names[(i + j) % networks] for j in range(per_pod))
+            await self.k.request("POST", PODS, pod(name, wanted, self.nodes[0]))
+
+        async def all_ready() -> bool:
+            items = (await self.k.request("GET", PODS))["items"]
+            return sum(1 for p in items if p["metadata"]["name"] in pod_names and ready(p)) == pods
+
+        await until(all_ready, f"{pods} pods on {per_pod} networks each Ready")
+
+        async def reported() -> int:
+            items = (await self.k.request("GET", "/apis/bridgenet.io/v1alpha1/nodebridges"))["items"]
+            return sum((nb.get("status") or {}).get("endpointCount", 0) for nb in items
+                       if nb["spec"]["node"] == self.nodes[0] and nb["spec"]["network"] in names)
+
+        await until(lambda: _at_least(reported(), pods * per_pod), "every endpoint reported")
+        endpoints = await reported()
+        # A few report passes with everything attached, then the agent's memory as it stays.
+        await asyncio.sleep(3)
+        agent = next(p for n, p in self.sb.procs if n == f"agent/{self.nodes[0]}")
+        status = pathlib.Path(f"/proc/{agent.pid}/status").read_text()
+        memory = {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines()
+                  if line.startswith(("VmRSS:", "VmHWM:"))}
+        for name in pod_names:
+            await self.k.request("DELETE", f"{PODS}/{name}")
+        return endpoints, memory
+
+
+async def _at_least(value, target: int) -> bool:
+    return await value >= target
+
+
 async def measure(sb: up.Sandbox, args) -> list[str]:
     nodes = [n.name for n in sb.topo.nodes]
     async with kube.Kube(str(sb.kubeconfig)) as k:
@@ -164,6 +208,7 @@ async def measure(sb: up.Sandbox, args) -> list[str]:
         nets = await b.networks(args.rounds)
         attach, detach = await b.hotplug(args.rounds)
         many = await b.many(args.pods)
+        endpoints, memory = await b.rss(args.rss_networks, args.rss_pods, args.rss_per_pod)
     return [
         "| what | samples | p50 | max | min |",
         "|---|---|---|---|---|",
@@ -171,6 +216,10 @@ async def measure(sb: up.Sandbox, args) -> list[str]:
         summary("hot attach: annotation patched → interface up with its address", attach),
         summary("hot detach: annotation patched → interface gone", detach),
         f"| {args.pods} pods created → all Ready | 1 | {many * 1000:.0f} ms | | |",
+        "",
+        f"agent of {nodes[0]} with {endpoints} endpoints on {args.rss_networks} networks "
+        f"({args.rss_pods} pods, {args.rss_per_pod} networks each): "
+        f"VmRSS {memory.get('VmRSS', 0) / 1024:.1f} MiB, peak (VmHWM) {memory.get('VmHWM', 0) / 1024:.1f} MiB",
     ]
 
 
@@ -179,6 +228,9 @@ def main() -> int:
     p.add_argument("--bin-dir", type=pathlib.Path, default=REPO / "target" / "release")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--pods", type=int, default=30)
+    p.add_argument("--rss-networks", type=int, default=50)
+    p.add_argument("--rss-pods", type=int, default=50)
+    p.add_argument("--rss-per-pod", type=int, default=20)
     args = p.parse_args()
     for binary in ("bridgenet-operator", "bridgenet-agent", "bridgenet"):
         if not (args.bin_dir / binary).exists():
