@@ -418,6 +418,24 @@ pub struct BridgeNetworkStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["cidr"]))]
     pub blocks: Vec<BlockAssignment>,
+
+    /// The nodes where the network has pods, with their underlay addresses: every agent of the
+    /// network floods its broadcasts (ARP, neighbour discovery) over VXLAN to these and to no
+    /// other node, so flooding grows with the nodes that have pods of the network, not with the
+    /// nodes it is selected onto. A node with no pod of the network needs no copy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node"]))]
+    pub tunnel_endpoints: Vec<TunnelEndpoint>,
+}
+
+/// A node where a network has pods, as the overlay reaches it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct TunnelEndpoint {
+    /// Node name.
+    pub node: String,
+    /// The node's underlay address (its `InternalIP`), the VXLAN tunnel endpoint.
+    pub address: String,
 }
 
 /// One per-node address block.
@@ -498,7 +516,10 @@ pub struct NodeBridgeSpec {
     /// Namespaces whose pods may attach (copied from the network).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
-    /// The other nodes of the network, for the overlay.
+    /// Deprecated: the other nodes of the network, for agents older than the network's
+    /// `status.tunnelEndpoints`. The operator writes it only on a NodeBridge that already has it
+    /// and whose agent does not report `status.networkPeers`, and drops it once the agent does,
+    /// so that an upgrade keeps the old agents' overlay until they are replaced.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node"]))]
     pub peers: Vec<Peer>,
@@ -551,6 +572,10 @@ pub struct NodeBridgeStatus {
     /// IPv4 addresses still free in this node's blocks.
     #[serde(default)]
     pub free_addresses: i64,
+    /// The agent learns the network's overlay peers from the BridgeNetwork's
+    /// `status.tunnelEndpoints`, so `spec.peers` is not needed here.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub network_peers: bool,
 }
 
 /// One pod interface on the network.

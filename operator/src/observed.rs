@@ -27,6 +27,17 @@ pub(crate) fn node_of(nb: &NodeBridge) -> &str {
     labels_of(nb).1.unwrap_or(&nb.spec.node)
 }
 
+/// The underlay address of a node: its first IPv4 `InternalIP`, else its first `InternalIP`.
+pub fn node_address(node: &Node) -> Option<String> {
+    let addrs = node.status.as_ref()?.addresses.as_ref()?;
+    let internal = addrs.iter().filter(|a| a.type_ == "InternalIP");
+    internal
+        .clone()
+        .find(|a| a.address.parse::<std::net::Ipv4Addr>().is_ok())
+        .or_else(|| internal.clone().next())
+        .map(|a| a.address.clone())
+}
+
 /// Whether the NodeBridge is terminating.
 pub(crate) fn is_deleting(nb: &NodeBridge) -> bool {
     nb.metadata.deletion_timestamp.is_some()

@@ -3,12 +3,12 @@
 //! `lastTransitionTime`, see [`set_condition`]), and the Events that go with condition changes.
 
 use bridgenet_crds::net::{Family, ResolvedNetwork};
-use bridgenet_crds::v1alpha1::{BlockAssignment, BridgeNetworkStatus};
+use bridgenet_crds::v1alpha1::{BlockAssignment, BridgeNetworkStatus, TunnelEndpoint};
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::blocks::{self, BlockPlan};
-use crate::observed::{Membership, endpoint_count};
+use crate::observed::{Membership, endpoint_count, node_address};
 
 pub use bridgenet_crds::conditions::{
     ACCEPTED, READY, RESOLVER_READY, Reason, condition, set_condition,
@@ -186,6 +186,7 @@ pub(crate) fn accepted(prev: &BridgeNetworkStatus, f: &AcceptedFacts<'_>) -> Bri
             node: node.clone(),
         })
         .collect();
+    status.tunnel_endpoints = tunnel_endpoints(f.membership);
 
     let mut summary = format!(
         "subnet {}, gateway {}, bridge {}, VNI {vni}",
@@ -252,6 +253,27 @@ pub(crate) fn accepted(prev: &BridgeNetworkStatus, f: &AcceptedFacts<'_>) -> Bri
         set_condition(&mut status.conditions, cond, f.generation, f.now);
     }
     status
+}
+
+/// The member nodes with pods of the network (endpoints their agents report) and an underlay
+/// address, sorted by node: where the overlay floods. Changes only when a node gains its first
+/// pod of the network or loses its last one, or a member's address changes.
+fn tunnel_endpoints(membership: &Membership<'_>) -> Vec<TunnelEndpoint> {
+    membership
+        .selected
+        .iter()
+        .filter(|node| {
+            membership
+                .live(node.metadata.name.as_deref().unwrap_or_default())
+                .is_some_and(|nb| endpoint_count(nb) > 0)
+        })
+        .filter_map(|node| {
+            Some(TunnelEndpoint {
+                node: node.metadata.name.clone()?,
+                address: node_address(node)?,
+            })
+        })
+        .collect()
 }
 
 /// `ResolverReady`: the network's DNS answers on every member node (each agent reports its

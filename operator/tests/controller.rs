@@ -346,9 +346,13 @@ async fn new_network_writes_status_then_one_node_bridge_per_node() {
     assert_eq!(a["metadata"]["ownerReferences"][0]["uid"], "uid-blue");
     assert_eq!(a["metadata"]["ownerReferences"][0]["controller"], true);
     assert_eq!(a["spec"]["blocks"], json!(["172.20.0.0/26"]));
-    assert_eq!(
-        a["spec"]["peers"],
-        json!([{"node": "b", "address": "192.168.0.2", "blocks": ["172.20.0.64/26"]}])
+    assert!(
+        a["spec"].get("peers").is_none(),
+        "no peer list: agents read the network's tunnel endpoints"
+    );
+    assert!(
+        status.get("tunnelEndpoints").is_none(),
+        "no node has a pod yet: nowhere to flood"
     );
     assert_eq!(a["spec"]["vni"], status["vni"]);
     assert!(seen[1].query.contains("fieldManager=bridgenet-operator"));
@@ -437,30 +441,131 @@ async fn overlapping_younger_network_is_refused_with_condition_and_event() {
 }
 
 #[tokio::test]
-async fn departed_node_loses_its_node_bridge_and_peers_follow() {
-    let (net, nbs) = converged_blue().await;
+async fn departed_node_costs_its_node_bridge_and_the_status_only() {
+    let (net, mut nbs) = converged_blue().await;
+    attached(&mut nbs[0]);
+    attached(&mut nbs[1]);
+    let mut sc = Scenario::new(net.clone(), two_nodes());
+    sc.node_bridges = nbs.clone();
+    let (seen, _, _) = sc.reconcile().await;
+    assert_eq!(routes(&seen), [format!("PATCH {NETS}/blue/status")]);
+    assert_eq!(
+        seen[0].body["status"]["tunnelEndpoints"],
+        json!([{"node": "a", "address": "192.168.0.1"}, {"node": "b", "address": "192.168.0.2"}])
+    );
+    let mut net = net;
+    net.status = Some(serde_json::from_value(seen[0].body["status"].clone()).unwrap());
+
+    // b leaves: its NodeBridge goes and the status says so; a's NodeBridge is not touched.
     let mut sc = Scenario::new(net, vec![two_nodes()[0].clone()]);
     sc.node_bridges = nbs;
+    sc.pods = vec![pod_on("b")];
     let (seen, result, _) = sc.reconcile().await;
+    assert_eq!(
+        routes(&seen),
+        [
+            PODS_ON_B.to_owned(),
+            format!("PATCH {NETS}/blue/status"),
+            format!("DELETE {NBS}/blue.b")
+        ]
+    );
+    assert_eq!(
+        seen[1].body["status"]["tunnelEndpoints"],
+        json!([{"node": "a", "address": "192.168.0.1"}])
+    );
+    assert!(result.is_ok());
+}
+
+#[tokio::test]
+async fn joining_node_and_changed_address_cost_one_node_bridge_and_the_status_at_most() {
+    let (net, mut nbs) = converged_blue().await;
+    attached(&mut nbs[0]);
+    attached(&mut nbs[1]);
+    let mut three = two_nodes();
+    three.push(node("c", "192.168.0.3", &[]));
+    let mut sc = Scenario::new(net.clone(), three);
+    sc.node_bridges = nbs.clone();
+    let (seen, _, _) = sc.reconcile().await;
+    assert_eq!(
+        routes(&seen),
+        [
+            format!("PATCH {NETS}/blue/status"),
+            format!("PATCH {NBS}/blue.c")
+        ]
+    );
+    assert!(seen[1].body["spec"].get("peers").is_none());
+
+    // b's InternalIP changes: only the network's tunnel endpoints say so.
+    let mut net = net;
+    let mut st: bridgenet_crds::BridgeNetworkStatus =
+        serde_json::from_value(seen[0].body["status"].clone()).unwrap();
+    st.tunnel_endpoints = Vec::new();
+    net.status = Some(st);
+    let moved = vec![node("a", "192.168.0.1", &[]), node("b", "192.168.7.7", &[])];
+    let mut sc = Scenario::new(net, moved);
+    sc.node_bridges = nbs;
+    let (seen, _, _) = sc.reconcile().await;
+    assert_eq!(routes(&seen), [format!("PATCH {NETS}/blue/status")]);
+    assert_eq!(
+        seen[0].body["status"]["tunnelEndpoints"],
+        json!([{"node": "a", "address": "192.168.0.1"}, {"node": "b", "address": "192.168.7.7"}])
+    );
+}
+
+/// NodeBridges an operator from before wrote with peer lists, read by agents from before: the
+/// lists stay and follow the nodes until each agent reports reading the network's status.
+#[tokio::test]
+async fn legacy_peer_lists_are_kept_until_their_agent_reads_the_network() {
+    let (net, mut nbs) = converged_blue().await;
+    let peer = |node: &str, address: &str, block: &str| bridgenet_crds::v1alpha1::Peer {
+        node: node.into(),
+        address: address.into(),
+        blocks: vec![block.into()],
+    };
+    nbs[0].spec.peers = vec![peer("b", "192.168.0.2", "172.20.0.64/26")];
+    nbs[1].spec.peers = vec![peer("a", "192.168.0.1", "172.20.0.0/26")];
+    let mut three = two_nodes();
+    three.push(node("c", "192.168.0.3", &[]));
+
+    let mut sc = Scenario::new(net.clone(), three.clone());
+    sc.node_bridges = nbs.clone();
+    let (seen, _, _) = sc.reconcile().await;
     assert_eq!(
         routes(&seen),
         [
             format!("PATCH {NETS}/blue/status"),
             format!("PATCH {NBS}/blue.a"),
-            format!("DELETE {NBS}/blue.b")
+            format!("PATCH {NBS}/blue.b"),
+            format!("PATCH {NBS}/blue.c")
         ]
     );
+    let peers = |i: usize| -> Vec<String> {
+        seen[i].body["spec"]["peers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|p| p["node"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(peers(1), ["b", "c"], "an old agent learns of c");
+    assert_eq!(peers(2), ["a", "c"]);
+    assert!(peers(3).is_empty(), "a new NodeBridge gets no list");
+
+    // a's agent is upgraded and says so: a's list goes, b's stays as it is.
+    nbs[0].status.get_or_insert_default().network_peers = true;
+    let mut sc = Scenario::new(net, two_nodes());
+    sc.node_bridges = nbs;
+    let (seen, _, _) = sc.reconcile().await;
     assert_eq!(
-        seen[0].body["status"]["blocks"],
-        json!([{"cidr": "172.20.0.0/26", "node": "a"}])
+        routes(&seen),
+        [
+            format!("PATCH {NETS}/blue/status"),
+            format!("PATCH {NBS}/blue.a")
+        ]
     );
-    assert!(seen[1].query.contains("fieldManager=bridgenet-operator"));
-    assert!(
-        seen[1].body["spec"]
-            .get("peers")
-            .is_none_or(|p| p == &json!([]))
-    );
-    assert!(result.is_ok());
+    assert!(seen[1].body["spec"].get("peers").is_none());
 }
 
 #[tokio::test]
@@ -578,12 +683,11 @@ async fn agent_finalizer_of_a_vanished_node_is_released() {
         routes(&seen),
         [
             format!("PATCH {NETS}/blue/status"),
-            format!("PATCH {NBS}/blue.a"),
             format!("PATCH {NBS}/blue.b")
         ]
     );
     // A merge patch that keeps everyone else's finalizers, guarded by the version read.
-    let release = &seen[2];
+    let release = &seen[1];
     assert!(!release.query.contains("fieldManager"), "{}", release.query);
     assert_eq!(
         release.body["metadata"]["finalizers"],
@@ -613,7 +717,6 @@ async fn a_deleted_node_whose_pods_are_gone_gives_its_blocks_back() {
         [
             PODS_ON_B.to_owned(),
             format!("PATCH {NETS}/blue/status"),
-            format!("PATCH {NBS}/blue.a"),
             format!("DELETE {NBS}/blue.b")
         ]
     );
@@ -643,7 +746,6 @@ async fn a_deleted_node_keeps_its_blocks_while_its_pods_are_bound_to_it() {
         [
             PODS_ON_B.to_owned(),
             format!("PATCH {NETS}/blue/status"),
-            format!("PATCH {NBS}/blue.a"),
             format!("DELETE {NBS}/blue.b")
         ]
     );

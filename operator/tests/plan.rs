@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bridgenet_crds::v1alpha1::{
-    BridgeNetwork, BridgeNetworkStatus, Endpoint, NodeBridge, NodeBridgeStatus, node_bridge_labels,
+    BridgeNetwork, BridgeNetworkStatus, Endpoint, NodeBridge, NodeBridgeStatus, Peer,
+    node_bridge_labels,
 };
 use bridgenet_crds::{ANNOTATION_FORCE_DELETE, FINALIZER_AGENT};
 use bridgenet_operator::plan::{
@@ -81,15 +82,6 @@ impl World {
             settings: &self.settings,
             now: &t(100),
         })
-    }
-
-    fn plan_with_node(&self, name: &str, extra: Node) -> NetworkPlan {
-        let mut w = World::new(
-            self.nets.iter().map(|n| (**n).clone()).collect(),
-            self.nodes.clone(),
-        );
-        w.nodes.push(Arc::new(extra));
-        w.plan(name)
     }
 
     /// Executes a plan the way the controller does (status, NodeBridge writes, deletions),
@@ -170,7 +162,7 @@ fn assert_disjoint(s: &BridgeNetworkStatus) {
 }
 
 #[test]
-fn every_selected_node_gets_a_node_bridge_with_blocks_and_peers() {
+fn every_selected_node_gets_a_node_bridge_with_its_blocks_and_no_peers() {
     let w = World::new(
         vec![net(
             "blue",
@@ -197,21 +189,10 @@ fn every_selected_node_gets_a_node_bridge_with_blocks_and_peers() {
     assert_eq!(a.blocks, ["172.20.0.0/26"]);
     // The block holds the subnet's network address and the gateway: both reserved.
     assert_eq!(a.exclude_addresses, ["172.20.0.0", "172.20.0.1"]);
-    assert_eq!(a.peers.len(), 1);
-    assert_eq!(a.peers[0].node, "node-b");
-    assert_eq!(a.peers[0].address, "192.168.0.10");
-    assert_eq!(a.peers[0].blocks, ["172.20.0.64/26"]);
+    assert!(a.peers.is_empty(), "peers come from the network's status");
     assert!(c.matches(0, &a));
     assert!(!c.matches(1, &a));
     let b = c.spec_for(1);
-    let mut three = w.plan_with_node("blue", node("c", "192.168.0.30", &[]));
-    let c3 = three.children.take().unwrap();
-    let mut spec = c3.spec_for(0);
-    assert!(c3.matches(0, &spec));
-    spec.peers.reverse();
-    assert!(c3.matches(0, &spec), "peer order is not content");
-    spec.peers[0].address = "192.168.9.9".into();
-    assert!(!c3.matches(0, &spec));
     assert_ne!(a, b);
     assert_eq!(c.members[0].name, "blue.node-a");
     // Status: blocks recorded, nothing ready yet, no event for a plain acceptance.
@@ -283,11 +264,13 @@ fn joining_node_gets_a_new_block_and_others_keep_theirs() {
     assert_eq!(after["z"], before["z"]);
     assert_eq!(after["a"], ["172.20.0.128/26"]);
     assert_disjoint(&p2.status);
-    // Existing nodes are rewritten only for the new peer.
+    // Existing nodes are not rewritten for it: O(1) writes per node event.
     let c = p2.children.as_ref().unwrap();
-    let m = c.members.iter().position(|m| m.node == "m").unwrap();
-    assert!(c.needs_write(m));
-    assert!(c.spec_for(m).peers.iter().any(|p| p.node == "a"));
+    let writes: Vec<&str> = (0..c.members.len())
+        .filter(|i| c.needs_write(*i))
+        .map(|i| c.members[i].node.as_str())
+        .collect();
+    assert_eq!(writes, ["a"]);
 }
 
 #[test]
@@ -350,16 +333,10 @@ fn leaving_node_loses_its_node_bridge_and_its_block_is_reused_only_when_empty() 
     assert_ne!(by["c"], b_block);
     assert_eq!(p2.status.endpoints, 1);
     assert_disjoint(&p2.status);
-    // The peers of a no longer include b.
+    // a is not rewritten; b, gone, is no tunnel endpoint any more.
     let ia = c2.members.iter().position(|m| m.node == "a").unwrap();
-    assert_eq!(
-        c2.spec_for(ia)
-            .peers
-            .iter()
-            .map(|p| p.node.as_str())
-            .collect::<Vec<_>>(),
-        ["c"]
-    );
+    assert!(!c2.needs_write(ia));
+    assert!(p2.status.tunnel_endpoints.iter().all(|t| t.node != "b"));
 
     // Once b's NodeBridge is gone, its block is free again and goes to the next node.
     w.apply("blue", &p2);
@@ -814,7 +791,38 @@ fn cached_node_bridges_without_peers_compare_by_digest() {
         nodes(&["a", "b", "c"]),
     );
     let p = w.plan("blue");
+    w.apply("blue", &p);
+    // NodeBridges as an operator from before wrote them, read by agents from before (no
+    // `networkPeers`): each lists the others.
+    let everyone: Vec<Peer> = w
+        .nbs
+        .iter()
+        .map(|nb| Peer {
+            node: nb.spec.node.clone(),
+            address: w
+                .nodes
+                .iter()
+                .find(|n| n.metadata.name.as_deref() == Some(nb.spec.node.as_str()))
+                .and_then(|n| plan::node_address(n))
+                .unwrap(),
+            blocks: nb.spec.blocks.clone(),
+        })
+        .collect();
+    for nb in &mut w.nbs {
+        let me = nb.spec.node.clone();
+        Arc::make_mut(nb).spec.peers = everyone.iter().filter(|p| p.node != me).cloned().collect();
+    }
+    let p = w.plan("blue");
     let c = p.children.as_ref().unwrap();
+    assert!(
+        (0..3).all(|i| !c.needs_write(i)),
+        "legacy lists kept as they are"
+    );
+    let mut spec = c.spec_for(0);
+    spec.peers.reverse();
+    assert!(c.matches(0, &spec), "peer order is not content");
+    spec.peers[0].address = "192.168.9.9".into();
+    assert!(!c.matches(0, &spec));
     for i in 0..3 {
         assert_eq!(
             c.planned_peers_digest(i),

@@ -38,6 +38,7 @@ use std::net::IpAddr;
 
 use bridgenet_crds::names::MAX_IFNAME;
 use bridgenet_crds::net::MAX_VNI;
+use bridgenet_crds::resolved::ResolvedPeer;
 use bridgenet_crds::{NodeBridgeSpec, ResolvedNodeBridge};
 use ipnet::IpNet;
 
@@ -94,6 +95,21 @@ pub struct Desired {
     pub inter_pod_traffic: bool,
 }
 
+/// The addresses of `peers` this node floods to: not itself (by name or address), and only in
+/// its underlay family — a VXLAN device has one local address family, a peer reachable only in
+/// the other cannot be a flood destination (the kernel refuses the entry), and refusing the
+/// whole network for it would cut off the peers that do fit.
+fn flood_targets<'a>(
+    peers: &'a [ResolvedPeer],
+    node: &'a NodeContext,
+) -> impl Iterator<Item = IpAddr> + 'a {
+    peers
+        .iter()
+        .filter(|peer| peer.node != node.node_name)
+        .map(|peer| peer.address)
+        .filter(|ip| *ip != node.underlay && ip.is_ipv4() == node.underlay.is_ipv4())
+}
+
 /// VXLAN port name of a network: `bnvx-<vni>` (≤ 13 bytes for a 24-bit VNI). Derived from the
 /// VNI rather than the bridge name so that it is unique per network cluster-wide and the same
 /// on every node, which makes `ip -d link` output easy to correlate across nodes.
@@ -105,18 +121,10 @@ pub fn vxlan_name(vni: u32) -> String {
 
 impl Desired {
     /// What `spec` becomes on this node: link names derived from it, and the peers the
-    /// overlay floods to (every listed node but this one, in this node's underlay family).
+    /// overlay floods to (every node the deprecated `spec.peers` lists but this one, in this
+    /// node's underlay family; see [`Desired::with_peers`] for the network's own list).
     pub fn from_resolved(spec: &ResolvedNodeBridge, node: &NodeContext) -> Self {
-        let peers = spec
-            .peers
-            .iter()
-            .filter(|peer| peer.node != node.node_name)
-            .map(|peer| peer.address)
-            // A VXLAN device has one local address family; a peer reachable only in the
-            // other family cannot be a flood destination (the kernel refuses the entry), and
-            // refusing the whole network for it would cut off the peers that do fit.
-            .filter(|ip| *ip != node.underlay && ip.is_ipv4() == node.underlay.is_ipv4())
-            .collect();
+        let peers = flood_targets(&spec.peers, node).collect();
         Desired {
             network: spec.network.clone(),
             alias: alias_of(&spec.network),
@@ -135,6 +143,15 @@ impl Desired {
             masquerade: spec.masquerade,
             inter_pod_traffic: spec.inter_pod_traffic,
         }
+    }
+
+    /// Also floods to `published`, the tunnel endpoints the network's status lists (the nodes
+    /// where it has pods), but for this node and those of the other family. The union with
+    /// the spec's list keeps an upgrade connected: an old operator still writes `spec.peers`.
+    #[must_use]
+    pub fn with_peers(mut self, published: &[ResolvedPeer], node: &NodeContext) -> Self {
+        self.peers.extend(flood_targets(published, node));
+        self
     }
 
     /// The gateway addresses that belong on the bridge.
@@ -267,6 +284,34 @@ pub(crate) mod tests {
         let d6 = Desired::from_resolved(&resolved(&s6), &node());
         assert_eq!(d6.peers.len(), 1, "a peer of the other family is skipped");
         assert_eq!(vxlan_name(0x00ff_ffff).len(), 13);
+    }
+
+    #[test]
+    fn floods_to_the_published_endpoints_and_the_legacy_list() {
+        let peer = |node: &str, address: &str| ResolvedPeer {
+            node: node.into(),
+            address: address.parse().unwrap(),
+        };
+        let mut s = spec("custom", "br-custom", "172.20.0.0/16", "172.20.0.1", 42);
+        s.peers.clear();
+        let published = [
+            peer("node-a", "192.0.2.1"),
+            peer("node-c", "192.0.2.3"),
+            peer("node-v6", "2001:db8::3"),
+        ];
+        let d = Desired::from_resolved(&resolved(&s), &node()).with_peers(&published, &node());
+        let peers: Vec<String> = d.peers.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            peers,
+            ["192.0.2.3"],
+            "neither this node nor the other family"
+        );
+
+        // An old operator's spec.peers and the network's list add up.
+        let s = spec("custom", "br-custom", "172.20.0.0/16", "172.20.0.1", 42);
+        let d = Desired::from_resolved(&resolved(&s), &node()).with_peers(&published, &node());
+        let peers: Vec<String> = d.peers.iter().map(|p| p.to_string()).collect();
+        assert_eq!(peers, ["192.0.2.2", "192.0.2.3"]);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! monitors trigger a full pass as soon as one of bridgenet's links is deleted (rtnetlink) or
 //! one of its nftables tables changes (nf_tables notifications).
 
+pub mod peers;
 pub mod specs;
 pub mod status;
 
@@ -15,18 +16,20 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bridgenet_crds::{FINALIZER_AGENT, LABEL_NODE, NodeBridge};
+use bridgenet_crds::{BridgeNetwork, FINALIZER_AGENT, LABEL_NODE, NodeBridge};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::dataplane::{self, Dataplane, DataplaneError, Desired, NodeContext, Teardown};
 use crate::health::Readiness;
+pub use peers::PeerDirectory;
 pub use specs::{SpecCache, SpecError};
 pub use status::StatusWriter;
 
@@ -62,6 +65,8 @@ pub struct Context {
     pub node: NodeContext,
     /// Each NodeBridge's spec, resolved once per change.
     pub specs: SpecCache,
+    /// The overlay peers each network publishes in its status.
+    pub peers: PeerDirectory,
     /// Realizes and removes networks in the kernel.
     pub dataplane: Arc<Dataplane>,
     /// Writes `Ready` and the other status fields, shared with the CNI status loop.
@@ -117,6 +122,26 @@ pub async fn run(
 ) -> Result<(), ControllerError> {
     let api: Api<NodeBridge> = Api::all(client.clone());
 
+    // The networks' tunnel endpoints first: a NodeBridge reconciled before them would be
+    // programmed with no peers, and a restart would drop every flood entry of a running overlay
+    // until the list arrived.
+    let peers = PeerDirectory::default();
+    let mut peer_changes = Box::pin(peers::watch(
+        Api::<BridgeNetwork>::all(client.clone()),
+        peers.clone(),
+    ));
+    let waiting_since = std::time::Instant::now();
+    while !peers.synced() {
+        match tokio::time::timeout(Duration::from_secs(10), peer_changes.next()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(_) => tracing::warn!(
+                waited_s = waiting_since.elapsed().as_secs(),
+                "still waiting for the first list of BridgeNetworks (the overlay peers); no NodeBridge is programmed until it arrives"
+            ),
+        }
+    }
+
     // Seed the data plane with every NodeBridge of the node before the first reconcile, so
     // the first nftables transaction already holds every network's rules: reconciling one
     // network at a time from an empty set would briefly drop the others' rules after a restart.
@@ -135,7 +160,8 @@ pub async fn run(
         if nb.meta().deletion_timestamp.is_none()
             && let Ok(resolved) = specs.resolve(&nb.name_any(), &nb.spec)
         {
-            let d = Desired::from_resolved(&resolved, &node);
+            let d = Desired::from_resolved(&resolved, &node)
+                .with_peers(&peers.of(&nb.spec.network), &node);
             known.insert(d.network.clone(), d);
         }
     }
@@ -161,6 +187,7 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), reporter),
         node: node.clone(),
         specs,
+        peers,
         dataplane: dataplane.clone(),
         status,
         readiness: readiness.clone(),
@@ -175,8 +202,22 @@ pub async fn run(
     };
     let trigger = futures::stream::select(dataplane::link_deletions(), firewall_drift);
     let wc = watcher::Config::default().labels(&selector(&node.node_name));
-    Controller::new(api, wc)
+    let controller = Controller::new(api, wc);
+    // A network whose tunnel endpoints changed: its NodeBridge on this node (found in the
+    // controller's own cache, whatever its name) is reconciled at once.
+    let mine = controller.store();
+    let peers_changed = peer_changes.flat_map(move |network| {
+        let refs: Vec<_> = mine
+            .state()
+            .iter()
+            .filter(|nb| nb.spec.network == network)
+            .map(|nb| ObjectRef::from_obj(&**nb))
+            .collect();
+        futures::stream::iter(refs)
+    });
+    controller
         .reconcile_all_on(trigger)
+        .reconcile_on(peers_changed)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {
             if let Err(e) = result {
@@ -246,7 +287,10 @@ async fn apply(nb: &NodeBridge, ctx: &Context) -> Result<Action, ControllerError
         Err(e) => Err((e.reason(), e.to_string())),
         Ok(resolved) => ctx
             .dataplane
-            .realize(Desired::from_resolved(resolved, &ctx.node))
+            .realize(
+                Desired::from_resolved(resolved, &ctx.node)
+                    .with_peers(&ctx.peers.of(&nb.spec.network), &ctx.node),
+            )
             .await
             .map_err(|e| (e.reason(), e.to_string())),
     };
@@ -294,6 +338,7 @@ async fn apply(nb: &NodeBridge, ctx: &Context) -> Result<Action, ControllerError
                 generation,
             );
             s.observed_generation = generation;
+            s.network_peers = true;
         })
         .await
         .map_err(|source| ControllerError::Kube {

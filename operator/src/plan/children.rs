@@ -1,9 +1,16 @@
 //! The children of an accepted network: one NodeBridge per selected node, its name, its spec
 //! and whether the existing object already says it.
 //!
-//! Memory: peer lists make NodeBridge specs quadratic in the node count (1,000 nodes = a
-//! million peer entries per network), so a plan keeps one shared template and the member
-//! list, and materializes a node's spec ([`Children::spec_for`]) only when it is written;
+//! A NodeBridge says only what its own node needs (its blocks, the network's settings), so its
+//! size and the writes a node event causes do not grow with the cluster: agents learn the
+//! overlay's peers from the network's `status.tunnelEndpoints` instead. The deprecated
+//! `spec.peers` is still written on a NodeBridge that has it and whose agent has not yet
+//! reported `status.networkPeers` (an agent from before, during an upgrade), and dropped as soon
+//! as the agent does ([`Member::legacy`]).
+//!
+//! Memory: those legacy peer lists are quadratic in the node count (1,000 nodes = a million
+//! peer entries per network), so a plan keeps one shared template and the member list, and
+//! materializes a node's spec ([`Children::spec_for`]) only when it is written;
 //! [`Children::matches`] compares an existing spec without building the planned one.
 
 use std::collections::BTreeSet;
@@ -15,11 +22,11 @@ use bridgenet_crds::net::{AddressPlan, Family, ResolvedNetwork};
 use bridgenet_crds::v1alpha1::{BridgeNetwork, NodeBridge, NodeBridgeIpv6, NodeBridgeSpec, Peer};
 use bridgenet_crds::{FINALIZER_AGENT, names};
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 
 use crate::blocks::BlockPlan;
+pub use crate::observed::node_address;
 use crate::observed::{Membership, endpoint_count, is_deleting, labels_of, node_bridge_ready};
 
 /// Name of the NodeBridge of `network` on `node`.
@@ -36,17 +43,6 @@ pub fn node_bridge_name(network: &str, node: &str) -> String {
     let digest = Sha256::digest(format!("{network}\0{node}").as_bytes());
     let hex: String = digest[..10].iter().map(|b| format!("{b:02x}")).collect();
     format!("bnh-{hex}")
-}
-
-/// The underlay address of a node: its first IPv4 `InternalIP`, else its first `InternalIP`.
-pub fn node_address(node: &Node) -> Option<String> {
-    let addrs = node.status.as_ref()?.addresses.as_ref()?;
-    let internal = addrs.iter().filter(|a| a.type_ == "InternalIP");
-    internal
-        .clone()
-        .find(|a| a.address.parse::<std::net::Ipv4Addr>().is_ok())
-        .or_else(|| internal.clone().next())
-        .map(|a| a.address.clone())
 }
 
 /// Annotation the operator's own NodeBridge cache puts on objects whose peer list it dropped
@@ -71,6 +67,20 @@ pub fn peers_digest(peers: &[Peer]) -> String {
         hash_peer(&mut h, &p.node, &p.address, &p.blocks);
     }
     format!("{:016x}", h.finish())
+}
+
+/// Whether a NodeBridge carries a peer list (in full, or as the digest the cache keeps).
+fn carries_peers(nb: &NodeBridge) -> bool {
+    !nb.spec.peers.is_empty()
+        || nb
+            .annotations()
+            .get(PEERS_DIGEST_ANNOTATION)
+            .is_some_and(|digest| *digest != peers_digest(&[]))
+}
+
+/// Whether the NodeBridge's agent learns its peers from the network's status.
+fn agent_reads_network_peers(nb: &NodeBridge) -> bool {
+    nb.status.as_ref().is_some_and(|s| s.network_peers)
 }
 
 /// Replaces a cached NodeBridge's peer list by its digest (see [`PEERS_DIGEST_ANNOTATION`]).
@@ -100,6 +110,10 @@ pub struct Member {
     pub existing: Option<Arc<NodeBridge>>,
     /// The existing NodeBridge is being deleted; a new one is written once it is gone.
     pub waiting: bool,
+    /// Its NodeBridge keeps the deprecated `spec.peers`, kept up to date: the object has a peer
+    /// list and its agent does not report reading the network's status (an agent from before
+    /// `status.tunnelEndpoints`, until it is upgraded). New NodeBridges never get one.
+    pub legacy: bool,
 }
 
 /// The NodeBridges of an accepted network.
@@ -118,10 +132,11 @@ pub struct Children {
 
 impl Children {
     fn peers_of(&self, i: usize) -> impl Iterator<Item = (&Member, &str)> {
+        let legacy = self.members.get(i).is_some_and(|m| m.legacy);
         self.members
             .iter()
             .enumerate()
-            .filter(move |(j, _)| *j != i)
+            .filter(move |(j, _)| legacy && *j != i)
             .filter_map(|(_, m)| m.address.as_deref().map(|a| (m, a)))
     }
 
@@ -362,7 +377,11 @@ pub(crate) fn plan_children(
                 reserved_in(plan, b, &mut reserved);
             }
         }
+        let legacy = existing
+            .as_ref()
+            .is_some_and(|nb| carries_peers(nb) && !agent_reads_network_peers(nb));
         members.push(Member {
+            legacy,
             name: existing
                 .as_ref()
                 .filter(|_| !waiting)
