@@ -2,11 +2,16 @@
 
 use kube::CustomResourceExt;
 
-use crate::v1alpha1::{AddressClaim, BridgeNetwork, NodeBridge};
+use crate::v1alpha1::{AddressClaim, BridgeNetwork, NetworkOverlay, NodeBridge};
 
 /// Every CRD as `(file name, YAML text)`, in a stable order.
 pub fn render_all() -> Result<Vec<(String, String)>, serde_yaml::Error> {
-    let crds = [BridgeNetwork::crd(), NodeBridge::crd(), AddressClaim::crd()];
+    let crds = [
+        BridgeNetwork::crd(),
+        NodeBridge::crd(),
+        AddressClaim::crd(),
+        NetworkOverlay::crd(),
+    ];
     crds.iter()
         .map(|crd| {
             let name = format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("crd"));

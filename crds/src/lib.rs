@@ -15,7 +15,8 @@ pub use mac::Mac;
 pub use resolved::{ResolvedNodeBridge, resolve_node_bridge};
 pub use v1alpha1::{
     AddressClaim, AddressClaimSpec, AddressClaimStatus, BridgeNetwork, BridgeNetworkSpec,
-    BridgeNetworkStatus, NodeBridge, NodeBridgeSpec, NodeBridgeStatus,
+    BridgeNetworkStatus, NetworkOverlay, NetworkOverlaySpec, NodeBridge, NodeBridgeSpec,
+    NodeBridgeStatus,
 };
 
 /// Label on a NodeBridge naming its BridgeNetwork.

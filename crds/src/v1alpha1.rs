@@ -418,14 +418,41 @@ pub struct BridgeNetworkStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["cidr"]))]
     pub blocks: Vec<BlockAssignment>,
+}
 
-    /// The nodes where the network has pods, with their underlay addresses: every agent of the
-    /// network floods its broadcasts (ARP, neighbour discovery) over VXLAN to these and to no
-    /// other node, so flooding grows with the nodes that have pods of the network, not with the
-    /// nodes it is selected onto. A node with no pod of the network needs no copy.
+/// The overlay of one BridgeNetwork: the nodes where it has pods, with their underlay
+/// addresses. Every agent of the network floods its broadcasts (ARP, neighbour discovery,
+/// unicast not yet learned) over VXLAN to these nodes and to no other, so flooding grows with
+/// the nodes that have pods of the network, not with the nodes it is selected onto.
+///
+/// Written by the operator (named like the network, owned by it), read by every agent. Apart
+/// from the network's status, which changes with every endpoint count, so that the agents'
+/// watch carries a change only when a node gains its first pod of the network or loses its
+/// last one, or such a node's address changes.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "bridgenet.io",
+    version = "v1alpha1",
+    kind = "NetworkOverlay",
+    plural = "networkoverlays",
+    singular = "networkoverlay",
+    shortname = "bno",
+    category = "bridgenet",
+    printcolumn = r#"{"name":"Network","type":"string","jsonPath":".spec.network"}"#,
+    printcolumn = r#"{"name":"Nodes","type":"integer","jsonPath":".spec.nodeCount"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkOverlaySpec {
+    /// The BridgeNetwork.
+    pub network: String,
+    /// Number of `endpoints`, for the NODES column.
+    #[serde(default)]
+    pub node_count: i32,
+    /// The nodes with pods of the network, sorted by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node"]))]
-    pub tunnel_endpoints: Vec<TunnelEndpoint>,
+    pub endpoints: Vec<TunnelEndpoint>,
 }
 
 /// A node where a network has pods, as the overlay reaches it.
@@ -517,7 +544,7 @@ pub struct NodeBridgeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
     /// Deprecated: the other nodes of the network, for agents older than the network's
-    /// `status.tunnelEndpoints`. The operator writes it only on a NodeBridge that already has it
+    /// `NetworkOverlay`. The operator writes it only on a NodeBridge that already has it
     /// and whose agent does not report `status.networkPeers`, and drops it once the agent does,
     /// so that an upgrade keeps the old agents' overlay until they are replaced.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -572,8 +599,8 @@ pub struct NodeBridgeStatus {
     /// IPv4 addresses still free in this node's blocks.
     #[serde(default)]
     pub free_addresses: i64,
-    /// The agent learns the network's overlay peers from the BridgeNetwork's
-    /// `status.tunnelEndpoints`, so `spec.peers` is not needed here.
+    /// The agent learns the network's overlay peers from its `NetworkOverlay`, so `spec.peers`
+    /// is not needed here.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub network_peers: bool,
 }

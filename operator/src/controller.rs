@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use bridgenet_crds::AddressClaim;
 use bridgenet_crds::v1alpha1::{
-    BridgeNetwork, BridgeNetworkStatus, NodeBridge, node_bridge_labels,
+    BridgeNetwork, BridgeNetworkStatus, NetworkOverlay, NetworkOverlaySpec, NodeBridge,
+    TunnelEndpoint, node_bridge_labels,
 };
 use bridgenet_crds::{FINALIZER_AGENT, FINALIZER_OPERATOR, LABEL_NETWORK, LABEL_NODE};
 use futures::{FutureExt, StreamExt, future};
@@ -64,6 +65,9 @@ pub struct Context {
     sync_timeout: Duration,
     /// AddressClaims, when watched (see [`crate::claims`]).
     claims: Option<Store<AddressClaim>>,
+    /// The networks' NetworkOverlays as written; without this cache every reconcile of a network
+    /// with pods writes its overlay again.
+    overlays: Option<Store<NetworkOverlay>>,
 }
 
 impl Context {
@@ -94,6 +98,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             sync_timeout: Duration::from_secs(30),
             claims: None,
+            overlays: None,
         }
     }
 
@@ -106,6 +111,12 @@ impl Context {
                 .filter(|c| c.spec.network == network)
                 .collect()
         })
+    }
+
+    /// Compares each network's overlay with this cache of them before writing it.
+    pub fn with_overlays(mut self, overlays: Store<NetworkOverlay>) -> Self {
+        self.overlays = Some(overlays);
+        self
     }
 
     /// Also tends the networks' address claims, from this cache of them.
@@ -186,6 +197,8 @@ async fn wait_synced(ctx: &Context) -> Result<()> {
             Some("Nodes")
         } else if !is_synced(&ctx.node_bridges) {
             Some("NodeBridges")
+        } else if ctx.overlays.as_ref().is_some_and(|s| !is_synced(s)) {
+            Some("NetworkOverlays")
         } else {
             None
         };
@@ -285,6 +298,9 @@ async fn apply(net: Arc<BridgeNetwork>, ctx: &Context) -> Result<Action> {
         }
         bounded(releases).await?;
     }
+    if let Some(endpoints) = plan.overlay {
+        write_overlay(ctx, &net, endpoints).await?;
+    }
     publish(ctx, &net, &plan.events).await;
     let next_expiry = if plan.rejection.is_none() {
         tend_claims(ctx, &net, &nodes).await?
@@ -340,6 +356,7 @@ async fn cleanup(net: Arc<BridgeNetwork>, ctx: &Context) -> Result<Action> {
             remaining,
         });
     }
+    delete_overlay(ctx, &name).await?;
     if let Some(all) = ctx.claims_of(&name) {
         let mine: Vec<&AddressClaim> = all.iter().map(|c| &**c).collect();
         let failed = claims::delete_all(&ctx.client, &mine).await;
@@ -463,10 +480,6 @@ async fn patch_status(
     Ok(())
 }
 
-/// Server-side-applies one NodeBridge, creating it if missing. Always apply, never POST:
-/// fields written by a create belong to an `Update` entry of our manager, which a later apply
-/// does not own, so a peer dropped from the applied list would stay in the object. An object
-/// of that name carrying another network's or node's labels is never overwritten.
 /// Runs `writes` with at most [`WRITE_CONCURRENCY`] in flight, every one to its end, and returns
 /// the first failure. Each write is idempotent and the plan they come from was guarded by the
 /// status write before them, so their order does not matter; one failing does not stop the
@@ -488,6 +501,10 @@ where
     first
 }
 
+/// Server-side-applies one NodeBridge, creating it if missing. Always apply, never POST:
+/// fields written by a create belong to an `Update` entry of our manager, which a later apply
+/// does not own, so a peer dropped from the applied list would stay in the object. An object
+/// of that name carrying another network's or node's labels is never overwritten.
 async fn write_node_bridge(
     ctx: &Context,
     net: &BridgeNetwork,
@@ -528,6 +545,66 @@ async fn write_node_bridge(
     tracing::info!(node = %member.node, nodebridge = %member.name,
         created = member.existing.is_none(), "applied NodeBridge");
     Ok(())
+}
+
+/// Server-side-applies the network's NetworkOverlay (named like the network, owned by it)
+/// when its endpoints differ from the cached object's; a network without pods and without an
+/// overlay gets none.
+async fn write_overlay(
+    ctx: &Context,
+    net: &BridgeNetwork,
+    endpoints: Vec<TunnelEndpoint>,
+) -> Result<()> {
+    let name = net.name_any();
+    let cached = ctx
+        .overlays
+        .as_ref()
+        .and_then(|s| s.get(&ObjectRef::new(&name)));
+    match &cached {
+        Some(have) if have.spec.endpoints == endpoints && have.spec.network == name => {
+            return Ok(());
+        }
+        None if endpoints.is_empty() => return Ok(()),
+        _ => {}
+    }
+    let mut overlay = NetworkOverlay::new(
+        &name,
+        NetworkOverlaySpec {
+            network: name.clone(),
+            node_count: i32::try_from(endpoints.len()).unwrap_or(i32::MAX),
+            endpoints,
+        },
+    );
+    overlay.metadata.labels = Some([(LABEL_NETWORK.to_owned(), name.clone())].into());
+    overlay.metadata.owner_references = net.controller_owner_ref(&()).map(|o| vec![o]);
+    let api: Api<NetworkOverlay> = Api::all(ctx.client.clone());
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&overlay),
+    )
+    .await
+    .map_err(|e| Error::kube("apply", "NetworkOverlay", &name, e))?;
+    tracing::debug!(nodes = overlay.spec.node_count, "applied NetworkOverlay");
+    Ok(())
+}
+
+/// Deletes the network's NetworkOverlay (its owner reference would too, where a garbage
+/// collector runs).
+async fn delete_overlay(ctx: &Context, name: &str) -> Result<()> {
+    if ctx
+        .overlays
+        .as_ref()
+        .is_some_and(|s| s.get(&ObjectRef::new(name)).is_none())
+    {
+        return Ok(());
+    }
+    let api: Api<NetworkOverlay> = Api::all(ctx.client.clone());
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(Error::kube("delete", "NetworkOverlay", name, e)),
+    }
 }
 
 async fn delete_node_bridge(ctx: &Context, name: &str) -> Result<()> {
@@ -675,6 +752,15 @@ pub async fn run(
     .reflect(nb_writer)
     .touched_objects();
 
+    let (overlay_store, overlay_writer) = reflector::store();
+    let overlay_stream = watcher(
+        Api::<NetworkOverlay>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(overlay_writer)
+    .touched_objects();
+
     let (claim_store, claim_writer) = reflector::store();
     let claim_stream = watcher(
         Api::<AddressClaim>::all(client.clone()),
@@ -700,13 +786,14 @@ pub async fn run(
             metrics,
             identity,
         )
-        .with_claims(claim_store),
+        .with_claims(claim_store)
+        .with_overlays(overlay_store.clone()),
     );
 
     let ready = {
-        let (a, b, c) = (net_store.clone(), node_store, nb_store);
+        let (a, b, c, d) = (net_store.clone(), node_store, nb_store, overlay_store);
         async move {
-            while !(is_synced(&a) && is_synced(&b) && is_synced(&c)) {
+            while !(is_synced(&a) && is_synced(&b) && is_synced(&c) && is_synced(&d)) {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             tracing::info!("caches synced");
@@ -719,6 +806,7 @@ pub async fn run(
     let related_store = net_store.clone();
     controller
         .owns_stream(nb_stream)
+        .owns_stream(overlay_stream)
         .watches_stream(node_stream, move |_node| {
             all_networks
                 .state()

@@ -186,7 +186,6 @@ pub(crate) fn accepted(prev: &BridgeNetworkStatus, f: &AcceptedFacts<'_>) -> Bri
             node: node.clone(),
         })
         .collect();
-    status.tunnel_endpoints = tunnel_endpoints(f.membership);
 
     let mut summary = format!(
         "subnet {}, gateway {}, bridge {}, VNI {vni}",
@@ -256,9 +255,10 @@ pub(crate) fn accepted(prev: &BridgeNetworkStatus, f: &AcceptedFacts<'_>) -> Bri
 }
 
 /// The member nodes with pods of the network (endpoints their agents report) and an underlay
-/// address, sorted by node: where the overlay floods. Changes only when a node gains its first
-/// pod of the network or loses its last one, or a member's address changes.
-fn tunnel_endpoints(membership: &Membership<'_>) -> Vec<TunnelEndpoint> {
+/// address, sorted by node: where the overlay floods (the network's `NetworkOverlay`). Changes
+/// only when a node gains its first pod of the network or loses its last one, or such a
+/// member's address changes.
+pub(crate) fn tunnel_endpoints(membership: &Membership<'_>) -> Vec<TunnelEndpoint> {
     membership
         .selected
         .iter()

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bridgenet_crds::v1alpha1::{BridgeNetwork, NodeBridge, NodeBridgeStatus};
+use bridgenet_crds::v1alpha1::{BridgeNetwork, NetworkOverlay, NodeBridge, NodeBridgeStatus};
 use bridgenet_crds::{FINALIZER_OPERATOR, LABEL_NETWORK, LABEL_NODE};
 use bridgenet_operator::controller::{Context, WRITE_CONCURRENCY, error_policy, reconcile};
 use bridgenet_operator::metrics::Metrics;
@@ -200,6 +200,7 @@ struct Scenario {
     others: Vec<BridgeNetwork>,
     nodes: Vec<Node>,
     node_bridges: Vec<NodeBridge>,
+    overlays: Vec<NetworkOverlay>,
     conflict_on: Vec<(String, String)>,
     pods: Vec<(String, String, String)>,
     hold: usize,
@@ -213,6 +214,7 @@ impl Scenario {
             others: Vec::new(),
             nodes,
             node_bridges: Vec::new(),
+            overlays: Vec::new(),
             conflict_on: Vec::new(),
             pods: Vec::new(),
             hold: 0,
@@ -236,17 +238,20 @@ impl Scenario {
         let client = Client::new(service, "default");
         let mut nets = self.others;
         nets.push(self.network.clone());
-        let ctx = Arc::new(Context::new(
-            client,
-            Settings::default(),
-            (
-                store_of(nets),
-                store_of(self.nodes),
-                store_of(self.node_bridges),
-            ),
-            Arc::new(Metrics::new()),
-            "test-replica",
-        ));
+        let ctx = Arc::new(
+            Context::new(
+                client,
+                Settings::default(),
+                (
+                    store_of(nets),
+                    store_of(self.nodes),
+                    store_of(self.node_bridges),
+                ),
+                Arc::new(Metrics::new()),
+                "test-replica",
+            )
+            .with_overlays(store_of(self.overlays)),
+        );
         let obj = Arc::new(self.network);
         let result =
             tokio::time::timeout(Duration::from_secs(10), reconcile(obj.clone(), ctx.clone()))
@@ -295,6 +300,7 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
 
 const NETS: &str = "/apis/bridgenet.io/v1alpha1/bridgenetworks";
 const NBS: &str = "/apis/bridgenet.io/v1alpha1/nodebridges";
+const OVERLAYS: &str = "/apis/bridgenet.io/v1alpha1/networkoverlays";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
 
 #[tokio::test]
@@ -351,8 +357,8 @@ async fn new_network_writes_status_then_one_node_bridge_per_node() {
         "no peer list: agents read the network's tunnel endpoints"
     );
     assert!(
-        status.get("tunnelEndpoints").is_none(),
-        "no node has a pod yet: nowhere to flood"
+        !routes(&seen).iter().any(|r| r.contains("networkoverlays")),
+        "no node has a pod yet: no overlay to write"
     );
     assert_eq!(a["spec"]["vni"], status["vni"]);
     assert!(seen[1].query.contains("fieldManager=bridgenet-operator"));
@@ -440,25 +446,52 @@ async fn overlapping_younger_network_is_refused_with_condition_and_event() {
     );
 }
 
+/// The overlay the first reconcile wrote, as the operator's cache then holds it.
+fn overlay_of(seen: &Seen) -> NetworkOverlay {
+    serde_json::from_value(seen.body.clone()).unwrap()
+}
+
 #[tokio::test]
-async fn departed_node_costs_its_node_bridge_and_the_status_only() {
+async fn overlay_lists_the_nodes_with_pods_and_departure_costs_two_writes() {
     let (net, mut nbs) = converged_blue().await;
     attached(&mut nbs[0]);
     attached(&mut nbs[1]);
     let mut sc = Scenario::new(net.clone(), two_nodes());
     sc.node_bridges = nbs.clone();
     let (seen, _, _) = sc.reconcile().await;
-    assert_eq!(routes(&seen), [format!("PATCH {NETS}/blue/status")]);
     assert_eq!(
-        seen[0].body["status"]["tunnelEndpoints"],
+        routes(&seen),
+        [
+            format!("PATCH {NETS}/blue/status"),
+            format!("PATCH {OVERLAYS}/blue")
+        ]
+    );
+    let overlay = &seen[1].body;
+    assert!(seen[1].query.contains("fieldManager=bridgenet-operator"));
+    assert_eq!(overlay["metadata"]["ownerReferences"][0]["uid"], "uid-blue");
+    assert_eq!(overlay["metadata"]["labels"][LABEL_NETWORK], "blue");
+    assert_eq!(overlay["spec"]["network"], "blue");
+    assert_eq!(overlay["spec"]["nodeCount"], 2);
+    assert_eq!(
+        overlay["spec"]["endpoints"],
         json!([{"node": "a", "address": "192.168.0.1"}, {"node": "b", "address": "192.168.0.2"}])
     );
+    let cached = overlay_of(&seen[1]);
     let mut net = net;
     net.status = Some(serde_json::from_value(seen[0].body["status"].clone()).unwrap());
 
-    // b leaves: its NodeBridge goes and the status says so; a's NodeBridge is not touched.
+    // Another pass with nothing new writes nothing: the overlay is compared with the cache.
+    let mut sc = Scenario::new(net.clone(), two_nodes());
+    sc.node_bridges = nbs.clone();
+    sc.overlays = vec![cached.clone()];
+    let (seen, _, _) = sc.reconcile().await;
+    assert!(seen.is_empty(), "steady state sent {:?}", routes(&seen));
+
+    // b leaves: its NodeBridge goes, the status and the overlay say so; a's NodeBridge is not
+    // touched.
     let mut sc = Scenario::new(net, vec![two_nodes()[0].clone()]);
     sc.node_bridges = nbs;
+    sc.overlays = vec![cached];
     sc.pods = vec![pod_on("b")];
     let (seen, result, _) = sc.reconcile().await;
     assert_eq!(
@@ -466,25 +499,35 @@ async fn departed_node_costs_its_node_bridge_and_the_status_only() {
         [
             PODS_ON_B.to_owned(),
             format!("PATCH {NETS}/blue/status"),
-            format!("DELETE {NBS}/blue.b")
+            format!("DELETE {NBS}/blue.b"),
+            format!("PATCH {OVERLAYS}/blue")
         ]
     );
     assert_eq!(
-        seen[1].body["status"]["tunnelEndpoints"],
+        seen[3].body["spec"]["endpoints"],
         json!([{"node": "a", "address": "192.168.0.1"}])
     );
     assert!(result.is_ok());
 }
 
 #[tokio::test]
-async fn joining_node_and_changed_address_cost_one_node_bridge_and_the_status_at_most() {
+async fn joining_node_and_changed_address_cost_two_writes_at_most() {
     let (net, mut nbs) = converged_blue().await;
     attached(&mut nbs[0]);
     attached(&mut nbs[1]);
+    let mut sc = Scenario::new(net.clone(), two_nodes());
+    sc.node_bridges = nbs.clone();
+    let (seen, _, _) = sc.reconcile().await;
+    let cached = overlay_of(&seen[1]);
+    let mut net = net;
+    net.status = Some(serde_json::from_value(seen[0].body["status"].clone()).unwrap());
+
+    // c joins (no pod yet): its NodeBridge and the network's status.
     let mut three = two_nodes();
     three.push(node("c", "192.168.0.3", &[]));
     let mut sc = Scenario::new(net.clone(), three);
     sc.node_bridges = nbs.clone();
+    sc.overlays = vec![cached.clone()];
     let (seen, _, _) = sc.reconcile().await;
     assert_eq!(
         routes(&seen),
@@ -495,19 +538,15 @@ async fn joining_node_and_changed_address_cost_one_node_bridge_and_the_status_at
     );
     assert!(seen[1].body["spec"].get("peers").is_none());
 
-    // b's InternalIP changes: only the network's tunnel endpoints say so.
-    let mut net = net;
-    let mut st: bridgenet_crds::BridgeNetworkStatus =
-        serde_json::from_value(seen[0].body["status"].clone()).unwrap();
-    st.tunnel_endpoints = Vec::new();
-    net.status = Some(st);
+    // b's InternalIP changes: only the overlay says so.
     let moved = vec![node("a", "192.168.0.1", &[]), node("b", "192.168.7.7", &[])];
     let mut sc = Scenario::new(net, moved);
     sc.node_bridges = nbs;
+    sc.overlays = vec![cached];
     let (seen, _, _) = sc.reconcile().await;
-    assert_eq!(routes(&seen), [format!("PATCH {NETS}/blue/status")]);
+    assert_eq!(routes(&seen), [format!("PATCH {OVERLAYS}/blue")]);
     assert_eq!(
-        seen[0].body["status"]["tunnelEndpoints"],
+        seen[0].body["spec"]["endpoints"],
         json!([{"node": "a", "address": "192.168.0.1"}, {"node": "b", "address": "192.168.7.7"}])
     );
 }

@@ -336,7 +336,7 @@ fn leaving_node_loses_its_node_bridge_and_its_block_is_reused_only_when_empty() 
     // a is not rewritten; b, gone, is no tunnel endpoint any more.
     let ia = c2.members.iter().position(|m| m.node == "a").unwrap();
     assert!(!c2.needs_write(ia));
-    assert!(p2.status.tunnel_endpoints.iter().all(|t| t.node != "b"));
+    assert!(p2.overlay.as_ref().unwrap().iter().all(|t| t.node != "b"));
 
     // Once b's NodeBridge is gone, its block is free again and goes to the next node.
     w.apply("blue", &p2);

@@ -39,6 +39,7 @@ KIND_RESOURCES = {
     "BridgeNetwork": ("bridgenet.io", "bridgenetworks"),
     "NodeBridge": ("bridgenet.io", "nodebridges"),
     "AddressClaim": ("bridgenet.io", "addressclaims"),
+    "NetworkOverlay": ("bridgenet.io", "networkoverlays"),
     "Pod": ("", "pods"),
     "Namespace": ("", "namespaces"),
     "Node": ("", "nodes"),

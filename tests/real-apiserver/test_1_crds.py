@@ -29,7 +29,8 @@ def test_crds_install_on_the_real_server(kubectl, folder):
     no_warnings(kubectl("apply", "--dry-run=server", "-f", str(folder)))
     no_warnings(kubectl("apply", "-f", str(folder)))
     kubectl("wait", "--for=condition=Established", "crd/bridgenetworks.bridgenet.io",
-            "crd/nodebridges.bridgenet.io", "crd/addressclaims.bridgenet.io", "--timeout=60s")
+            "crd/nodebridges.bridgenet.io", "crd/addressclaims.bridgenet.io",
+            "crd/networkoverlays.bridgenet.io", "--timeout=60s")
     # Applying the same again changes nothing (idempotent install / upgrade).
     again = kubectl("apply", "-f", str(folder))
     assert "unchanged" in again.stdout and "configured" not in again.stdout, again.stdout
@@ -38,7 +39,7 @@ def test_crds_install_on_the_real_server(kubectl, folder):
 def test_kubectl_knows_the_kinds(kubectl):
     names = kubectl("api-resources", "--api-group=bridgenet.io", "-o", "name").stdout.split()
     assert sorted(names) == ["addressclaims.bridgenet.io", "bridgenetworks.bridgenet.io",
-                             "nodebridges.bridgenet.io"]
+                             "networkoverlays.bridgenet.io", "nodebridges.bridgenet.io"]
     # The server publishes a new CRD's OpenAPI a moment after it is Established.
     deadline = time.monotonic() + 60
     while (explained := kubectl("explain", "bridgenetwork.spec.subnet", check=False)).returncode != 0:

@@ -145,8 +145,8 @@ impl Desired {
         }
     }
 
-    /// Also floods to `published`, the tunnel endpoints the network's status lists (the nodes
-    /// where it has pods), but for this node and those of the other family. The union with
+    /// Also floods to `published`, the tunnel endpoints the network's NetworkOverlay lists (the
+    /// nodes where it has pods), but for this node and those of the other family. The union with
     /// the spec's list keeps an upgrade connected: an old operator still writes `spec.peers`.
     #[must_use]
     pub fn with_peers(mut self, published: &[ResolvedPeer], node: &NodeContext) -> Self {

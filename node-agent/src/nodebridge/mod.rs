@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bridgenet_crds::{BridgeNetwork, FINALIZER_AGENT, LABEL_NODE, NodeBridge};
+use bridgenet_crds::{FINALIZER_AGENT, LABEL_NODE, NetworkOverlay, NodeBridge};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::ListParams;
@@ -122,12 +122,12 @@ pub async fn run(
 ) -> Result<(), ControllerError> {
     let api: Api<NodeBridge> = Api::all(client.clone());
 
-    // The networks' tunnel endpoints first: a NodeBridge reconciled before them would be
+    // The networks' overlays first: a NodeBridge reconciled before them would be
     // programmed with no peers, and a restart would drop every flood entry of a running overlay
     // until the list arrived.
     let peers = PeerDirectory::default();
     let mut peer_changes = Box::pin(peers::watch(
-        Api::<BridgeNetwork>::all(client.clone()),
+        Api::<NetworkOverlay>::all(client.clone()),
         peers.clone(),
     ));
     let waiting_since = std::time::Instant::now();
@@ -137,7 +137,7 @@ pub async fn run(
             Ok(None) => break,
             Err(_) => tracing::warn!(
                 waited_s = waiting_since.elapsed().as_secs(),
-                "still waiting for the first list of BridgeNetworks (the overlay peers); no NodeBridge is programmed until it arrives"
+                "still waiting for the first list of NetworkOverlays (the overlay peers); no NodeBridge is programmed until it arrives"
             ),
         }
     }

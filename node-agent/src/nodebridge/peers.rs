@@ -1,5 +1,7 @@
-//! Overlay peers as each network publishes them: the BridgeNetworks' `status.tunnelEndpoints`
-//! (the nodes where the network has pods, and their underlay addresses), watched cluster-wide.
+//! Overlay peers as each network publishes them: the NetworkOverlays (one per network, written by
+//! the operator: the nodes where the network has pods, and their underlay addresses), watched
+//! cluster-wide. They change only when a node gains its first pod of a network or loses its
+//! last one, so the watch stays quiet while pods come and go.
 //!
 //! This replaces the per-node peer lists the operator used to write into every NodeBridge,
 //! which made each NodeBridge grow with the cluster and every node event rewrite all of them.
@@ -10,11 +12,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use bridgenet_crds::BridgeNetwork;
+use bridgenet_crds::NetworkOverlay;
 use bridgenet_crds::resolved::ResolvedPeer;
 use futures::{Stream, StreamExt};
+use kube::Api;
 use kube::runtime::watcher;
-use kube::{Api, ResourceExt};
 
 /// Network name → the peers its status lists. Cheap to clone (shared).
 #[derive(Clone, Default)]
@@ -41,7 +43,7 @@ impl PeerDirectory {
             .unwrap_or_else(|| Arc::from(Vec::new()))
     }
 
-    /// Whether one full list of the BridgeNetworks has been seen.
+    /// Whether one full list of the NetworkOverlays has been seen.
     pub fn synced(&self) -> bool {
         self.read().synced
     }
@@ -56,7 +58,7 @@ impl PeerDirectory {
     }
 
     /// Applies one watch event; returns the networks whose peers changed.
-    pub fn apply(&self, event: watcher::Event<BridgeNetwork>) -> Vec<String> {
+    pub fn apply(&self, event: watcher::Event<NetworkOverlay>) -> Vec<String> {
         let mut d = self.write();
         match event {
             watcher::Event::Init => {
@@ -93,8 +95,8 @@ impl PeerDirectory {
                 let (name, peers) = published(&net);
                 set(&mut d.networks, name, peers)
             }
-            watcher::Event::Delete(net) => {
-                let name = net.name_any();
+            watcher::Event::Delete(overlay) => {
+                let name = overlay.spec.network;
                 match d.networks.remove(&name) {
                     Some(peers) if !peers.is_empty() => vec![name],
                     _ => Vec::new(),
@@ -119,12 +121,12 @@ fn set(
 
 /// A network's name and its published tunnel endpoints, sorted by node. An entry whose address
 /// does not parse is skipped (and logged): the others still get their broadcasts.
-fn published(net: &BridgeNetwork) -> (String, Arc<[ResolvedPeer]>) {
-    let name = net.name_any();
-    let mut peers: Vec<ResolvedPeer> = net
-        .status
+fn published(overlay: &NetworkOverlay) -> (String, Arc<[ResolvedPeer]>) {
+    let name = overlay.spec.network.clone();
+    let mut peers: Vec<ResolvedPeer> = overlay
+        .spec
+        .endpoints
         .iter()
-        .flat_map(|s| s.tunnel_endpoints.iter())
         .filter_map(|t| match t.address.parse::<IpAddr>() {
             Ok(address) => Some(ResolvedPeer {
                 node: t.node.clone(),
@@ -141,15 +143,20 @@ fn published(net: &BridgeNetwork) -> (String, Arc<[ResolvedPeer]>) {
     (name, peers.into())
 }
 
-/// Watches every BridgeNetwork and keeps `directory` up to date; yields the names of the
+/// Watches every NetworkOverlay and keeps `directory` up to date; yields the names of the
 /// networks whose peers changed.
-pub fn watch(api: Api<BridgeNetwork>, directory: PeerDirectory) -> impl Stream<Item = String> {
+pub fn watch(api: Api<NetworkOverlay>, directory: PeerDirectory) -> impl Stream<Item = String> {
     watcher(api, watcher::Config::default())
         .filter_map(move |event| {
             let changed = match event {
                 Ok(event) => directory.apply(event),
                 Err(e) => {
-                    tracing::warn!(error = %e, "watching BridgeNetworks for overlay peers");
+                    if is_not_found(&e) {
+                        tracing::warn!(error = %e,
+                            "the NetworkOverlay CRD is not installed: apply this release's CRDs (charts/bridgenet/crds) before its agents");
+                    } else {
+                        tracing::warn!(error = %e, "watching NetworkOverlays for overlay peers");
+                    }
                     Vec::new()
                 }
             };
@@ -158,28 +165,38 @@ pub fn watch(api: Api<BridgeNetwork>, directory: PeerDirectory) -> impl Stream<I
         .flatten()
 }
 
+/// Whether the watch failed because the server does not know the resource (CRDs not upgraded).
+fn is_not_found(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 404,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use bridgenet_crds::v1alpha1::{BridgeNetworkStatus, TunnelEndpoint};
+    use bridgenet_crds::NetworkOverlaySpec;
+    use bridgenet_crds::v1alpha1::TunnelEndpoint;
 
-    fn net(name: &str, endpoints: &[(&str, &str)]) -> BridgeNetwork {
-        let mut n = bridgenet_crds::BridgeNetwork::new(
+    fn net(name: &str, endpoints: &[(&str, &str)]) -> NetworkOverlay {
+        NetworkOverlay::new(
             name,
-            serde_json::from_value(serde_json::json!({"subnet": "172.20.0.0/16"})).unwrap(),
-        );
-        n.status = Some(BridgeNetworkStatus {
-            tunnel_endpoints: endpoints
-                .iter()
-                .map(|(node, address)| TunnelEndpoint {
-                    node: (*node).into(),
-                    address: (*address).into(),
-                })
-                .collect(),
-            ..Default::default()
-        });
-        n
+            NetworkOverlaySpec {
+                network: name.into(),
+                node_count: i32::try_from(endpoints.len()).unwrap(),
+                endpoints: endpoints
+                    .iter()
+                    .map(|(node, address)| TunnelEndpoint {
+                        node: (*node).into(),
+                        address: (*address).into(),
+                    })
+                    .collect(),
+            },
+        )
     }
 
     fn addrs(d: &PeerDirectory, network: &str) -> Vec<String> {

@@ -3,7 +3,7 @@
 //!
 //! A NodeBridge says only what its own node needs (its blocks, the network's settings), so its
 //! size and the writes a node event causes do not grow with the cluster: agents learn the
-//! overlay's peers from the network's `status.tunnelEndpoints` instead. The deprecated
+//! overlay's peers from the network's `NetworkOverlay` instead. The deprecated
 //! `spec.peers` is still written on a NodeBridge that has it and whose agent has not yet
 //! reported `status.networkPeers` (an agent from before, during an upgrade), and dropped as soon
 //! as the agent does ([`Member::legacy`]).
@@ -112,7 +112,7 @@ pub struct Member {
     pub waiting: bool,
     /// Its NodeBridge keeps the deprecated `spec.peers`, kept up to date: the object has a peer
     /// list and its agent does not report reading the network's status (an agent from before
-    /// `status.tunnelEndpoints`, until it is upgraded). New NodeBridges never get one.
+    /// `NetworkOverlay`, until it is upgraded). New NodeBridges never get one.
     pub legacy: bool,
 }
 

@@ -17,7 +17,7 @@ mod settings;
 use std::sync::Arc;
 
 use bridgenet_crds::net::ResolvedNetwork;
-use bridgenet_crds::v1alpha1::{BridgeNetwork, BridgeNetworkStatus, NodeBridge};
+use bridgenet_crds::v1alpha1::{BridgeNetwork, BridgeNetworkStatus, NodeBridge, TunnelEndpoint};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -60,6 +60,9 @@ pub struct NetworkPlan {
     /// NodeBridges; `None` when the network is refused: nothing is created for it, and
     /// whatever exists from before is left alone rather than pulled from under running pods.
     pub children: Option<Children>,
+    /// The network's overlay: the nodes with its pods, for its `NetworkOverlay`; `None` when
+    /// the network is refused (whatever exists from before is left alone, like its children).
+    pub overlay: Option<Vec<TunnelEndpoint>>,
     /// The refusal, if any.
     pub rejection: Option<(RejectReason, String)>,
     /// Blocks assigned to nodes (IPv4 and IPv6), for the metric.
@@ -79,6 +82,7 @@ pub fn plan_network(input: &PlanInput<'_>) -> NetworkPlan {
                 blocks_used: status.blocks.len(),
                 status,
                 children: None,
+                overlay: None,
                 rejection: Some((*reason, message.clone())),
             }
         }
@@ -124,6 +128,7 @@ fn plan_accepted(
         blocks_used: blocks.len(),
         status,
         children: Some(children),
+        overlay: Some(status::tunnel_endpoints(&membership)),
         rejection: None,
     }
 }
