@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: cni-test bench-cni bench-dns dataplane-test bench-dataplane demo test setup lint unit root-test crds-check sandbox-test images chart-test kind-e2e real-apiserver-test soak
+.PHONY: upgrade-test scale-bench cni-test bench-cni bench-dns dataplane-test bench-dataplane demo test setup lint unit root-test crds-check sandbox-test images chart-test kind-e2e real-apiserver-test soak
 
 ## Install what building and testing need on a fresh Debian machine (idempotent).
 setup:
@@ -15,7 +15,7 @@ demo: setup
 	bash scripts/demo.sh
 
 ## Everything CI checks: formatting, lints, generated CRDs, unit and root tests.
-test: setup lint crds-check unit root-test sandbox-test sandbox-e2e chart-test real-apiserver-test
+test: setup lint crds-check unit root-test sandbox-test sandbox-e2e upgrade-test chart-test real-apiserver-test
 	$(MAKE) soak SOAK_SECONDS=120
 
 lint:
@@ -46,6 +46,26 @@ sandbox-test:
 sandbox-e2e: setup
 	$(CARGO) build --workspace --locked
 	cd tests/sandbox && python3 -m pytest -q e2e
+
+## An upgrade in the two-node sandbox, pods pinging across it throughout: UPGRADE_FROM's CRDs,
+## operator and agents (built from this clone's history by scripts/build-upgrade-from.sh), then
+## this tree's CRDs, operator and agents one node at a time (tests/sandbox/upgrade).
+## UPGRADE_FROM: the last commit whose NodeBridges carry the operator's peer lists.
+UPGRADE_FROM ?= 097243d
+upgrade-test: setup
+	$(CARGO) build --workspace --locked
+	from=$$(bash scripts/build-upgrade-from.sh $(UPGRADE_FROM)) && cd tests/sandbox && \
+	BRIDGENET_UPGRADE_FROM=$$from BRIDGENET_REQUIRE_UPGRADE=1 python3 -m pytest -q -p no:cacheprovider upgrade
+
+## What the cluster's size costs the API server: SCALE_NODES fake nodes × SCALE_NETWORKS networks
+## with the release operator, on the emulator or, with SCALE_KUBECONFIG, a real API server
+## (tests/sandbox/scale_bench.py; figures in README).
+SCALE_NODES ?= 1000
+SCALE_NETWORKS ?= 10
+scale-bench: setup
+	$(CARGO) build --release --locked -p bridgenet-operator
+	cd tests/sandbox && python3 scale_bench.py --nodes $(SCALE_NODES) --networks $(SCALE_NETWORKS) \
+	  $(if $(SCALE_KUBECONFIG),--kubeconfig $(abspath $(SCALE_KUBECONFIG)))
 
 ## Container images bridgenet/operator:<version> and bridgenet/agent:<version>, built offline
 ## with podman from the host's release binaries (see images/build.sh).

@@ -57,7 +57,8 @@ class Sandbox:
 
     def __init__(self, nodes: int, state_dir: pathlib.Path, prefix: str = netns.DEFAULT_PREFIX,
                  kubeconfig: str | None = None, runtime: bool = True, bin_dir: pathlib.Path | None = None,
-                 log=print, real: realk8s.RealComponents | None = None) -> None:
+                 log=print, real: realk8s.RealComponents | None = None,
+                 crds: pathlib.Path = REPO / "crds" / "yaml") -> None:
         self.real = real or realk8s.RealComponents()
         # Before anything is started: real components need an existing API server.
         self.real.check(existing_api_server=bool(kubeconfig), runtime=runtime)
@@ -102,8 +103,7 @@ class Sandbox:
             if not self.real.kubelet:
                 # A real kubelet registers its Node itself.
                 self.topo.register(self.kubectl, schedulable=bool(self.real.scheduler))
-            netns.run(*self.kubectl, "apply", "-f", str(REPO / "crds" / "yaml"))
-            netns.run(*self.kubectl, "wait", "--for=condition=Established", "crd", "--all", "--timeout=30s")
+            self.apply_crds(crds)
             if self.real.controller_manager:
                 self._start_controller_manager(self.real.controller_manager)
             if runtime:
@@ -126,6 +126,11 @@ class Sandbox:
             raise
 
     # -- parts ----------------------------------------------------------------------------------
+
+    def apply_crds(self, crds: pathlib.Path) -> None:
+        """Applies the CRDs in directory `crds` (as an upgrade does before the new binaries)."""
+        netns.run(*self.kubectl, "apply", "-f", str(crds))
+        netns.run(*self.kubectl, "wait", "--for=condition=Established", "crd", "--all", "--timeout=30s")
 
     def _spawn(self, name: str, args: list[str], log_name: str, env: dict | None = None,
                cwd: pathlib.Path | None = None) -> subprocess.Popen:
@@ -293,57 +298,83 @@ class Sandbox:
     def _start_bridgenet(self, bin_dir: pathlib.Path) -> None:
         assert self.topo is not None
         agent, plugin, operator = (bin_dir / n for n in ("bridgenet-agent", "bridgenet", "bridgenet-operator"))
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-        # The resolvers' upstream through the environment, never as a flag: an agent without the
-        # flag ignores the variable, where it would refuse an unknown flag. Unset, the agent would
-        # take the node's resolv.conf — the host's nameservers, which the sandbox must not use.
-        node_env = {**os.environ, "KUBECONFIG": str(self.node_kubeconfig),
-                    "BRIDGENET_DNS_UPSTREAM": self.upstream_dns}
         if operator.exists():
             if self.external:
                 self.lease_created = not netns.run(*self.kubectl, "get", "lease", "-n", "default", _LEASE,
                                                    "--ignore-not-found", "-o", "name").stdout.strip()
-            self._spawn("operator", [str(operator), "--metrics-addr", f"127.0.0.1:{_free_port()}",
-                                     "--lease-namespace", "default", "--lease-name", _LEASE,
-                                     "--identity", "sandbox-operator", "--cluster-cidrs", "10.250.0.0/16"],
-                        "operator.log", env=env)
+            self._start_operator(operator)
         else:
             self.log(f"sandbox: no {operator}; the operator is not started")
         if not (agent.exists() and plugin.exists()):
             self.log(f"sandbox: no {agent} or {plugin}; node agents are not started")
             return
         for node, ctr in zip(self.topo.nodes, self.runtimes):
-            ndir = self.state / node.name
-            ctr.install_plugin(plugin)
             # Chained after the primary network, as the agent's DaemonSet installs it on a real
             # node (the entry is the agent's own `plugin_entry`, so its installer finds it right).
             ctr.primary_network(f"10.250.{node.index + 1}.0/24",
                                 chained=[{"type": "bridgenet", "socket": str(ctr.sock_dir / "cni.sock")}])
-            args = [str(agent), "--node-name", node.name, "--state-dir", str(ndir / "agent"),
-                    "--socket", str(ctr.sock_dir / "cni.sock"), "--cni-bin-dir", str(ctr.cni_bin),
-                    "--cni-conf-dir", str(ctr.cni_conf), "--cri-endpoint", ctr.endpoint,
-                    "--health-addr", f"{node.ip}:9091"]
+            self._start_agent(node, ctr, agent, plugin)
 
-            def start_agent(node=node, args=args, ndir=ndir):
-                proc = node.popen(args, log_path=str(ndir / "agent.log"), env={**node_env, "NODE_NAME": node.name})
-                self.procs.append((f"agent/{node.name}", proc))
-                return proc
+    def _start_operator(self, operator: pathlib.Path) -> None:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        self._spawn("operator", [str(operator), "--metrics-addr", f"127.0.0.1:{_free_port()}",
+                                 "--lease-namespace", "default", "--lease-name", _LEASE,
+                                 "--identity", "sandbox-operator", "--cluster-cidrs", "10.250.0.0/16"],
+                    "operator.log", env=env)
 
-            start_agent()
-            self.recipes[f"agent/{node.name}"] = start_agent
+    def _start_agent(self, node: netns.Node, ctr: containerd.Containerd, agent: pathlib.Path,
+                     plugin: pathlib.Path) -> None:
+        ndir = self.state / node.name
+        ctr.install_plugin(plugin)
+        # The resolvers' upstream through the environment, never as a flag: an agent without the
+        # flag ignores the variable, where it would refuse an unknown flag. Unset, the agent would
+        # take the node's resolv.conf — the host's nameservers, which the sandbox must not use.
+        node_env = {**os.environ, "KUBECONFIG": str(self.node_kubeconfig),
+                    "BRIDGENET_DNS_UPSTREAM": self.upstream_dns}
+        args = [str(agent), "--node-name", node.name, "--state-dir", str(ndir / "agent"),
+                "--socket", str(ctr.sock_dir / "cni.sock"), "--cni-bin-dir", str(ctr.cni_bin),
+                "--cni-conf-dir", str(ctr.cni_conf), "--cri-endpoint", ctr.endpoint,
+                "--health-addr", f"{node.ip}:9091"]
+
+        def start_agent(node=node, args=args, ndir=ndir):
+            proc = node.popen(args, log_path=str(ndir / "agent.log"), env={**node_env, "NODE_NAME": node.name})
+            self.procs.append((f"agent/{node.name}", proc))
+            return proc
+
+        start_agent()
+        self.recipes[f"agent/{node.name}"] = start_agent
+
+    def upgrade(self, name: str, bin_dir: pathlib.Path) -> None:
+        """Replaces `operator` or `agent/<node>` by the binary of the same name in `bin_dir` (an
+        agent with its node's CNI plugin), stopping the old process first, as a rolling upgrade
+        of the Deployment or DaemonSet does."""
+        assert self.topo is not None
+        self._stop(name)
+        if name == "operator":
+            self._start_operator(bin_dir / "bridgenet-operator")
+            return
+        node_name = name.removeprefix("agent/")
+        for node, ctr in zip(self.topo.nodes, self.runtimes):
+            if node.name == node_name:
+                self._start_agent(node, ctr, bin_dir / "bridgenet-agent", bin_dir / "bridgenet")
+                return
+        raise KeyError(name)
 
     # -- what the end-to-end suite does to a running sandbox --------------------------------------
 
     def restart(self, name: str, hard: bool = False) -> subprocess.Popen:
         """Stops a process (`operator`, `agent/node1`, `kubelet/node2`, ...) — SIGKILL when
         hard, like a crash — and starts it again the same way."""
+        self._stop(name, hard)
+        return self.recipes[name]()
+
+    def _stop(self, name: str, hard: bool = False) -> None:
         for entry in [e for e in self.procs if e[0] == name]:
             proc = entry[1]
             if proc.poll() is None:
                 proc.kill() if hard else proc.terminate()
                 proc.wait(15)
             self.procs.remove(entry)
-        return self.recipes[name]()
 
     def remove_node(self, name: str) -> None:
         """A node goes away: its processes and runtime stop, its namespace is deleted, and its
