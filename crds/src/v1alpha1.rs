@@ -449,9 +449,10 @@ pub struct NetworkOverlaySpec {
     /// Number of `endpoints`, for the NODES column.
     #[serde(default)]
     pub node_count: i32,
-    /// The nodes with pods of the network, sorted by name.
+    /// The nodes with pods of the network, sorted by name. Atomic: one writer (the operator)
+    /// replaces it whole, and a list map would cost a managedFields entry per node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node"]))]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub endpoints: Vec<TunnelEndpoint>,
 }
 

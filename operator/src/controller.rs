@@ -708,6 +708,28 @@ fn node_fingerprint(node: &Node) -> u64 {
     h.finish()
 }
 
+/// Drops what no reconcile reads from a cached object: its managedFields, which on a network
+/// with many blocks or a NodeBridge listing many endpoints are as large as the rest of it, and
+/// the caches hold every NodeBridge of every network.
+fn slim<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
+/// A cached Node reduced to what networks read of it (see [`node_fingerprint`]): name, labels,
+/// deletion and its addresses. A real Node's status (images, conditions, capacity) is most of
+/// its size, and the cache holds every Node of the cluster.
+fn slim_node(node: &mut Node) {
+    slim(node);
+    node.metadata.annotations = None;
+    node.spec = None;
+    if let Some(status) = node.status.take() {
+        node.status = Some(k8s_openapi::api::core::v1::NodeStatus {
+            addresses: status.addresses,
+            ..Default::default()
+        });
+    }
+}
+
 /// Runs the controller until `shutdown` resolves (then finishes in-flight reconciles).
 pub async fn run(
     client: Client,
@@ -725,6 +747,7 @@ pub async fn run(
     let mut seen: HashMap<String, u64> = HashMap::new();
     let node_stream = watcher(nodes_api, watcher::Config::default())
         .default_backoff()
+        .modify(slim_node)
         .reflect(node_writer)
         .filter(move |ev| {
             let pass = match ev {
@@ -748,7 +771,10 @@ pub async fn run(
         watcher::Config::default().labels("app.kubernetes.io/managed-by=bridgenet-operator"),
     )
     .default_backoff()
-    .modify(plan::strip_peers)
+    .modify(|nb| {
+        slim(nb);
+        plan::strip_peers(nb);
+    })
     .reflect(nb_writer)
     .touched_objects();
 
@@ -758,6 +784,7 @@ pub async fn run(
         watcher::Config::default(),
     )
     .default_backoff()
+    .modify(slim)
     .reflect(overlay_writer)
     .touched_objects();
 
@@ -767,6 +794,7 @@ pub async fn run(
         watcher::Config::default(),
     )
     .default_backoff()
+    .modify(slim)
     .reflect(claim_writer)
     .touched_objects();
 
@@ -776,8 +804,13 @@ pub async fn run(
     // reaction (a new network waited through it three times before Ready), and under a steady
     // stream of events (every node's agent reporting) it would keep the network from being
     // reconciled at all while the stream lasts.
-    let controller = Controller::new(networks.clone(), watcher::Config::default());
-    let net_store = controller.store();
+    let (net_store, net_writer) = reflector::store();
+    let network_stream = watcher(networks.clone(), watcher::Config::default())
+        .default_backoff()
+        .modify(slim)
+        .reflect(net_writer)
+        .applied_objects();
+    let controller = Controller::for_stream(network_stream, net_store.clone());
     let ctx = Arc::new(
         Context::new(
             client,
