@@ -1,18 +1,24 @@
 //! CRD YAML generation, shared by the `crdgen` binary and the drift test.
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
 use crate::v1alpha1::{AddressClaim, BridgeNetwork, NetworkOverlay, NodeBridge};
 
-/// Every CRD as `(file name, YAML text)`, in a stable order.
-pub fn render_all() -> Result<Vec<(String, String)>, serde_yaml::Error> {
-    let crds = [
+/// Every CRD of the API, in a stable order (what tests install on their servers).
+pub fn all() -> Vec<CustomResourceDefinition> {
+    vec![
         BridgeNetwork::crd(),
         NodeBridge::crd(),
         AddressClaim::crd(),
         NetworkOverlay::crd(),
-    ];
-    crds.iter()
+    ]
+}
+
+/// Every CRD as `(file name, YAML text)`, in a stable order.
+pub fn render_all() -> Result<Vec<(String, String)>, serde_yaml::Error> {
+    all()
+        .iter()
         .map(|crd| {
             let name = format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("crd"));
             let text = serde_yaml::to_string(crd)?;

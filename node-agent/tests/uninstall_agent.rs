@@ -13,13 +13,12 @@
 mod dataplane_support;
 mod root_support;
 
-use bridgenet_crds::NodeBridge;
 use dataplane_support::Node;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::{CustomResourceExt, ResourceExt};
 use root_support::require_root;
 use serde_json::{Value, json};
 
@@ -112,11 +111,10 @@ fn node_with_daemonset(tag: &str) -> Node {
     node.kube(|c| async move {
         let crds: Api<CustomResourceDefinition> = Api::all(c);
         let pp = PatchParams::apply("bridgenet-test").force();
-        for crd in [
-            bridgenet_crds::BridgeNetwork::crd(),
-            NodeBridge::crd(),
-            daemonset_crd(),
-        ] {
+        for crd in bridgenet_crds::crdgen::all()
+            .into_iter()
+            .chain([daemonset_crd()])
+        {
             crds.patch(&crd.name_any(), &pp, &Patch::Apply(&crd))
                 .await
                 .unwrap();

@@ -206,13 +206,16 @@ pub async fn run(
     // A network whose tunnel endpoints changed: its NodeBridge on this node (found in the
     // controller's own cache, whatever its name) is reconciled at once.
     let mine = controller.store();
-    let peers_changed = peer_changes.flat_map(move |network| {
-        let refs: Vec<_> = mine
-            .state()
-            .iter()
-            .filter(|nb| nb.spec.network == network)
-            .map(|nb| ObjectRef::from_obj(&**nb))
-            .collect();
+    let peers_changed = peer_changes.flat_map(move |change| {
+        let refs: Vec<_> = match change {
+            peers::PeerChange::Network(network) => mine
+                .state()
+                .iter()
+                .filter(|nb| nb.spec.network == network)
+                .map(|nb| ObjectRef::from_obj(&**nb))
+                .collect(),
+            peers::PeerChange::Listed => Vec::new(),
+        };
         futures::stream::iter(refs)
     });
     controller

@@ -143,11 +143,21 @@ fn published(overlay: &NetworkOverlay) -> (String, Arc<[ResolvedPeer]>) {
     (name, peers.into())
 }
 
-/// Watches every NetworkOverlay and keeps `directory` up to date; yields the names of the
-/// networks whose peers changed.
-pub fn watch(api: Api<NetworkOverlay>, directory: PeerDirectory) -> impl Stream<Item = String> {
+/// What the watch of NetworkOverlays reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerChange {
+    /// A full list has been applied (the first one: the directory is synced).
+    Listed,
+    /// The peers of this network changed.
+    Network(String),
+}
+
+/// Watches every NetworkOverlay and keeps `directory` up to date; yields each full list and
+/// the names of the networks whose peers changed.
+pub fn watch(api: Api<NetworkOverlay>, directory: PeerDirectory) -> impl Stream<Item = PeerChange> {
     watcher(api, watcher::Config::default())
         .filter_map(move |event| {
+            let listed = matches!(event, Ok(watcher::Event::InitDone));
             let changed = match event {
                 Ok(event) => directory.apply(event),
                 Err(e) => {
@@ -160,7 +170,13 @@ pub fn watch(api: Api<NetworkOverlay>, directory: PeerDirectory) -> impl Stream<
                     Vec::new()
                 }
             };
-            futures::future::ready(Some(futures::stream::iter(changed)))
+            let changes = changed.into_iter().map(PeerChange::Network);
+            let items: Vec<PeerChange> = listed
+                .then_some(PeerChange::Listed)
+                .into_iter()
+                .chain(changes)
+                .collect();
+            futures::future::ready(Some(futures::stream::iter(items)))
         })
         .flatten()
 }

@@ -14,15 +14,11 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 /// bridgenet's CRDs applied to the emulator, as `kubectl apply` would.
 pub async fn install_crds(c: &kube::Client) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::ResourceExt;
     use kube::api::{Api, Patch, PatchParams};
-    use kube::{CustomResourceExt, ResourceExt};
     let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
     let pp = PatchParams::apply("bridgenet-test").force();
-    for crd in [
-        bridgenet_crds::BridgeNetwork::crd(),
-        NodeBridge::crd(),
-        bridgenet_crds::AddressClaim::crd(),
-    ] {
+    for crd in bridgenet_crds::crdgen::all() {
         crds.patch(&crd.name_any(), &pp, &Patch::Apply(&crd))
             .await
             .unwrap();
