@@ -42,6 +42,12 @@ pub const RESYNC: Duration = Duration::from_secs(300);
 /// Most NodeBridge writes (applies, deletes, finalizer releases) one reconcile has in flight at
 /// once: a network on many nodes is written in parallel, without flooding the API server.
 pub const WRITE_CONCURRENCY: usize = 16;
+/// How long a node stays in a network's overlay after its last pod of the network is gone.
+/// Pods come and go (a restarted pod, a pod whose attachment is refused and retried by its
+/// kubelet holds an address for moments at a time); without this hold every such moment would
+/// add and remove the node's flood entry on every other node. A node that leaves the network
+/// goes at once.
+pub const OVERLAY_HOLD: Duration = Duration::from_secs(30);
 /// How soon a network looks again at the pods of a deleted node that still hold its addresses
 /// (pod deletions are not watched).
 pub const ORPHAN_RECHECK: Duration = Duration::from_secs(10);
@@ -68,6 +74,10 @@ pub struct Context {
     /// The networks' NetworkOverlays as written; without this cache every reconcile of a network
     /// with pods writes its overlay again.
     overlays: Option<Store<NetworkOverlay>>,
+    /// Since when each (network, node) still in an overlay has had no pod of the network.
+    overlay_idle: Mutex<HashMap<(String, String), Instant>>,
+    /// [`OVERLAY_HOLD`], or another for tests.
+    overlay_hold: Duration,
 }
 
 impl Context {
@@ -99,6 +109,8 @@ impl Context {
             sync_timeout: Duration::from_secs(30),
             claims: None,
             overlays: None,
+            overlay_idle: Mutex::new(HashMap::new()),
+            overlay_hold: OVERLAY_HOLD,
         }
     }
 
@@ -116,6 +128,12 @@ impl Context {
     /// Compares each network's overlay with this cache of them before writing it.
     pub fn with_overlays(mut self, overlays: Store<NetworkOverlay>) -> Self {
         self.overlays = Some(overlays);
+        self
+    }
+
+    /// Keeps a node without pods in an overlay for `hold` instead of [`OVERLAY_HOLD`].
+    pub fn with_overlay_hold(mut self, hold: Duration) -> Self {
+        self.overlay_hold = hold;
         self
     }
 
@@ -298,14 +316,20 @@ async fn apply(net: Arc<BridgeNetwork>, ctx: &Context) -> Result<Action> {
         }
         bounded(releases).await?;
     }
-    if let Some(endpoints) = plan.overlay {
-        write_overlay(ctx, &net, endpoints).await?;
+    let mut overlay_recheck = None;
+    if let (Some(endpoints), Some(children)) = (plan.overlay, &plan.children) {
+        let members: BTreeSet<&str> = children.members.iter().map(|m| m.node.as_str()).collect();
+        overlay_recheck = write_overlay(ctx, &net, endpoints, &members).await?;
     }
     publish(ctx, &net, &plan.events).await;
     let next_expiry = if plan.rejection.is_none() {
         tend_claims(ctx, &net, &nodes).await?
     } else {
         None
+    };
+    let next_expiry = match (next_expiry, overlay_recheck) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     };
 
     match plan.rejection {
@@ -549,22 +573,26 @@ async fn write_node_bridge(
 
 /// Server-side-applies the network's NetworkOverlay (named like the network, owned by it)
 /// when its endpoints differ from the cached object's; a network without pods and without an
-/// overlay gets none.
+/// overlay gets none. `active` are the member nodes with pods of the network; a member the
+/// cached overlay lists that has none any more stays for [`OVERLAY_HOLD`] (see there). Returns
+/// when such a node's hold runs out, for the next look.
 async fn write_overlay(
     ctx: &Context,
     net: &BridgeNetwork,
-    endpoints: Vec<TunnelEndpoint>,
-) -> Result<()> {
+    active: Vec<TunnelEndpoint>,
+    members: &BTreeSet<&str>,
+) -> Result<Option<Duration>> {
     let name = net.name_any();
     let cached = ctx
         .overlays
         .as_ref()
         .and_then(|s| s.get(&ObjectRef::new(&name)));
+    let (endpoints, recheck) = hold_idle(ctx, &name, active, cached.as_deref(), members);
     match &cached {
         Some(have) if have.spec.endpoints == endpoints && have.spec.network == name => {
-            return Ok(());
+            return Ok(recheck);
         }
-        None if endpoints.is_empty() => return Ok(()),
+        None if endpoints.is_empty() => return Ok(recheck),
         _ => {}
     }
     let mut overlay = NetworkOverlay::new(
@@ -586,7 +614,46 @@ async fn write_overlay(
     .await
     .map_err(|e| Error::kube("apply", "NetworkOverlay", &name, e))?;
     tracing::debug!(nodes = overlay.spec.node_count, "applied NetworkOverlay");
-    Ok(())
+    Ok(recheck)
+}
+
+/// `active` plus the members `cached` lists that have had no pod for less than the hold, sorted
+/// by node, and how soon the first of those holds runs out.
+fn hold_idle(
+    ctx: &Context,
+    network: &str,
+    active: Vec<TunnelEndpoint>,
+    cached: Option<&NetworkOverlay>,
+    members: &BTreeSet<&str>,
+) -> (Vec<TunnelEndpoint>, Option<Duration>) {
+    let now = Instant::now();
+    let Ok(mut idle) = ctx.overlay_idle.lock() else {
+        return (active, None);
+    };
+    let is_active = |node: &str| active.iter().any(|e| e.node == node);
+    idle.retain(|(net, node), _| net != network || !is_active(node));
+    let mut recheck: Option<Duration> = None;
+    let mut held = Vec::new();
+    for e in cached.map_or(&[][..], |c| &c.spec.endpoints[..]) {
+        if is_active(&e.node) || !members.contains(e.node.as_str()) {
+            continue;
+        }
+        let key = (network.to_owned(), e.node.clone());
+        let since = *idle.entry(key.clone()).or_insert(now);
+        let left = ctx.overlay_hold.saturating_sub(now.duration_since(since));
+        if left.is_zero() {
+            idle.remove(&key);
+            continue;
+        }
+        recheck = Some(recheck.map_or(left, |r| r.min(left)));
+        held.push(e.clone());
+    }
+    // Forget the members that left, or whose hold ended above.
+    idle.retain(|(net, node), _| net != network || held.iter().any(|e| e.node == *node));
+    let mut endpoints = active;
+    endpoints.extend(held);
+    endpoints.sort_by(|a, b| a.node.cmp(&b.node));
+    (endpoints, recheck)
 }
 
 /// Deletes the network's NetworkOverlay (its owner reference would too, where a garbage

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use bridgenet_crds::v1alpha1::{BridgeNetwork, NetworkOverlay, NodeBridge, NodeBridgeStatus};
 use bridgenet_crds::{FINALIZER_OPERATOR, LABEL_NETWORK, LABEL_NODE};
-use bridgenet_operator::controller::{Context, WRITE_CONCURRENCY, error_policy, reconcile};
+use bridgenet_operator::controller::{
+    Context, OVERLAY_HOLD, WRITE_CONCURRENCY, error_policy, reconcile,
+};
 use bridgenet_operator::metrics::Metrics;
 use bridgenet_operator::plan::Settings;
 use bridgenet_operator::scale::{network, node};
@@ -201,6 +203,7 @@ struct Scenario {
     nodes: Vec<Node>,
     node_bridges: Vec<NodeBridge>,
     overlays: Vec<NetworkOverlay>,
+    overlay_hold: Option<Duration>,
     conflict_on: Vec<(String, String)>,
     pods: Vec<(String, String, String)>,
     hold: usize,
@@ -215,6 +218,7 @@ impl Scenario {
             nodes,
             node_bridges: Vec::new(),
             overlays: Vec::new(),
+            overlay_hold: None,
             conflict_on: Vec::new(),
             pods: Vec::new(),
             hold: 0,
@@ -238,6 +242,7 @@ impl Scenario {
         let client = Client::new(service, "default");
         let mut nets = self.others;
         nets.push(self.network.clone());
+        let hold = self.overlay_hold.unwrap_or(OVERLAY_HOLD);
         let ctx = Arc::new(
             Context::new(
                 client,
@@ -250,7 +255,8 @@ impl Scenario {
                 Arc::new(Metrics::new()),
                 "test-replica",
             )
-            .with_overlays(store_of(self.overlays)),
+            .with_overlays(store_of(self.overlays))
+            .with_overlay_hold(hold),
         );
         let obj = Arc::new(self.network);
         let result =
@@ -508,6 +514,52 @@ async fn overlay_lists_the_nodes_with_pods_and_departure_costs_two_writes() {
         json!([{"node": "a", "address": "192.168.0.1"}])
     );
     assert!(result.is_ok());
+}
+
+/// A node whose last pod went stays in the overlay for the hold (a pod restarted, or refused
+/// and retried, would otherwise flap every other node's flood entry), and goes after it.
+#[tokio::test]
+async fn a_node_without_pods_leaves_the_overlay_only_after_the_hold() {
+    let (net, mut nbs) = converged_blue().await;
+    attached(&mut nbs[0]);
+    attached(&mut nbs[1]);
+    let mut sc = Scenario::new(net.clone(), two_nodes());
+    sc.node_bridges = nbs.clone();
+    let (seen, _, _) = sc.reconcile().await;
+    let cached = overlay_of(&seen[1]);
+    let mut net = net;
+    net.status = Some(serde_json::from_value(seen[0].body["status"].clone()).unwrap());
+    nbs[1].status = None;
+
+    let mut sc = Scenario::new(net.clone(), two_nodes());
+    sc.node_bridges = nbs.clone();
+    sc.overlays = vec![cached.clone()];
+    let (seen, result, _) = sc.reconcile().await;
+    assert!(
+        !routes(&seen).iter().any(|r| r.contains("networkoverlays")),
+        "b is held: {:?}",
+        routes(&seen)
+    );
+    // Looks again when the hold ends (plus a second), not at the next resync.
+    let shown = format!("{result:?}");
+    assert!(
+        shown.contains("requeue_after: Some(30.") || shown.contains("requeue_after: Some(31s)"),
+        "{shown}"
+    );
+
+    let mut sc = Scenario::new(net, two_nodes());
+    sc.node_bridges = nbs;
+    sc.overlays = vec![cached];
+    sc.overlay_hold = Some(Duration::ZERO);
+    let (seen, _, _) = sc.reconcile().await;
+    let overlay = seen
+        .iter()
+        .find(|s| s.path.contains("networkoverlays"))
+        .expect("the overlay is written once the hold is over");
+    assert_eq!(
+        overlay.body["spec"]["endpoints"],
+        json!([{"node": "a", "address": "192.168.0.1"}])
+    );
 }
 
 #[tokio::test]

@@ -24,7 +24,7 @@ def _documents(text: str) -> list[dict]:
 
 def test_status_writes_are_coalesced_under_a_burst(cluster):
     net = unique("burst")
-    cluster.network(net, "172.26.0.0/24")
+    cluster.network(net, "172.46.0.0/24")
     name = f"{net}.node1"
 
     def ready():
@@ -60,4 +60,5 @@ def test_status_writes_are_coalesced_under_a_burst(cluster):
     assert len(writes) < PODS, f"{len(writes)} status writes for {PODS} pods attached in {burst:.1f} s"
     assert len(writes) <= burst + 3, f"{len(writes)} status writes in a {burst:.1f} s burst"
     print(f"{PODS} pods attached in {burst:.1f} s with {len(writes)} status writes")
-    cluster.kubectl("delete", "pod", *pods, "--wait=false")
+    cluster.kubectl("delete", "pod", *pods, "--timeout=120s")
+    cluster.kubectl("delete", "bridgenetwork", net, "--timeout=60s")

@@ -61,7 +61,11 @@ def test_an_unchanged_node_changes_nothing_over_resyncs_and_a_restart(cluster):
     nodes = cluster.sb.topo.nodes
     # Everything settled: per node, two networks' bridge and VXLAN port and two pod veths.
     eventually(lambda: all(len(bridgenet_links(n)) >= 2 * 2 + 2 for n in nodes), what="links on both nodes")
-    time.sleep(2)
+    # Earlier tests' pods still terminating would change their networks' overlays (a node losing
+    # its last pod of a network is flooded to no more): real changes, not resyncs. Measure after.
+    eventually(lambda: not any(p["metadata"].get("deletionTimestamp") for p in cluster.get("pods", "-A")["items"]),
+               120, "every terminating pod gone")
+    time.sleep(3)
     links = {n.name: bridgenet_links(n) for n in nodes}
     counted = {n.name: writes(n) for n in nodes}
 
