@@ -381,6 +381,9 @@ async fn cleanup(net: Arc<BridgeNetwork>, ctx: &Context) -> Result<Action> {
         });
     }
     delete_overlay(ctx, &name).await?;
+    if let Ok(mut idle) = ctx.overlay_idle.lock() {
+        idle.retain(|(network, _), _| *network != name);
+    }
     if let Some(all) = ctx.claims_of(&name) {
         let mine: Vec<&AddressClaim> = all.iter().map(|c| &**c).collect();
         let failed = claims::delete_all(&ctx.client, &mine).await;
