@@ -516,19 +516,24 @@ async fn overlay_lists_the_nodes_with_pods_and_departure_costs_two_writes() {
     assert!(result.is_ok());
 }
 
-/// A node whose last pod went stays in the overlay for the hold (a pod restarted, or refused
-/// and retried, would otherwise flap every other node's flood entry), and goes after it.
-#[tokio::test]
-async fn a_node_without_pods_leaves_the_overlay_only_after_the_hold() {
-    let (net, mut nbs) = converged_blue().await;
+/// Blue converged with a pod on each node and its overlay written: the network with its
+/// status, the NodeBridges, and the overlay as the operator's cache then holds it.
+async fn converged_blue_with_pods() -> (BridgeNetwork, Vec<NodeBridge>, NetworkOverlay) {
+    let (mut net, mut nbs) = converged_blue().await;
     attached(&mut nbs[0]);
     attached(&mut nbs[1]);
     let mut sc = Scenario::new(net.clone(), two_nodes());
     sc.node_bridges = nbs.clone();
     let (seen, _, _) = sc.reconcile().await;
-    let cached = overlay_of(&seen[1]);
-    let mut net = net;
     net.status = Some(serde_json::from_value(seen[0].body["status"].clone()).unwrap());
+    (net, nbs, overlay_of(&seen[1]))
+}
+
+/// A node whose last pod went stays in the overlay for the hold (a pod restarted, or refused
+/// and retried, would otherwise flap every other node's flood entry), and goes after it.
+#[tokio::test]
+async fn a_node_without_pods_leaves_the_overlay_only_after_the_hold() {
+    let (net, mut nbs, cached) = converged_blue_with_pods().await;
     nbs[1].status = None;
 
     let mut sc = Scenario::new(net.clone(), two_nodes());
@@ -564,15 +569,7 @@ async fn a_node_without_pods_leaves_the_overlay_only_after_the_hold() {
 
 #[tokio::test]
 async fn joining_node_and_changed_address_cost_two_writes_at_most() {
-    let (net, mut nbs) = converged_blue().await;
-    attached(&mut nbs[0]);
-    attached(&mut nbs[1]);
-    let mut sc = Scenario::new(net.clone(), two_nodes());
-    sc.node_bridges = nbs.clone();
-    let (seen, _, _) = sc.reconcile().await;
-    let cached = overlay_of(&seen[1]);
-    let mut net = net;
-    net.status = Some(serde_json::from_value(seen[0].body["status"].clone()).unwrap());
+    let (net, nbs, cached) = converged_blue_with_pods().await;
 
     // c joins (no pod yet): its NodeBridge and the network's status.
     let mut three = two_nodes();
