@@ -634,24 +634,24 @@ fn hold_idle(
         return (active, None);
     };
     let is_active = |node: &str| active.iter().any(|e| e.node == node);
-    idle.retain(|(net, node), _| net != network || !is_active(node));
     let mut recheck: Option<Duration> = None;
     let mut held = Vec::new();
     for e in cached.map_or(&[][..], |c| &c.spec.endpoints[..]) {
         if is_active(&e.node) || !members.contains(e.node.as_str()) {
             continue;
         }
-        let key = (network.to_owned(), e.node.clone());
-        let since = *idle.entry(key.clone()).or_insert(now);
+        let since = *idle
+            .entry((network.to_owned(), e.node.clone()))
+            .or_insert(now);
         let left = ctx.overlay_hold.saturating_sub(now.duration_since(since));
         if left.is_zero() {
-            idle.remove(&key);
             continue;
         }
         recheck = Some(recheck.map_or(left, |r| r.min(left)));
         held.push(e.clone());
     }
-    // Forget the members that left, or whose hold ended above.
+    // Only the held nodes keep an entry: those with pods again, those that left the network
+    // and those whose hold ended above are forgotten here.
     idle.retain(|(net, node), _| net != network || held.iter().any(|e| e.node == *node));
     let mut endpoints = active;
     endpoints.extend(held);
