@@ -7,7 +7,8 @@
 //! it. Also: the agent's RSS with N endpoints and the plugin's peak RSS.
 //!
 //! Root only; everything happens in network namespaces prefixed `bnt-cni-bench`. Run with
-//! `cargo bench -p bridgenet-agent --bench cni` or `scripts/bench-cni.sh`.
+//! `cargo bench -p bridgenet-agent --bench cni` or `scripts/bench-cni.sh`;
+//! `BNT_BENCH_ONLY=bridgenet` leaves the reference out (for profiling: no ratios then).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 #[path = "../tests/cni_support/mod.rs"]
@@ -234,8 +235,13 @@ fn run(n: usize) {
     }
     let mut rows = Vec::new();
     let mut agent_rss = 0;
+    // BNT_BENCH_ONLY=bridgenet skips the reference (profiling runs); the report needs both.
+    let only = std::env::var("BNT_BENCH_ONLY").ok();
     for parallel in [1usize, 4] {
         for f in [&ours, &reference] {
+            if only.as_deref().is_some_and(|o| o != f.name) {
+                continue;
+            }
             if f.name == "bridgenet" && parallel == 1 {
                 // RSS with N endpoints: attach, measure, then time the detach as usual.
                 let (add, add_wall) = one_command(f, "ADD", &pods, parallel);
@@ -277,8 +283,10 @@ fn run(n: usize) {
         );
     }
     for par in [1usize, 4] {
-        let get = |name: &str| rows.iter().find(|r| r.0 == name && r.1 == par).unwrap();
-        let (o, r) = (get("bridgenet"), get("bridge+host-local"));
+        let get = |name: &str| rows.iter().find(|r| r.0 == name && r.1 == par);
+        let (Some(o), Some(r)) = (get("bridgenet"), get("bridge+host-local")) else {
+            continue;
+        };
         let ratio = |a: &[Duration], b: &[Duration], p| {
             percentile(a, p).as_secs_f64() / percentile(b, p).as_secs_f64()
         };
