@@ -142,6 +142,21 @@ async fn add_check_del_attaches_a_working_interface_and_removes_it() {
     let host_link = s.node.link_json(&host).unwrap();
     assert_eq!(host_link["master"], red.bridge);
     assert_eq!(host_link["mtu"], 1400);
+    // A bridge port without IPv6 of its own (no link-local address, routes or MLD).
+    assert!(
+        host_link["addr_info"]
+            .as_array()
+            .is_none_or(|a| a.iter().all(|a| a["family"] != "inet6")),
+        "{host_link}"
+    );
+    assert!(
+        s.node.exec(&[
+            "sh",
+            "-c",
+            &format!("test \"$(cat /proc/sys/net/ipv6/conf/{host}/disable_ipv6)\" = 1")
+        ]),
+        "IPv6 off on {host}"
+    );
     // The pod announced itself (gratuitous ARP) before any traffic.
     let ip_only = address.split('/').next().unwrap().to_owned();
     assert!(

@@ -1,7 +1,7 @@
 //! Putting a pod on a bridge: a veth pair created with its peer directly in the pod's network
-//! namespace, the host end enslaved to the network's bridge, the pod end configured (MAC, MTU,
-//! addresses, optional default route) through a netlink socket opened inside the pod's
-//! namespace, and a gratuitous ARP / unsolicited NA when the interface comes up.
+//! namespace, the pod end configured (MAC, MTU, addresses, optional default route) through a
+//! netlink socket opened inside the pod's namespace, the host end then put on the network's
+//! bridge, and a gratuitous ARP / unsolicited NA once its port forwards ([`announce`]).
 //!
 //! Every call runs on a fresh OS thread that `setns`es ([`crate::dataplane::netns`]): network
 //! namespaces are per thread, and a thread that entered a pod's namespace must never run
@@ -9,23 +9,27 @@
 //! namespace.
 
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use bridgenet_crds::Mac;
 use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use netlink_packet_route::link::{
-    InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
+    BridgePortState, InfoBridgePort, InfoData, InfoPortData, InfoVeth, LinkAttribute, LinkFlags,
+    LinkInfo, LinkMessage,
 };
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use sha2::{Digest, Sha256};
 
 pub use crate::dataplane::marker::{POD_ALIAS_PREFIX, pod_alias};
-use crate::dataplane::netns::{self, Netns, NetnsError, in_netns, on_own_thread};
+use crate::dataplane::netns::{self, Netns, NetnsError, in_netns, on_own_thread_then};
 use crate::dataplane::rtnl::{connect_handle, errno, link_message};
 use crate::metrics::{self, Write};
+
+pub mod announce;
 
 /// Errors of attaching and detaching.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +54,9 @@ pub enum AttachError {
     /// The text says which; the runtime shows it to the user as it is.
     #[error("{0}")]
     Mismatch(String),
+    /// The new interface's addresses could not be announced (logged only: the interface works).
+    #[error(transparent)]
+    Announce(#[from] announce::AnnounceError),
 }
 
 fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> AttachError {
@@ -119,32 +126,68 @@ async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>
 
 /// Creates and configures the pod interface. On error the caller runs [`detach`] (which is
 /// safe whatever was left half-done).
+///
+/// Answers once the interface is up with its addresses and routes; its thread then announces
+/// the addresses ([`announce`]) on its own. The announcement is a broadcast that every pod on
+/// the bridge receives, delivered in the sender's context: with a thousand pods on a bridge it
+/// was the largest part of an ADD, and the part that grew with the pods. Nothing the runtime
+/// does next needs it; it refreshes the neighbours' caches, a moment later all the same.
 pub async fn attach(spec: AttachSpec) -> Result<(), AttachError> {
     let pod_ns = Netns::open(&spec.pod_netns)?;
     let host_ns = spec.host_netns.as_deref().map(Netns::open).transpose()?;
-    on_own_thread("bridgenet-attach", move || {
+    on_own_thread_then("bridgenet-attach", move || {
         if let Some(ns) = &host_ns {
             ns.enter()?;
         }
         let rt = netns::runtime()?;
         // A netlink socket stays in the namespace it was opened in: this one keeps talking to
         // the host after the thread has moved into the pod.
-        let host = rt.block_on(async {
+        let (host, host_end) = rt.block_on(async {
             let handle = connect_handle().map_err(NetnsError::Socket)?;
-            host_side(&handle, &spec, &pod_ns).await?;
-            Ok::<_, AttachError>(handle)
+            let host_end = host_side(&handle, &spec, &pod_ns).await?;
+            Ok::<_, AttachError>((handle, host_end))
         })?;
         pod_ns.enter()?;
-        rt.block_on(async {
+        let index = rt.block_on(async {
             let pod = connect_handle().map_err(NetnsError::Socket)?;
             let index = pod_side(&pod, &spec).await?;
-            announce(&host, &pod, index, &spec).await
-        })
+            plug(&host, &spec, host_end).await?;
+            Ok::<_, AttachError>(index)
+        })?;
+        let announcement = move || {
+            if let Err(e) = rt.block_on(announce(&host, &spec, index)) {
+                // Refused: the neighbours learn the address from the pod's first packet
+                // instead.
+                tracing::warn!(veth = %spec.host_veth, error = %e, "announcing a new pod interface");
+            }
+        };
+        Ok(((), announcement))
     })
     .await
 }
 
-async fn host_side(handle: &Handle, spec: &AttachSpec, pod_ns: &Netns) -> Result<(), AttachError> {
+/// The host end of a new veth and the bridge it goes on.
+#[derive(Clone, Copy)]
+struct HostEnd {
+    veth: u32,
+    bridge: u32,
+}
+
+/// Creates the veth pair, its peer directly in the pod's namespace (no window in which the pod
+/// end sits in the host's), the host end down and on no bridge yet: [`plug`] puts it on the
+/// bridge once the pod end is configured.
+///
+/// That order is what keeps an ADD's cost flat with the pods on the bridge. The bridge
+/// re-evaluates every port's state whenever one of its ports is enabled or disabled; a host end
+/// enslaved up while its peer was still down was enabled, disabled at the carrier check, then
+/// enabled again when the pod end came up. Plugged in last, with the pod end up, it is enabled
+/// once. And its IPv6 is off before the kernel hears of it changing state (see
+/// [`disable_host_ipv6`]).
+async fn host_side(
+    handle: &Handle,
+    spec: &AttachSpec,
+    pod_ns: &Netns,
+) -> Result<HostEnd, AttachError> {
     let bridge = link_by_name(handle, &spec.bridge)
         .await?
         .ok_or_else(|| AttachError::NoBridge(spec.bridge.clone()))?;
@@ -164,13 +207,9 @@ async fn host_side(handle: &Handle, spec: &AttachSpec, pod_ns: &Netns) -> Result
         .address(spec.mac.to_vec())
         .setns_by_fd(pod_ns.as_fd().as_raw_fd())
         .build();
-    // Peer created directly in the pod's namespace, host end enslaved and up in the same
-    // request: no window in which the pod end sits in the host namespace.
     let msg = LinkVeth::new(&spec.host_veth, &spec.pod_ifname)
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .mtu(spec.mtu)
-        .controller(bridge.header.index)
-        .up()
         .build();
     metrics::netlink_write(Write::LinkAdd);
     handle.link().add(msg).execute().await.map_err(|e| {
@@ -188,20 +227,82 @@ async fn host_side(handle: &Handle, spec: &AttachSpec, pod_ns: &Netns) -> Result
             ))(e)
         }
     })?;
-    // The kernel ignores IFLA_IFALIAS when a link is created: the marker comes right after.
-    // A kill in between leaves an unmarked veth, which the sweep never takes; the journal
-    // names it, and DEL, GC and repair find it by that name.
     let veth = link_by_name(handle, &spec.host_veth)
         .await?
         .ok_or_else(|| AttachError::Mismatch(format!("{} vanished", spec.host_veth)))?;
+    disable_host_ipv6(spec.host_netns.as_deref(), &spec.host_veth);
+    Ok(HostEnd {
+        veth: veth.header.index,
+        bridge: bridge.header.index,
+    })
+}
+
+/// Marks the host end as bridgenet's, puts it on the bridge and sets it up, in one request (the
+/// kernel ignores IFLA_IFALIAS when a link is created). A kill before this leaves an unmarked
+/// veth, which the sweep never takes; the journal names it, and DEL, GC and repair find it by
+/// that name.
+async fn plug(handle: &Handle, spec: &AttachSpec, end: HostEnd) -> Result<(), AttachError> {
     set_link(
         handle,
-        LinkUnspec::new_with_index(veth.header.index)
+        LinkUnspec::new_with_index(end.veth)
             .alias(spec.alias.clone())
+            .controller(end.bridge)
+            .up()
             .build(),
-        format!("marking {}", spec.host_veth),
+        format!("putting {} on bridge {}", spec.host_veth, spec.bridge),
     )
     .await
+}
+
+/// `/proc/sys/net/ipv6/conf` of the agent's own network namespace, opened once.
+static AGENT_IPV6_CONF: OnceLock<Option<OwnedFd>> = OnceLock::new();
+
+/// Turns IPv6 off on a host end (a bridge port needs no addresses of its own), before the
+/// kernel hears of the link changing state. With IPv6 on, each such change walked the host's
+/// whole IPv6 routing table, where every host end added routes of its own (link-local, and
+/// multicast), and each port took a link-local address, with DAD and MLD reports.
+///
+/// In the agent's own namespace, the file is opened relative to a directory opened once.
+/// Every path under `/proc/sys` from its root is looked up among the `net` directories of
+/// every namespace that ever opened one, one per pod: at a thousand pods an absolute path costs
+/// a walk of a thousand entries. Best effort, like the pod's: without IPv6 on the node there
+/// is nothing to turn off.
+fn disable_host_ipv6(host_netns: Option<&Path>, veth: &str) {
+    use nix::fcntl::{OFlag, open, openat};
+    use nix::sys::stat::Mode;
+    use std::io::Write as _;
+
+    metrics::netlink_write(Write::Sysctl);
+    let key = format!("{veth}/disable_ipv6");
+    let file = match host_netns {
+        None => AGENT_IPV6_CONF
+            .get_or_init(|| {
+                open(
+                    "/proc/sys/net/ipv6/conf",
+                    OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .ok()
+            })
+            .as_ref()
+            .and_then(|dir| {
+                openat(
+                    dir,
+                    key.as_str(),
+                    OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .ok()
+            })
+            .map(std::fs::File::from),
+        Some(_) => std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/sys/net/ipv6/conf/{key}"))
+            .ok(),
+    };
+    if let Some(mut file) = file {
+        let _ = file.write_all(b"1");
+    }
 }
 
 /// One `RTM_SETLINK`, counted as a kernel write.
@@ -217,27 +318,18 @@ async fn pod_side(handle: &Handle, spec: &AttachSpec) -> Result<u32, AttachError
             AttachError::Mismatch(format!("{} vanished from the pod", spec.pod_ifname))
         })?;
     let index = link.header.index;
-    // The kernel announces the address itself when the link comes up with these set
-    // (gratuitous ARP / unsolicited NA): no raw socket needed. IPv6 may be disabled in the pod.
-    //
     // On an IPv4-only network the interface gets no IPv6 at all, as Docker does for its
     // containers' interfaces on such networks: set before the link is up, so it never takes a
     // link-local address. Otherwise every new pod's MLD reports, router solicitations and
     // DAD probes are flooded to every port of the bridge and handled by every pod on it,
-    // which at a thousand pods on a node doubled the time of each ADD.
-    let ipv6 = spec.addresses.iter().any(|(ip, _)| ip.is_ipv6());
-    let sysctls = [
-        ("ipv4", "arp_notify", "1"),
-        (
-            "ipv6",
-            if ipv6 { "ndisc_notify" } else { "disable_ipv6" },
-            "1",
-        ),
-    ];
-    for (family, key, value) in sysctls {
+    // which at a thousand pods on a node doubled the time of each ADD. (IPv6 may be disabled
+    // in the pod already: nothing to do then, hence no error.) The one part of an ADD that
+    // still grows with the pods on the node: the path is looked up among the `net` directories
+    // of every namespace that opened one (see `disable_host_ipv6`), about 0.3 ms at a thousand.
+    if !spec.addresses.iter().any(|(ip, _)| ip.is_ipv6()) {
         metrics::netlink_write(Write::Sysctl);
-        let path = format!("/proc/sys/net/{family}/conf/{}/{key}", spec.pod_ifname);
-        let _ = std::fs::write(path, value);
+        let path = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", spec.pod_ifname);
+        let _ = std::fs::write(path, "1");
     }
     for (ip, prefix) in &spec.addresses {
         let mut req = handle.address().add(index, *ip, *prefix);
@@ -291,63 +383,48 @@ async fn pod_side(handle: &Handle, spec: &AttachSpec) -> Result<u32, AttachError
     Ok(index)
 }
 
-/// Announces the pod's addresses once both ends of the veth are operational.
-///
-/// The kernel's own announcement at link-up (arp_notify) races the bridge: the host port turns
-/// forwarding only when the kernel's link watcher has processed the host end's carrier change,
-/// shortly after, so that first gratuitous ARP is often dropped. Once both ends report
-/// operstate UP the port forwards; re-setting the MAC then makes the kernel announce again
-/// (NETDEV_CHANGEADDR with arp_notify / ndisc_notify set), without a raw socket.
-async fn announce(
-    host: &Handle,
-    pod: &Handle,
-    index: u32,
-    spec: &AttachSpec,
-) -> Result<(), AttachError> {
-    let host_up = wait_oper_up(host, LinkRef::Name(&spec.host_veth)).await?;
-    let pod_up = wait_oper_up(pod, LinkRef::Index(index)).await?;
-    if !(host_up && pod_up) {
-        tracing::warn!(veth = %spec.host_veth, "veth not operational after 1s; announcing anyway");
+/// Announces the pod's addresses ([`announce::send`], from the calling thread, which is in the
+/// pod's namespace) once the host end's bridge port forwards: before that the bridge drops
+/// what the pod sends.
+async fn announce(host: &Handle, spec: &AttachSpec, index: u32) -> Result<(), AttachError> {
+    match wait_forwarding(host, &spec.host_veth).await? {
+        Some(true) => {}
+        Some(false) => {
+            tracing::warn!(veth = %spec.host_veth, "bridge port not forwarding after 1s; announcing anyway");
+        }
+        // Deleted already (a DEL right after the ADD): nothing to announce.
+        None => return Ok(()),
     }
-    set_link(
-        pod,
-        LinkUnspec::new_with_index(index)
-            .address(spec.mac.to_vec())
-            .build(),
-        format!("announcing {}", spec.pod_ifname),
-    )
-    .await
+    let addresses: Vec<IpAddr> = spec.addresses.iter().map(|(ip, _)| *ip).collect();
+    Ok(announce::send(
+        &spec.pod_ifname,
+        index,
+        spec.mac,
+        &addresses,
+    )?)
 }
 
-enum LinkRef<'a> {
-    Name(&'a str),
-    Index(u32),
-}
-
-/// Polls until the link's operstate is UP (bounded: about a second); returns whether it is.
-async fn wait_oper_up(handle: &Handle, link: LinkRef<'_>) -> Result<bool, AttachError> {
+/// Polls until `veth`'s bridge port is forwarding (bounded: about a second); returns whether it
+/// is, `None` if the veth is gone. The kernel turns a port forwarding once it has handled the
+/// carrier coming up on both ends, right after the host end is plugged in.
+async fn wait_forwarding(handle: &Handle, veth: &str) -> Result<Option<bool>, AttachError> {
     for _ in 0..500 {
-        let req = handle.link().get();
-        let req = match link {
-            LinkRef::Name(name) => req.match_name(name.to_owned()),
-            LinkRef::Index(index) => req.match_index(index),
+        let Some(link) = link_by_name(handle, veth).await? else {
+            return Ok(None);
         };
-        let up = req
-            .execute()
-            .try_next()
-            .await
-            .map_err(nl("reading a veth's operstate"))?
-            .is_some_and(|l| {
-                l.attributes
-                    .iter()
-                    .any(|a| matches!(a, LinkAttribute::OperState(State::Up)))
-            });
-        if up {
-            return Ok(true);
+        let forwarding = link.attributes.iter().any(|a| match a {
+            LinkAttribute::LinkInfo(infos) => infos.iter().any(|i| {
+                matches!(i, LinkInfo::PortData(InfoPortData::BridgePort(port))
+                        if port.contains(&InfoBridgePort::State(BridgePortState::Forwarding)))
+            }),
+            _ => false,
+        });
+        if forwarding {
+            return Ok(Some(true));
         }
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
-    Ok(false)
+    Ok(Some(false))
 }
 
 /// Removes the pod interface by deleting its host end (the kernel deletes the pair). Gone

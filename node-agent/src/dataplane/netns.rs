@@ -106,12 +106,33 @@ where
     T: Send + 'static,
     E: From<NetnsError> + Send + 'static,
 {
+    on_own_thread_then(name, move || work().map(|answer| (answer, || ()))).await
+}
+
+/// Like [`on_own_thread`], but a successful `work` also returns what its thread does after
+/// answering, still in the namespace it is in: the caller has its answer without waiting for
+/// that part, which can only log what goes wrong.
+pub async fn on_own_thread_then<W, T, E, A>(name: &'static str, work: W) -> Result<T, E>
+where
+    W: FnOnce() -> Result<(T, A), E> + Send + 'static,
+    A: FnOnce(),
+    T: Send + 'static,
+    E: From<NetnsError> + Send + 'static,
+{
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
             // The receiver is gone only when the caller gave up waiting: nobody to tell.
-            let _ = tx.send(work());
+            match work() {
+                Ok((answer, after)) => {
+                    let _ = tx.send(Ok(answer));
+                    after();
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
         })
         .map_err(NetnsError::Spawn)?;
     rx.await.map_err(|_| NetnsError::Lost(name))?
