@@ -111,7 +111,7 @@ bench-dataplane:
 ## (also in `root-test`).
 cni-test:
 	$(CARGO) test --locked -p bridgenet-agent --lib -- cni ipam
-	$(CARGO) test --locked -p bridgenet-agent --test cni_plugin --test cni_crash --test cni_report_crash --test pod_repair --test cni_containerd -- --include-ignored
+	$(CARGO) test --locked -p bridgenet-agent --test cni_plugin --test cni_sysctl --test cni_crash --test cni_report_crash --test pod_repair --test cni_containerd -- --include-ignored
 
 ## CNI latency at 200 and 1,000 pods next to the reference bridge+host-local chain, agent and
 ## plugin RSS, then network Ready, hot attach/detach, pods Ready and the agent's memory with 1,000

@@ -12,14 +12,15 @@ use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bridgenet_crds::Mac;
 use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use netlink_packet_route::link::{
-    BridgePortState, InfoBridgePort, InfoData, InfoPortData, InfoVeth, LinkAttribute, LinkFlags,
-    LinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, BridgePortState, In6AddrGenMode, InfoBridgePort, InfoData,
+    InfoPortData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use sha2::{Digest, Sha256};
@@ -67,6 +68,11 @@ fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> AttachError {
 /// Kernel answers (as [`errno`] returns them) that the pod's interface code tells apart.
 const ENODEV: i32 = 19;
 const EEXIST: i32 = 17;
+const EAFNOSUPPORT: i32 = 97;
+/// `/proc/sys` refusing a write (read-only mount, no privilege).
+const EROFS: i32 = 30;
+const EACCES: i32 = 13;
+const EPERM: i32 = 1;
 
 /// Everything one pod interface needs.
 #[derive(Clone, Debug)]
@@ -230,6 +236,16 @@ async fn host_side(
     let veth = link_by_name(handle, &spec.host_veth)
         .await?
         .ok_or_else(|| AttachError::Mismatch(format!("{} vanished", spec.host_veth)))?;
+    // No IPv6 address on the port even where /proc/sys is read-only (the chart's default,
+    // unprivileged agent): best effort, the node may have no IPv6 at all.
+    metrics::netlink_write(Write::LinkSet);
+    let _ = handle
+        .link()
+        .set(no_ipv6_addresses(
+            LinkUnspec::new_with_index(veth.header.index).build(),
+        ))
+        .execute()
+        .await;
     disable_host_ipv6(spec.host_netns.as_deref(), &spec.host_veth);
     Ok(HostEnd {
         veth: veth.header.index,
@@ -272,6 +288,9 @@ fn disable_host_ipv6(host_netns: Option<&Path>, veth: &str) {
     use nix::sys::stat::Mode;
     use std::io::Write as _;
 
+    if !PROC_SYS_WRITABLE.load(Ordering::Relaxed) {
+        return;
+    }
     metrics::netlink_write(Write::Sysctl);
     let key = format!("{veth}/disable_ipv6");
     let file = match host_netns {
@@ -301,8 +320,31 @@ fn disable_host_ipv6(host_netns: Option<&Path>, veth: &str) {
             .ok(),
     };
     if let Some(mut file) = file {
-        let _ = file.write_all(b"1");
+        note_proc_sys(file.write_all(b"1"));
     }
+}
+
+/// Whether `/proc/sys` took writes so far: an agent without privileges sees it read-only and
+/// stops trying after the first refusal (each try costs a path walk, see [`disable_host_ipv6`]).
+static PROC_SYS_WRITABLE: AtomicBool = AtomicBool::new(true);
+
+fn note_proc_sys(result: std::io::Result<()>) {
+    if let Err(e) = result
+        && matches!(e.raw_os_error(), Some(EROFS | EACCES | EPERM))
+        && PROC_SYS_WRITABLE.swap(false, Ordering::Relaxed)
+    {
+        tracing::info!(error = %e, "/proc/sys is read-only to the agent: pod interfaces on IPv4-only networks get no IPv6 address, but keep IPv6 enabled (run the agent privileged for disable_ipv6)");
+    }
+}
+
+/// `msg` with IPv6 address generation off (`addr_gen_mode` none): the link takes no IPv6
+/// address of its own, through netlink, which needs no write access to `/proc/sys`.
+fn no_ipv6_addresses(mut msg: LinkMessage) -> LinkMessage {
+    msg.attributes
+        .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+            vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+        )]));
+    msg
 }
 
 /// One `RTM_SETLINK`, counted as a kernel write.
@@ -326,10 +368,11 @@ async fn pod_side(handle: &Handle, spec: &AttachSpec) -> Result<u32, AttachError
     // in the pod already: nothing to do then, hence no error.) The one part of an ADD that
     // still grows with the pods on the node: the path is looked up among the `net` directories
     // of every namespace that opened one (see `disable_host_ipv6`), about 0.3 ms at a thousand.
-    if !spec.addresses.iter().any(|(ip, _)| ip.is_ipv6()) {
+    let ipv4_only = !spec.addresses.iter().any(|(ip, _)| ip.is_ipv6());
+    if ipv4_only && PROC_SYS_WRITABLE.load(Ordering::Relaxed) {
         metrics::netlink_write(Write::Sysctl);
         let path = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", spec.pod_ifname);
-        let _ = std::fs::write(path, "1");
+        note_proc_sys(std::fs::write(path, "1"));
     }
     for (ip, prefix) in &spec.addresses {
         let mut req = handle.address().add(index, *ip, *prefix);
@@ -351,12 +394,29 @@ async fn pod_side(handle: &Handle, spec: &AttachSpec) -> Result<u32, AttachError
             }
         }
     }
-    set_link(
-        handle,
-        LinkUnspec::new_with_index(index).up().build(),
-        format!("setting {} up", spec.pod_ifname),
-    )
-    .await?;
+    // Where /proc/sys is read-only to the agent (the chart's default), the sysctl above fails:
+    // the interface then still takes no IPv6 address (no link-local, DAD, MLD or router
+    // solicitations), though it would accept a router advertisement. Set with the link-up:
+    // the link has no carrier until its host end is plugged in, and the kernel configures
+    // IPv6 addresses only once it has.
+    let up = LinkUnspec::new_with_index(index).up().build();
+    let result = if ipv4_only {
+        metrics::netlink_write(Write::LinkSet);
+        match handle
+            .link()
+            .set(no_ipv6_addresses(up.clone()))
+            .execute()
+            .await
+        {
+            // No IPv6 in this kernel at all.
+            Err(e) if errno(&e) == Some(EAFNOSUPPORT) => handle.link().set(up).execute().await,
+            other => other,
+        }
+    } else {
+        metrics::netlink_write(Write::LinkSet);
+        handle.link().set(up).execute().await
+    };
+    result.map_err(nl(format!("setting {} up", spec.pod_ifname)))?;
     for gw in &spec.default_routes {
         let msg = match gw {
             IpAddr::V4(v4) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()

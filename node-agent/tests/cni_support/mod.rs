@@ -312,7 +312,16 @@ impl InProcessAgent {
     }
 
     pub fn start_at(dir: StaticDirectory, state: &Path, node_netns: PathBuf) -> Self {
-        let engine = Arc::new(Engine::new(dir, state, Some(node_netns)).unwrap());
+        Self::start_with(dir, state, Some(node_netns))
+    }
+
+    /// An agent whose host is the namespace its threads are in, as a deployed agent's.
+    pub fn start_in_own_namespace(dir: StaticDirectory, state: &Path) -> Self {
+        Self::start_with(dir, state, None)
+    }
+
+    fn start_with(dir: StaticDirectory, state: &Path, node_netns: Option<PathBuf>) -> Self {
+        let engine = Arc::new(Engine::new(dir, state, node_netns).unwrap());
         let socket = state.join("cni.sock");
         let listener = server::bind(&socket).unwrap();
         let e2 = engine.clone();
