@@ -65,6 +65,13 @@ fn add_one(tag: &str, node: &Netns, pod: &Netns, host: Option<&Netns>) -> String
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         let link = pod.link_json("net1").expect("net1 in the pod");
         assert!(inet6(&link).is_empty(), "{link}");
+        if host.is_none() {
+            // Writable /proc/sys: disable_ipv6 too, right after the answer.
+            assert_eq!(
+                sysctl_in(pod, "/proc/sys/net/ipv6/conf/net1/disable_ipv6"),
+                "1"
+            );
+        }
     });
     let host_end = node
         .links()

@@ -133,11 +133,11 @@ async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>
 /// Creates and configures the pod interface. On error the caller runs [`detach`] (which is
 /// safe whatever was left half-done).
 ///
-/// Answers once the interface is up with its addresses and routes; its thread then announces
-/// the addresses ([`announce`]) on its own. The announcement is a broadcast that every pod on
-/// the bridge receives, delivered in the sender's context: with a thousand pods on a bridge it
-/// was the largest part of an ADD, and the part that grew with the pods. Nothing the runtime
-/// does next needs it; it refreshes the neighbours' caches, a moment later all the same.
+/// Answers once the interface is up with its addresses and routes; its thread then writes the
+/// pod's `disable_ipv6` ([`disable_pod_ipv6`]) and announces the addresses ([`announce`]) on
+/// its own. Both cost more with every pod on the node: the announcement is a broadcast that
+/// every pod on the bridge receives, delivered in the sender's context (with a thousand pods
+/// on a bridge it was the largest part of an ADD). Nothing the runtime does next needs them.
 pub async fn attach(spec: AttachSpec) -> Result<(), AttachError> {
     let pod_ns = Netns::open(&spec.pod_netns)?;
     let host_ns = spec.host_netns.as_deref().map(Netns::open).transpose()?;
@@ -161,6 +161,7 @@ pub async fn attach(spec: AttachSpec) -> Result<(), AttachError> {
             Ok::<_, AttachError>(index)
         })?;
         let announcement = move || {
+            disable_pod_ipv6(&spec);
             if let Err(e) = rt.block_on(announce(&host, &spec, index)) {
                 // Refused: the neighbours learn the address from the pod's first packet
                 // instead.
@@ -324,6 +325,24 @@ fn disable_host_ipv6(host_netns: Option<&Path>, veth: &str) {
     }
 }
 
+/// Writes `disable_ipv6` on the pod's interface of an IPv4-only network, from a thread in the
+/// pod's namespace, as Docker does; until then its IPv6 has no address (see [`pod_side`]).
+/// After the answer, because it is the one part of an ADD whose cost grows with the pods on
+/// the node: the first path a namespace opens under `/proc/sys` is looked up among the `net`
+/// directories of every namespace that opened one (see [`disable_host_ipv6`]), about 0.5 ms
+/// at a thousand. Best effort: IPv6 may be disabled in the pod already, and `/proc/sys` is
+/// read-only to an agent that is not privileged.
+fn disable_pod_ipv6(spec: &AttachSpec) {
+    if spec.addresses.iter().any(|(ip, _)| ip.is_ipv6())
+        || !PROC_SYS_WRITABLE.load(Ordering::Relaxed)
+    {
+        return;
+    }
+    metrics::netlink_write(Write::Sysctl);
+    let path = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", spec.pod_ifname);
+    note_proc_sys(std::fs::write(path, "1"));
+}
+
 /// Whether `/proc/sys` took writes so far: an agent without privileges sees it read-only and
 /// stops trying after the first refusal (each try costs a path walk, see [`disable_host_ipv6`]).
 static PROC_SYS_WRITABLE: AtomicBool = AtomicBool::new(true);
@@ -360,20 +379,7 @@ async fn pod_side(handle: &Handle, spec: &AttachSpec) -> Result<u32, AttachError
             AttachError::Mismatch(format!("{} vanished from the pod", spec.pod_ifname))
         })?;
     let index = link.header.index;
-    // On an IPv4-only network the interface gets no IPv6 at all, as Docker does for its
-    // containers' interfaces on such networks: set before the link is up, so it never takes a
-    // link-local address. Otherwise every new pod's MLD reports, router solicitations and
-    // DAD probes are flooded to every port of the bridge and handled by every pod on it,
-    // which at a thousand pods on a node doubled the time of each ADD. (IPv6 may be disabled
-    // in the pod already: nothing to do then, hence no error.) The one part of an ADD that
-    // still grows with the pods on the node: the path is looked up among the `net` directories
-    // of every namespace that opened one (see `disable_host_ipv6`), about 0.3 ms at a thousand.
     let ipv4_only = !spec.addresses.iter().any(|(ip, _)| ip.is_ipv6());
-    if ipv4_only && PROC_SYS_WRITABLE.load(Ordering::Relaxed) {
-        metrics::netlink_write(Write::Sysctl);
-        let path = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", spec.pod_ifname);
-        note_proc_sys(std::fs::write(path, "1"));
-    }
     for (ip, prefix) in &spec.addresses {
         let mut req = handle.address().add(index, *ip, *prefix);
         if ip.is_ipv6() {
@@ -394,11 +400,14 @@ async fn pod_side(handle: &Handle, spec: &AttachSpec) -> Result<u32, AttachError
             }
         }
     }
-    // Where /proc/sys is read-only to the agent (the chart's default), the sysctl above fails:
-    // the interface then still takes no IPv6 address (no link-local, DAD, MLD or router
-    // solicitations), though it would accept a router advertisement. Set with the link-up:
-    // the link has no carrier until its host end is plugged in, and the kernel configures
-    // IPv6 addresses only once it has.
+    // On an IPv4-only network the interface takes no IPv6 address at all, as Docker's
+    // containers' interfaces on such networks: no link-local address, hence no MLD reports,
+    // router solicitations or DAD probes, which every pod on the bridge would receive (at a
+    // thousand pods on a node that doubled the time of each ADD). Address generation is
+    // turned off through netlink, with the link-up: the link has no carrier until its host
+    // end is plugged in, and the kernel configures IPv6 addresses only once it has.
+    // `disable_ipv6` (Docker's way, which also refuses router advertisements) follows after
+    // the answer ([`disable_pod_ipv6`]).
     let up = LinkUnspec::new_with_index(index).up().build();
     let result = if ipv4_only {
         metrics::netlink_write(Write::LinkSet);
