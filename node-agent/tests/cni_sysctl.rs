@@ -41,11 +41,7 @@ fn add_one(tag: &str, node: &Netns, pod: &Netns, host: Option<&Netns>) -> String
     });
     dir.set_pod("default/web", tag);
     let state = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let agent = match host {
             Some(ns) => InProcessAgent::start(dir.clone(), state.path(), ns),

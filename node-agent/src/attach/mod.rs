@@ -20,7 +20,7 @@ use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use netlink_packet_route::link::{
     AfSpecInet6, AfSpecUnspec, BridgePortState, In6AddrGenMode, InfoBridgePort, InfoData,
-    InfoPortData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoPortData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
 };
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use sha2::{Digest, Sha256};
@@ -154,15 +154,15 @@ pub async fn attach(spec: AttachSpec) -> Result<(), AttachError> {
             Ok::<_, AttachError>((handle, host_end))
         })?;
         pod_ns.enter()?;
-        let index = rt.block_on(async {
+        let (pod, index) = rt.block_on(async {
             let pod = connect_handle().map_err(NetnsError::Socket)?;
             let index = pod_side(&pod, &spec).await?;
             plug(&host, &spec, host_end).await?;
-            Ok::<_, AttachError>(index)
+            Ok::<_, AttachError>((pod, index))
         })?;
         let announcement = move || {
             disable_pod_ipv6(&spec);
-            if let Err(e) = rt.block_on(announce(&host, &spec, index)) {
+            if let Err(e) = rt.block_on(announce(&host, &pod, &spec, index)) {
                 // Refused: the neighbours learn the address from the pod's first packet
                 // instead.
                 tracing::warn!(veth = %spec.host_veth, error = %e, "announcing a new pod interface");
@@ -453,16 +453,23 @@ async fn pod_side(handle: &Handle, spec: &AttachSpec) -> Result<u32, AttachError
 }
 
 /// Announces the pod's addresses ([`announce::send`], from the calling thread, which is in the
-/// pod's namespace) once the host end's bridge port forwards: before that the bridge drops
-/// what the pod sends.
-async fn announce(host: &Handle, spec: &AttachSpec, index: u32) -> Result<(), AttachError> {
-    match wait_forwarding(host, &spec.host_veth).await? {
-        Some(true) => {}
-        Some(false) => {
-            tracing::warn!(veth = %spec.host_veth, "bridge port not forwarding after 1s; announcing anyway");
-        }
+/// pod's namespace) once the host end's bridge port forwards and the pod end is operational.
+/// Before that, the bridge drops what the pod sends, or the pod end does: it was set up
+/// before it had a carrier, and the kernel gives it a real queue only when its link watcher
+/// handles the carrier coming on (a GET of the link handles it at once).
+async fn announce(
+    host: &Handle,
+    pod: &Handle,
+    spec: &AttachSpec,
+    index: u32,
+) -> Result<(), AttachError> {
+    let ready = match wait_forwarding(host, &spec.host_veth).await? {
+        Some(forwarding) => forwarding && wait_oper_up(pod, index).await?,
         // Deleted already (a DEL right after the ADD): nothing to announce.
         None => return Ok(()),
+    };
+    if !ready {
+        tracing::warn!(veth = %spec.host_veth, "veth not forwarding after 1s; announcing anyway");
     }
     let addresses: Vec<IpAddr> = spec.addresses.iter().map(|(ip, _)| *ip).collect();
     Ok(announce::send(
@@ -471,6 +478,30 @@ async fn announce(host: &Handle, spec: &AttachSpec, index: u32) -> Result<(), At
         spec.mac,
         &addresses,
     )?)
+}
+
+/// Polls until the pod end `index` is operationally up (bounded: about a second).
+async fn wait_oper_up(pod: &Handle, index: u32) -> Result<bool, AttachError> {
+    for _ in 0..500 {
+        let up = pod
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_next()
+            .await
+            .map_err(nl("reading the pod interface's state"))?
+            .is_some_and(|l| {
+                l.attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::OperState(State::Up)))
+            });
+        if up {
+            return Ok(true);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    Ok(false)
 }
 
 /// Polls until `veth`'s bridge port is forwarding (bounded: about a second); returns whether it
