@@ -38,6 +38,19 @@ def writes(node) -> dict[str, float]:
     return sums
 
 
+def overlays_settled(cluster) -> bool:
+    """Whether every NetworkOverlay lists only nodes whose NodeBridge of its network reports
+    endpoints (a node is listed while its agent reports pods there, and for a hold after)."""
+    def count(nb: dict) -> int:
+        status = nb.get("status") or {}
+        return max(status.get("endpointCount", 0), len(status.get("endpoints") or []))
+
+    counts = {nb["metadata"]["name"]: count(nb) for nb in cluster.get("nodebridges")["items"]}
+    return all(counts.get(f"{o['spec']['network']}.{e['node']}", 0) > 0
+               for o in cluster.get("networkoverlays")["items"]
+               for e in o["spec"].get("endpoints") or [])
+
+
 def ready(node) -> bool:
     try:
         with urllib.request.urlopen(f"http://{node.ip}:9091/readyz", timeout=2) as resp:
@@ -65,6 +78,9 @@ def test_an_unchanged_node_changes_nothing_over_resyncs_and_a_restart(cluster):
     # its last pod of a network is flooded to no more): real changes, not resyncs. Measure after.
     eventually(lambda: not any(p["metadata"].get("deletionTimestamp") for p in cluster.get("pods", "-A")["items"]),
                120, "every terminating pod gone")
+    # And their nodes out of those overlays: a node stays in a network's overlay for the
+    # operator's hold (30 s) after its last pod of the network is gone.
+    eventually(lambda: overlays_settled(cluster), 90, "every overlay down to the nodes with pods of its network")
     time.sleep(3)
     links = {n.name: bridgenet_links(n) for n in nodes}
     counted = {n.name: writes(n) for n in nodes}
