@@ -162,7 +162,7 @@ pub async fn attach(spec: AttachSpec) -> Result<(), AttachError> {
         })?;
         let announcement = move || {
             disable_pod_ipv6(&spec);
-            if let Err(e) = rt.block_on(announce(&host, &pod, &spec, index)) {
+            if let Err(e) = rt.block_on(announce(&host, &pod, &spec, host_end, index)) {
                 // Refused: the neighbours learn the address from the pod's first packet
                 // instead.
                 tracing::warn!(veth = %spec.host_veth, error = %e, "announcing a new pod interface");
@@ -292,37 +292,39 @@ fn disable_host_ipv6(host_netns: Option<&Path>, veth: &str) {
     if !PROC_SYS_WRITABLE.load(Ordering::Relaxed) {
         return;
     }
+    if host_netns.is_some() {
+        return disable_ipv6_by_path(veth);
+    }
+    let conf = AGENT_IPV6_CONF.get_or_init(|| {
+        open(
+            "/proc/sys/net/ipv6/conf",
+            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()
+    });
+    // No such directory: no IPv6 on the node.
+    let Some(dir) = conf else { return };
     metrics::netlink_write(Write::Sysctl);
     let key = format!("{veth}/disable_ipv6");
-    let file = match host_netns {
-        None => AGENT_IPV6_CONF
-            .get_or_init(|| {
-                open(
-                    "/proc/sys/net/ipv6/conf",
-                    OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .ok()
-            })
-            .as_ref()
-            .and_then(|dir| {
-                openat(
-                    dir,
-                    key.as_str(),
-                    OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .ok()
-            })
-            .map(std::fs::File::from),
-        Some(_) => std::fs::OpenOptions::new()
-            .write(true)
-            .open(format!("/proc/sys/net/ipv6/conf/{key}"))
-            .ok(),
-    };
-    if let Some(mut file) = file {
-        note_proc_sys(file.write_all(b"1"));
-    }
+    note_proc_sys(
+        openat(
+            dir,
+            key.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(std::io::Error::from)
+        .and_then(|fd| std::fs::File::from(fd).write_all(b"1")),
+    );
+}
+
+/// Writes `disable_ipv6` of interface `ifname` of the calling thread's namespace through the
+/// absolute path (the cost [`disable_host_ipv6`] describes).
+fn disable_ipv6_by_path(ifname: &str) {
+    metrics::netlink_write(Write::Sysctl);
+    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    note_proc_sys(std::fs::write(path, "1"));
 }
 
 /// Writes `disable_ipv6` on the pod's interface of an IPv4-only network, from a thread in the
@@ -338,9 +340,7 @@ fn disable_pod_ipv6(spec: &AttachSpec) {
     {
         return;
     }
-    metrics::netlink_write(Write::Sysctl);
-    let path = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", spec.pod_ifname);
-    note_proc_sys(std::fs::write(path, "1"));
+    disable_ipv6_by_path(&spec.pod_ifname);
 }
 
 /// Whether `/proc/sys` took writes so far: an agent without privileges sees it read-only and
@@ -409,8 +409,8 @@ async fn pod_side(handle: &Handle, spec: &AttachSpec) -> Result<u32, AttachError
     // `disable_ipv6` (Docker's way, which also refuses router advertisements) follows after
     // the answer ([`disable_pod_ipv6`]).
     let up = LinkUnspec::new_with_index(index).up().build();
+    metrics::netlink_write(Write::LinkSet);
     let result = if ipv4_only {
-        metrics::netlink_write(Write::LinkSet);
         match handle
             .link()
             .set(no_ipv6_addresses(up.clone()))
@@ -422,7 +422,6 @@ async fn pod_side(handle: &Handle, spec: &AttachSpec) -> Result<u32, AttachError
             other => other,
         }
     } else {
-        metrics::netlink_write(Write::LinkSet);
         handle.link().set(up).execute().await
     };
     result.map_err(nl(format!("setting {} up", spec.pod_ifname)))?;
@@ -461,10 +460,14 @@ async fn announce(
     host: &Handle,
     pod: &Handle,
     spec: &AttachSpec,
+    end: HostEnd,
     index: u32,
 ) -> Result<(), AttachError> {
-    let ready = match wait_forwarding(host, &spec.host_veth).await? {
-        Some(forwarding) => forwarding && wait_oper_up(pod, index).await?,
+    let ready = match poll_link(host, end.veth, &spec.host_veth, is_forwarding).await? {
+        Some(true) => poll_link(pod, index, &spec.pod_ifname, is_oper_up)
+            .await?
+            .unwrap_or(false),
+        Some(false) => false,
         // Deleted already (a DEL right after the ADD): nothing to announce.
         None => return Ok(()),
     };
@@ -480,51 +483,53 @@ async fn announce(
     )?)
 }
 
-/// Polls until the pod end `index` is operationally up (bounded: about a second).
-async fn wait_oper_up(pod: &Handle, index: u32) -> Result<bool, AttachError> {
+/// Polls link `index` (named `name`, for errors) until `ready` holds, every 2 ms for about a
+/// second: whether it came to hold, or `None` if the link is gone.
+async fn poll_link(
+    handle: &Handle,
+    index: u32,
+    name: &str,
+    ready: fn(&LinkMessage) -> bool,
+) -> Result<Option<bool>, AttachError> {
     for _ in 0..500 {
-        let up = pod
+        let link = match handle
             .link()
             .get()
             .match_index(index)
             .execute()
             .try_next()
             .await
-            .map_err(nl("reading the pod interface's state"))?
-            .is_some_and(|l| {
-                l.attributes
-                    .iter()
-                    .any(|a| matches!(a, LinkAttribute::OperState(State::Up)))
-            });
-        if up {
-            return Ok(true);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    }
-    Ok(false)
-}
-
-/// Polls until `veth`'s bridge port is forwarding (bounded: about a second); returns whether it
-/// is, `None` if the veth is gone. The kernel turns a port forwarding once it has handled the
-/// carrier coming up on both ends, right after the host end is plugged in.
-async fn wait_forwarding(handle: &Handle, veth: &str) -> Result<Option<bool>, AttachError> {
-    for _ in 0..500 {
-        let Some(link) = link_by_name(handle, veth).await? else {
-            return Ok(None);
+        {
+            Ok(Some(link)) => link,
+            Ok(None) => return Ok(None),
+            Err(e) if errno(&e) == Some(ENODEV) => return Ok(None),
+            Err(e) => return Err(nl(format!("reading the state of {name}"))(e)),
         };
-        let forwarding = link.attributes.iter().any(|a| match a {
-            LinkAttribute::LinkInfo(infos) => infos.iter().any(|i| {
-                matches!(i, LinkInfo::PortData(InfoPortData::BridgePort(port))
-                        if port.contains(&InfoBridgePort::State(BridgePortState::Forwarding)))
-            }),
-            _ => false,
-        });
-        if forwarding {
+        if ready(&link) {
             return Ok(Some(true));
         }
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
     Ok(Some(false))
+}
+
+/// Whether a link is operationally up.
+fn is_oper_up(link: &LinkMessage) -> bool {
+    link.attributes
+        .iter()
+        .any(|a| matches!(a, LinkAttribute::OperState(State::Up)))
+}
+
+/// Whether a link is a bridge port that forwards. The kernel turns a port forwarding once it
+/// has handled the carrier coming up on both ends, right after the host end is plugged in.
+fn is_forwarding(link: &LinkMessage) -> bool {
+    link.attributes.iter().any(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().any(|i| {
+            matches!(i, LinkInfo::PortData(InfoPortData::BridgePort(port))
+                    if port.contains(&InfoBridgePort::State(BridgePortState::Forwarding)))
+        }),
+        _ => false,
+    })
 }
 
 /// Removes the pod interface by deleting its host end (the kernel deletes the pair). Gone
