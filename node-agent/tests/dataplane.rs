@@ -833,3 +833,90 @@ fn firewall_lists_the_tables_again_only_after_an_nftables_commit() {
     })
     .unwrap();
 }
+
+/// The agent's link dump (a socket of its own, only the attributes it reads) describes every
+/// link as a full rtnetlink read of that one link does: bridges, a VXLAN with its settings,
+/// pod ports with their bridge, alias, MTU and MAC, up or down. And enough links that the
+/// kernel answers in several datagrams.
+#[test]
+#[ignore = "needs root"]
+fn the_link_dump_reads_every_link_as_a_full_read_does() {
+    require_root();
+    let mut topo = Topology::new("dump");
+    let n = topo.ns("n");
+    let p = topo.ns("p");
+    run(&["ip", "-n", &n, "link", "add", "br-a", "type", "bridge"]);
+    run(&[
+        "ip",
+        "-n",
+        &n,
+        "link",
+        "set",
+        "br-a",
+        "alias",
+        "bridgenet/a",
+        "up",
+    ]);
+    run(&[
+        "ip", "-n", &n, "link", "add", "bnvx-42", "type", "vxlan", "id", "42",
+    ]);
+    run(&["ip", "-n", &n, "link", "set", "bnvx-42", "master", "br-a"]);
+    run(&[
+        "ip",
+        "-n",
+        &n,
+        "link",
+        "add",
+        "bnvx-43",
+        "type",
+        "vxlan",
+        "id",
+        "43",
+        "local",
+        "192.0.2.1",
+        "dstport",
+        "4790",
+        "nolearning",
+    ]);
+    let mut batch = String::new();
+    for i in 0..300 {
+        batch.push_str(&format!(
+            "link add v{i} mtu 1400 address 02:00:00:00:{:02x}:{:02x} type veth peer name e{i} netns {p}\n",
+            i / 256,
+            i % 256
+        ));
+        if i % 2 == 0 {
+            batch.push_str(&format!(
+                "link set v{i} master br-a alias bridgenet/pod{i} up\n"
+            ));
+        }
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), batch).unwrap();
+    run(&["ip", "-n", &n, "-b", &file.path().display().to_string()]);
+
+    let (dumped, read) = run_in(&Topology::path(&n), || async {
+        let mut nl = Rtnl::connect().unwrap();
+        let dumped = nl.links().await.unwrap();
+        let mut read = Vec::new();
+        for link in &dumped {
+            read.push(nl.link(&link.name).await.unwrap());
+        }
+        (dumped, read)
+    })
+    .unwrap();
+    assert_eq!(dumped.len(), 304, "lo, br-a, two VXLANs, 300 veths");
+    for (link, full) in dumped.iter().zip(&read) {
+        assert_eq!(Some(link), full.as_ref());
+    }
+    let by_name = |name: &str| dumped.iter().find(|l| l.name == name).unwrap();
+    let port = by_name("v2");
+    assert_eq!(port.master, Some(by_name("br-a").index));
+    assert_eq!(port.alias.as_deref(), Some("bridgenet/pod2"));
+    assert_eq!((port.mtu, port.up), (1400, true));
+    assert_eq!(port.mac, Some([2, 0, 0, 0, 0, 2]));
+    assert!(
+        matches!(&by_name("bnvx-43").kind, bridgenet_agent::dataplane::netlink::LinkKind::Vxlan(vx)
+        if vx.vni == 43 && vx.port == 4790 && !vx.learning && vx.local == Some("192.0.2.1".parse().unwrap()))
+    );
+}

@@ -25,6 +25,7 @@ use netlink_packet_route::link::{
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use sha2::{Digest, Sha256};
 
+use crate::dataplane::links;
 pub use crate::dataplane::marker::{POD_ALIAS_PREFIX, pod_alias};
 use crate::dataplane::netns::{self, Netns, NetnsError, in_netns, on_own_thread_then};
 use crate::dataplane::rtnl::{connect_handle, errno, link_message};
@@ -55,6 +56,9 @@ pub enum AttachError {
     /// The text says which; the runtime shows it to the user as it is.
     #[error("{0}")]
     Mismatch(String),
+    /// The host's links could not be listed.
+    #[error("listing links: {0}")]
+    Links(#[source] std::io::Error),
     /// The new interface's addresses could not be announced (logged only: the interface works).
     #[error(transparent)]
     Announce(#[from] announce::AnnounceError),
@@ -720,13 +724,8 @@ fn host_link(msg: LinkMessage) -> HostLink {
 
 /// Every link of `netns` (one dump).
 pub async fn host_links(netns: Option<&Path>) -> Result<Vec<HostLink>, AttachError> {
-    in_netns(netns, move |handle| async move {
-        let mut links = handle.link().get().execute();
-        let mut out = Vec::new();
-        while let Some(link) = links.try_next().await.map_err(nl("listing links"))? {
-            out.push(host_link(link));
-        }
-        Ok(out)
+    in_netns(netns, move |_| async move {
+        links::dump(host_link).await.map_err(AttachError::Links)
     })
     .await
 }

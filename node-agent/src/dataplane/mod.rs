@@ -23,10 +23,12 @@ pub mod apply;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod firewall;
+pub mod links;
 pub mod marker;
 pub mod netlink;
 pub mod netns;
 pub mod nftmonitor;
+pub mod nlattr;
 pub mod node;
 pub mod plan;
 pub mod rtnl;

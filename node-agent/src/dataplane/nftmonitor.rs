@@ -11,6 +11,8 @@
 
 use futures::Stream;
 
+use super::nlattr;
+
 /// `NFNLGRP_NFTABLES`: the multicast group of nf_tables change notifications.
 const NFNLGRP_NFTABLES: u32 = 7;
 /// `NFNL_SUBSYS_NFTABLES`, the high byte of an nf_tables message type.
@@ -27,52 +29,19 @@ const NFGENMSG: usize = 4;
 
 /// Whether one netlink datagram holds a change to a table named `table` (any family).
 pub fn concerns_table(datagram: &[u8], table: &str) -> bool {
-    let mut at = 0;
-    while let Some(len) = u32_at(datagram, at).map(|l| l as usize) {
-        if len < NLMSG_HDR || at + len > datagram.len() {
-            return false;
-        }
-        let message = &datagram[at..at + len];
-        if let Some(kind) = u16_at(message, 4)
-            && kind >> 8 == NFNL_SUBSYS_NFTABLES
+    nlattr::messages(datagram).any(|(kind, message)| {
+        kind >> 8 == NFNL_SUBSYS_NFTABLES
             && CHANGES.contains(&(kind & 0xff))
             && table_attr(&message[(NLMSG_HDR + NFGENMSG).min(message.len())..]) == Some(table)
-        {
-            return true;
-        }
-        at += align4(len);
-    }
-    false
+    })
 }
 
 /// The `ATTR_TABLE` string among `attrs` (netlink attributes).
 fn table_attr(attrs: &[u8]) -> Option<&str> {
-    let mut at = 0;
-    while let (Some(len), Some(kind)) = (u16_at(attrs, at), u16_at(attrs, at + 2)) {
-        let len = usize::from(len);
-        if len < 4 || at + len > attrs.len() {
-            return None;
-        }
-        if kind & 0x3fff == ATTR_TABLE {
-            let value = &attrs[at + 4..at + len];
-            let value = value.strip_suffix(&[0]).unwrap_or(value);
-            return std::str::from_utf8(value).ok();
-        }
-        at += align4(len);
-    }
-    None
-}
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    let value = nlattr::attributes(attrs)
+        .find(|a| a.kind == ATTR_TABLE)?
+        .value;
+    std::str::from_utf8(value.strip_suffix(&[0]).unwrap_or(value)).ok()
 }
 
 /// A stream that yields whenever a committed nftables transaction changes a table named

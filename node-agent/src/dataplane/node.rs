@@ -7,13 +7,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
-use rtnetlink::packet_core::NetlinkPayload;
-use rtnetlink::packet_route::RouteNetlinkMessage;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
 use tokio::sync::Notify;
 
 use crate::dataplane::apply::{Applier, ApplyError, TeardownError};
 use crate::dataplane::firewall::{Firewall, FirewallError, FirewallOutcome};
+pub use crate::dataplane::links::marked_link_losses;
 use crate::dataplane::marker::{ALIAS_PREFIX, network_of};
 use crate::dataplane::netlink::{LinkKind, Netlink};
 use crate::dataplane::plan::{Op, orphaned_networks};
@@ -230,38 +228,4 @@ impl Dataplane {
 /// the monitor cannot be opened.
 pub fn link_deletions() -> impl Stream<Item = ()> + Send + 'static {
     marked_link_losses(ALIAS_PREFIX)
-}
-
-/// Like [`link_deletions`], for links whose marker alias starts with `marker` (e.g. pod veths,
-/// [`POD_ALIAS_PREFIX`](crate::dataplane::marker::POD_ALIAS_PREFIX)).
-pub fn marked_link_losses(marker: &'static str) -> impl Stream<Item = ()> + Send + 'static {
-    let (tx, rx) = futures::channel::mpsc::unbounded::<()>();
-    match rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link]) {
-        Ok((connection, _handle, mut messages)) => {
-            tokio::spawn(connection);
-            tokio::spawn(async move {
-                while let Some((msg, _)) = futures::StreamExt::next(&mut messages).await {
-                    let (link, deleted) = match msg.payload {
-                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => (l, true),
-                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => (l, false),
-                        _ => continue,
-                    };
-                    let ours = link.attributes.iter().any(
-                        |a| matches!(a, LinkAttribute::IfAlias(alias) if alias.starts_with(marker)),
-                    );
-                    // Deleted, or set down by hand. (Our own changes never leave a marked
-                    // link down for long, and a pass over unchanged state writes nothing, so
-                    // this cannot feed itself.)
-                    let down = !link.header.flags.contains(LinkFlags::Up);
-                    if ours && (deleted || down) && tx.unbounded_send(()).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot monitor link deletions; drift is repaired by the periodic resync only")
-        }
-    }
-    rx
 }

@@ -187,15 +187,11 @@ fn flood_message(index: u32, dst: IpAddr) -> NeighbourMessage {
 
 impl Netlink for Rtnl {
     async fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
-        let msgs: Vec<LinkMessage> = self
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
+        // On a socket of its own, in the namespace of the calling thread: the handle's, since
+        // an `Rtnl` never leaves the namespace it was opened in.
+        super::links::dump(parse_link)
             .await
-            .map_err(|e| nl_err("dump links", e))?;
-        Ok(msgs.into_iter().map(parse_link).collect())
+            .map_err(|e| NetlinkError::new("dump links", &e, e.raw_os_error()))
     }
 
     async fn link(&mut self, name: &str) -> Result<Option<Link>, NetlinkError> {
