@@ -204,6 +204,8 @@ fn run(n: usize) {
     let socket = state.path().join("cni.sock");
     let mut agent = Command::new(std::env::current_exe().unwrap())
         .env("BNT_BENCH_AGENT", state.path())
+        // As the chart's DaemonSet runs the agent (charts/bridgenet/templates/agent-daemonset.yaml).
+        .env("MALLOC_ARENA_MAX", "2")
         .env("BNT_BENCH_PODS", n.to_string())
         .spawn()
         .unwrap();

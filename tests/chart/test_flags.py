@@ -31,7 +31,8 @@ def clap_args(path):
 
 COMPONENTS = {
     "operator": ("Deployment", REPO / "operator" / "src" / "cli.rs", set()),
-    "agent": ("DaemonSet", REPO / "node-agent" / "src" / "cli.rs", set()),
+    # MALLOC_ARENA_MAX is glibc's, read before main.
+    "agent": ("DaemonSet", REPO / "node-agent" / "src" / "cli.rs", {"MALLOC_ARENA_MAX"}),
 }
 
 

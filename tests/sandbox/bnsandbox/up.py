@@ -329,8 +329,9 @@ class Sandbox:
         # The resolvers' upstream through the environment, never as a flag: an agent without the
         # flag ignores the variable, where it would refuse an unknown flag. Unset, the agent would
         # take the node's resolv.conf — the host's nameservers, which the sandbox must not use.
+        # MALLOC_ARENA_MAX as the chart's DaemonSet sets it (see agent-daemonset.yaml).
         node_env = {**os.environ, "KUBECONFIG": str(self.node_kubeconfig),
-                    "BRIDGENET_DNS_UPSTREAM": self.upstream_dns}
+                    "BRIDGENET_DNS_UPSTREAM": self.upstream_dns, "MALLOC_ARENA_MAX": "2"}
         args = [str(agent), "--node-name", node.name, "--state-dir", str(ndir / "agent"),
                 "--socket", str(ctr.sock_dir / "cni.sock"), "--cni-bin-dir", str(ctr.cni_bin),
                 "--cni-conf-dir", str(ctr.cni_conf), "--cri-endpoint", ctr.endpoint,
