@@ -284,62 +284,42 @@ mod tests {
     #[test]
     #[ignore = "needs root"]
     fn the_kernel_reports_marked_links_lost() {
-        let ns = format!("bnt-linkmon-{}", std::process::id());
+        let ns = crate::dataplane::netns::Throwaway::new("linkmon");
         let ip = {
-            let ns = ns.clone();
+            let ns = ns.name.clone();
             move |args: &str| {
                 let ok = std::process::Command::new("ip")
                     .args(["-n", &ns])
                     .args(args.split(' '))
                     .status()
                     .is_ok_and(|s| s.success());
-                assert!(ok, "ip {args} (this test needs root: `make root-test`)");
+                assert!(ok, "ip {args}");
             }
         };
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &ns])
-            .status();
-        let added = std::process::Command::new("ip")
-            .args(["netns", "add", &ns])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            added,
-            "ip netns add (this test needs root: `make root-test`)"
-        );
-        struct Gone(String);
-        impl Drop for Gone {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("ip")
-                    .args(["netns", "del", &self.0])
-                    .status();
-            }
-        }
-        let _gone = Gone(ns.clone());
-        let path = std::path::PathBuf::from(format!("/run/netns/{ns}"));
-        let seen = crate::dataplane::netns::run_in(&path, move || async move {
-            use futures::StreamExt;
-            let mut losses = marked_link_losses("bridgenet/");
-            let mut next = async || {
-                tokio::time::timeout(std::time::Duration::from_millis(500), losses.next())
-                    .await
-                    .is_ok()
-            };
-            ip("link add foreign type veth peer name foreign-peer");
-            ip("link set foreign up");
-            ip("link del foreign");
-            let foreign = next().await;
-            ip("link add br-a type bridge");
-            ip("link set br-a alias bridgenet/a up");
-            let created = next().await;
-            ip("link set br-a down");
-            let down = next().await;
-            while next().await {}
-            ip("link del br-a");
-            let deleted = next().await;
-            (foreign, created, down, deleted)
-        })
-        .unwrap();
+        let seen = ns
+            .run(move || async move {
+                use futures::StreamExt;
+                let mut losses = marked_link_losses("bridgenet/");
+                let mut next = async || {
+                    tokio::time::timeout(std::time::Duration::from_millis(500), losses.next())
+                        .await
+                        .is_ok()
+                };
+                ip("link add foreign type veth peer name foreign-peer");
+                ip("link set foreign up");
+                ip("link del foreign");
+                let foreign = next().await;
+                ip("link add br-a type bridge");
+                ip("link set br-a alias bridgenet/a up");
+                let created = next().await;
+                ip("link set br-a down");
+                let down = next().await;
+                while next().await {}
+                ip("link del br-a");
+                let deleted = next().await;
+                (foreign, created, down, deleted)
+            })
+            .unwrap();
         assert_eq!(seen, (false, false, true, true));
     }
 }

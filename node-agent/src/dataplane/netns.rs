@@ -177,3 +177,49 @@ where
         Ok(runtime()?.block_on(work()))
     }))
 }
+
+/// A named network namespace (`/run/netns/bnt-<tag>-<pid>`) for one test, deleted on drop, also
+/// when the test fails. Creating it needs root: it panics saying so.
+#[cfg(test)]
+pub(crate) struct Throwaway {
+    /// Its name, for `ip -n`.
+    pub name: String,
+}
+
+#[cfg(test)]
+impl Throwaway {
+    pub(crate) fn new(tag: &str) -> Self {
+        let name = format!("bnt-{tag}-{}", std::process::id());
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .status();
+        let added = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            added,
+            "ip netns add {name}: this test needs root (run `make root-test` as root)"
+        );
+        Throwaway { name }
+    }
+
+    /// Runs `work` on a thread inside it ([`run_in`]).
+    pub(crate) fn run<F, Fut, T>(&self, work: F) -> Result<T, NetnsError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = T>,
+        T: Send + 'static,
+    {
+        run_in(Path::new(&format!("/run/netns/{}", self.name)), work)
+    }
+}
+
+#[cfg(test)]
+impl Drop for Throwaway {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}

@@ -100,17 +100,7 @@ pub fn table_changes(table: &'static str) -> impl Stream<Item = ()> + Send + 'st
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    fn attr(kind: u16, value: &[u8]) -> Vec<u8> {
-        let mut a = Vec::new();
-        a.extend(u16::try_from(4 + value.len()).unwrap().to_ne_bytes());
-        a.extend(kind.to_ne_bytes());
-        a.extend(value);
-        while a.len() % 4 != 0 {
-            a.push(0);
-        }
-        a
-    }
+    use crate::dataplane::nlattr::tests::attr;
 
     fn message(msg_type: u16, attrs: &[Vec<u8>]) -> Vec<u8> {
         let body: Vec<u8> = attrs.concat();
@@ -155,8 +145,8 @@ mod tests {
             root,
             "this test needs root (network namespaces, nftables): run `make root-test` as root"
         );
-        let ns = format!("bnt-nftmon-{}", std::process::id());
-        let in_ns = ns.clone();
+        let ns = crate::dataplane::netns::Throwaway::new("nftmon");
+        let in_ns = ns.name.clone();
         let nft = move |args: &str| {
             let ok = std::process::Command::new("ip")
                 .args(["netns", "exec", &in_ns, "nft"])
@@ -165,45 +155,26 @@ mod tests {
                 .is_ok_and(|s| s.success());
             assert!(ok, "nft {args}");
         };
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &ns])
-            .status();
-        assert!(
-            std::process::Command::new("ip")
-                .args(["netns", "add", &ns])
-                .status()
-                .unwrap()
-                .success()
-        );
-        struct Gone(String);
-        impl Drop for Gone {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("ip")
-                    .args(["netns", "del", &self.0])
-                    .status();
-            }
-        }
-        let _gone = Gone(ns.clone());
-        let path = std::path::PathBuf::from(format!("/run/netns/{ns}"));
-        let seen = crate::dataplane::netns::run_in(&path, move || async move {
-            use futures::StreamExt;
-            let mut changes = table_changes("bridgenet");
-            let mut next = async || {
-                tokio::time::timeout(std::time::Duration::from_millis(500), changes.next())
-                    .await
-                    .is_ok()
-            };
-            nft("add table inet kube-proxy");
-            let foreign = next().await;
-            nft("add table inet bridgenet");
-            let created = next().await;
-            // Drain what the creation sent, then flush everything.
-            while next().await {}
-            nft("flush ruleset");
-            let flushed = next().await;
-            (foreign, created, flushed)
-        })
-        .unwrap();
+        let seen = ns
+            .run(move || async move {
+                use futures::StreamExt;
+                let mut changes = table_changes("bridgenet");
+                let mut next = async || {
+                    tokio::time::timeout(std::time::Duration::from_millis(500), changes.next())
+                        .await
+                        .is_ok()
+                };
+                nft("add table inet kube-proxy");
+                let foreign = next().await;
+                nft("add table inet bridgenet");
+                let created = next().await;
+                // Drain what the creation sent, then flush everything.
+                while next().await {}
+                nft("flush ruleset");
+                let flushed = next().await;
+                (foreign, created, flushed)
+            })
+            .unwrap();
         assert_eq!(seen, (false, true, true));
     }
 

@@ -75,10 +75,11 @@ pub fn i32_at(b: &[u8], at: usize) -> Option<i32> {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn attr(kind: u16, value: &[u8]) -> Vec<u8> {
+    /// One attribute `kind` = `value`, padded, as the kernel writes it.
+    pub(crate) fn attr(kind: u16, value: &[u8]) -> Vec<u8> {
         let mut a = Vec::new();
         a.extend(u16::try_from(4 + value.len()).unwrap().to_ne_bytes());
         a.extend(kind.to_ne_bytes());
