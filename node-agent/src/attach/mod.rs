@@ -476,7 +476,7 @@ async fn announce(
         None => return Ok(()),
     };
     if !ready {
-        tracing::warn!(veth = %spec.host_veth, "veth not forwarding after 1s; announcing anyway");
+        tracing::warn!(veth = %spec.host_veth, "veth not forwarding, or pod end not up, after 1s; announcing anyway");
     }
     let addresses: Vec<IpAddr> = spec.addresses.iter().map(|(ip, _)| *ip).collect();
     Ok(announce::send(

@@ -30,7 +30,6 @@ const RTNLGRP_LINK: u32 = 1;
 /// `IFF_UP`, in `ifinfomsg.ifi_flags` (bytes 8..12 of the message body).
 const IFF_UP: u32 = 1;
 const ENOBUFS: i32 = 105;
-const NLMSG_HDRLEN: usize = 16;
 const IFINFOMSG_LEN: usize = 16;
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
@@ -61,8 +60,7 @@ pub async fn dump<T>(mut keep: impl FnMut(LinkMessage) -> T) -> std::io::Result<
     let mut out = Vec::new();
     loop {
         let (datagram, _) = socket.recv_from_full().await?;
-        for (kind, message) in nlattr::messages(&datagram) {
-            let body = message.get(NLMSG_HDRLEN..).unwrap_or_default();
+        for (kind, body) in nlattr::messages(&datagram) {
             match kind {
                 NLMSG_DONE => return Ok(out),
                 NLMSG_ERROR => {
@@ -127,13 +125,12 @@ pub fn marked_link_losses(marker: &'static str) -> impl Stream<Item = ()> + Send
 /// (Our own changes never leave a marked link down for long, and a pass over unchanged state
 /// writes nothing, so a monitor cannot feed itself.)
 fn loses_marked_link(datagram: &[u8], marker: &str) -> bool {
-    nlattr::messages(datagram).any(|(kind, message)| {
+    nlattr::messages(datagram).any(|(kind, body)| {
         let deleted = match kind {
             RTM_DELLINK => true,
             RTM_NEWLINK => false,
             _ => return false,
         };
-        let body = message.get(NLMSG_HDRLEN..).unwrap_or_default();
         let up = nlattr::u32_at(body, 8).is_some_and(|flags| flags & IFF_UP != 0);
         let marked = nlattr::attributes(body.get(IFINFOMSG_LEN..).unwrap_or_default())
             .any(|a| a.kind == IFLA_IFALIAS && a.value.starts_with(marker.as_bytes()));
@@ -242,7 +239,7 @@ mod tests {
         link.emit(&mut body);
         let mut message = Vec::new();
         message.extend(
-            u32::try_from(NLMSG_HDRLEN + body.len())
+            u32::try_from(nlattr::NLMSG_HDRLEN + body.len())
                 .unwrap()
                 .to_ne_bytes(),
         );

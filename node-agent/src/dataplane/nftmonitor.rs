@@ -24,15 +24,14 @@ const CHANGES: &[u16] = &[0, 2, 3, 5, 6, 8, 9, 11, 12, 14];
 /// (`NFTA_TABLE_NAME`, `NFTA_CHAIN_TABLE`, `NFTA_RULE_TABLE`, `NFTA_SET_TABLE`,
 /// `NFTA_SET_ELEM_LIST_TABLE` are all 1).
 const ATTR_TABLE: u16 = 1;
-const NLMSG_HDR: usize = 16;
 const NFGENMSG: usize = 4;
 
 /// Whether one netlink datagram holds a change to a table named `table` (any family).
 pub fn concerns_table(datagram: &[u8], table: &str) -> bool {
-    nlattr::messages(datagram).any(|(kind, message)| {
+    nlattr::messages(datagram).any(|(kind, body)| {
         kind >> 8 == NFNL_SUBSYS_NFTABLES
             && CHANGES.contains(&(kind & 0xff))
-            && table_attr(&message[(NLMSG_HDR + NFGENMSG).min(message.len())..]) == Some(table)
+            && table_attr(body.get(NFGENMSG..).unwrap_or_default()) == Some(table)
     })
 }
 
@@ -104,7 +103,7 @@ mod tests {
 
     fn message(msg_type: u16, attrs: &[Vec<u8>]) -> Vec<u8> {
         let body: Vec<u8> = attrs.concat();
-        let len = NLMSG_HDR + NFGENMSG + body.len();
+        let len = nlattr::NLMSG_HDRLEN + NFGENMSG + body.len();
         let mut m = Vec::new();
         m.extend(u32::try_from(len).unwrap().to_ne_bytes());
         m.extend(((NFNL_SUBSYS_NFTABLES << 8) | msg_type).to_ne_bytes());

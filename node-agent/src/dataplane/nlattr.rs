@@ -4,9 +4,11 @@
 
 /// `NLA_F_NESTED | NLA_F_NET_BYTEORDER`: flags in an attribute's type, not part of it.
 const NLA_TYPE_FLAGS: u16 = 0xc000;
-const NLMSG_HDRLEN: usize = 16;
+/// Length of the netlink header (`struct nlmsghdr`) before every message body.
+pub const NLMSG_HDRLEN: usize = 16;
 
-/// The netlink messages of `datagram`: each one's type and its bytes (header included).
+/// The netlink messages of `datagram`: each one's type and its body (what follows the
+/// netlink header).
 pub fn messages(datagram: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     let mut at = 0;
     std::iter::from_fn(move || {
@@ -17,7 +19,7 @@ pub fn messages(datagram: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
             return None;
         }
         at += align4(len);
-        Some((kind, message))
+        Some((kind, &message[NLMSG_HDRLEN..]))
     })
 }
 
