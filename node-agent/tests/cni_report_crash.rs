@@ -15,7 +15,7 @@ mod root_support;
 use std::net::IpAddr;
 
 use bridgenet_agent::cni::engine::failpoint;
-use bridgenet_crds::NodeBridge;
+use bridgenet_crds::{NodeBridge, NodeBridgeStatus};
 use cni_support::{Call, Netns, chained_config, run_plugin};
 use dataplane_support::{Node, nodebridge};
 use k8s_openapi::api::core::v1::Pod;
@@ -70,15 +70,20 @@ fn reported(node: &Node, name: &str) -> (Reported, Reported) {
     )
 }
 
-/// Whether the NodeBridge lists `pod` at `ip` among its endpoints.
-fn endpoint_listed(node: &Node, pod: &str, ip: IpAddr) -> bool {
+/// The status of the node's NodeBridge of [`NETWORK`].
+fn status(node: &Node) -> Option<NodeBridgeStatus> {
     let nb = node.kube(|c| async move {
         Api::<NodeBridge>::all(c)
             .get_opt(&format!("{NETWORK}.n1"))
             .await
             .unwrap()
     });
-    nb.and_then(|nb| nb.status).is_some_and(|s| {
+    nb.and_then(|nb| nb.status)
+}
+
+/// Whether the NodeBridge lists `pod` at `ip` among its endpoints.
+fn endpoint_listed(node: &Node, pod: &str, ip: IpAddr) -> bool {
+    status(node).is_some_and(|s| {
         s.endpoints
             .iter()
             .any(|e| e.pod == pod && e.ipv4.as_deref() == Some(&format!("{ip}/24")))
@@ -128,6 +133,21 @@ fn results_are_reported_whichever_step_between_add_and_report_the_agent_dies_at(
         if !answer.ok {
             // Killed inside the ADD: the runtime cleans the sandbox up and retries with a new one.
             assert_eq!(answer.code(), 11, "{fp}: try again later: {}", answer.raw);
+            if *fp == failpoint::ADD_AFTER_RESERVE {
+                // Its address journaled, its interface never made: the report that counts the
+                // address as taken (the earlier rounds' pods hold one each) lists no endpoint
+                // for it. Listed, it would be a name in DNS and bring the node into the
+                // network's overlay, for a pod that has no interface.
+                let round = i64::try_from(round).unwrap();
+                node.eventually(&format!("{fp}: the reservation counted"), || {
+                    status(&node).is_some_and(|s| s.allocated_addresses == round + 1)
+                });
+                let listed = status(&node).map(|s| s.endpoints).unwrap_or_default();
+                assert!(
+                    listed.iter().all(|e| e.pod != name),
+                    "{fp}: a reservation cut short is no endpoint: {listed:?}"
+                );
+            }
             assert!(rt.block_on(run_plugin(&add.with_command("DEL"))).ok);
             let mut retry = add.clone();
             retry.container_id = format!("sb-{round}-retry");

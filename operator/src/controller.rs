@@ -43,10 +43,11 @@ pub const RESYNC: Duration = Duration::from_secs(300);
 /// once: a network on many nodes is written in parallel, without flooding the API server.
 pub const WRITE_CONCURRENCY: usize = 16;
 /// How long a node stays in a network's overlay after its last pod of the network is gone.
-/// Pods come and go (a restarted pod, a pod whose attachment is refused and retried by its
-/// kubelet holds an address for moments at a time); without this hold every such moment would
-/// add and remove the node's flood entry on every other node. A node that leaves the network
-/// goes at once.
+/// Pods come and go (a restarted pod is gone for moments at a time, the last pod of a
+/// network on a node is replaced by another); without this hold every such moment would add
+/// and remove the node's flood entry on every other node. (An attachment refused and retried
+/// by its kubelet never counts: the agents report only attachments that succeeded.) A node
+/// that leaves the network goes at once.
 pub const OVERLAY_HOLD: Duration = Duration::from_secs(30);
 /// How soon a network looks again at the pods of a deleted node that still hold its addresses
 /// (pod deletions are not watched).

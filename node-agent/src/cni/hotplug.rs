@@ -34,26 +34,32 @@ pub struct Plan {
 /// A delegate call's attachments (a Multus NetworkAttachmentDefinition naming the network) are
 /// not the annotation's to take away: they are never detached here, and a network attached
 /// only that way still counts as missing, but their interface names are taken.
+///
+/// A [pending](Allocation::pending) attachment in a ready sandbox is a hot attach that a crash
+/// cut short (hot-plug makes one at a time, so none is in flight while it looks): it is made
+/// again under its own interface name, which finds its reservation in the journal, or
+/// detached like any other when the annotation no longer asks for it.
 pub fn plan(desired: &[NetworkRequest], attached: &[Allocation]) -> Plan {
-    let have: BTreeMap<&str, &str> = attached
+    let have: BTreeMap<&str, &Allocation> = attached
         .iter()
         .filter(|a| !a.delegate)
-        .map(|a| (a.network.as_str(), a.ifname.as_str()))
+        .map(|a| (a.network.as_str(), a))
         .collect();
     let want: BTreeSet<&str> = desired.iter().map(|r| r.name.as_str()).collect();
     let mut used: BTreeSet<String> = attached.iter().map(|a| a.ifname.clone()).collect();
     let mut attach = Vec::new();
-    for request in desired
-        .iter()
-        .filter(|r| !have.contains_key(r.name.as_str()))
-    {
+    for request in desired {
         let mut request = request.clone();
-        if used.contains(&request.interface) {
-            let free = (1..)
-                .map(|i| format!("net{i}"))
-                .find(|n| !used.contains(n))
-                .unwrap_or_default();
-            request.interface = free;
+        match have.get(request.name.as_str()) {
+            Some(a) if !a.pending => continue,
+            Some(a) => request.interface = a.ifname.clone(),
+            None if used.contains(&request.interface) => {
+                request.interface = (1..)
+                    .map(|i| format!("net{i}"))
+                    .find(|n| !used.contains(n))
+                    .unwrap_or_default();
+            }
+            None => {}
         }
         used.insert(request.interface.clone());
         attach.push(request);
@@ -238,7 +244,34 @@ mod tests {
             claim: String::new(),
             sticky: false,
             releasing: false,
+            pending: false,
         }
+    }
+
+    /// `a` was being hot-attached as net2 when the agent was killed: it is attached again as
+    /// net2 (its reservation's name, though the annotation's position would give it net1);
+    /// once `a` is no longer asked for, it is detached.
+    #[test]
+    fn attaches_a_pending_network_again_under_its_own_name() {
+        let mut cut_short = alloc("a", "net2");
+        cut_short.pending = true;
+        let attached = vec![alloc("b", "net1"), cut_short];
+        let p = plan(&annotation::parse("a,b").unwrap(), &attached);
+        assert!(p.detach.is_empty());
+        let names: Vec<(&str, &str)> = p
+            .attach
+            .iter()
+            .map(|r| (r.name.as_str(), r.interface.as_str()))
+            .collect();
+        assert_eq!(names, [("a", "net2")]);
+        let p = plan(&annotation::parse("b").unwrap(), &attached);
+        assert_eq!(
+            p,
+            Plan {
+                attach: Vec::new(),
+                detach: vec!["a".to_owned()]
+            }
+        );
     }
 
     #[test]

@@ -273,6 +273,7 @@ mod tests {
             claim: String::new(),
             sticky: false,
             releasing: false,
+            pending: false,
         }
     }
 

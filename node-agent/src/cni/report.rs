@@ -93,13 +93,16 @@ pub fn npwg_attachments<'a>(
 
 /// The endpoints of `network` on this node, for `NodeBridge.status`. `aliases` gives the DNS
 /// aliases a pod (`namespace/name`) asks for on a network, from its current annotation.
+/// [Pending](Allocation::pending) allocations are none: an attach that is refused after its
+/// reservation (a claim another pod holds) must not name its pod in DNS or bring the node into
+/// the network's overlay, not even for a moment.
 pub fn endpoints(
     allocs: &[Allocation],
     network: &str,
     aliases: impl Fn(&str, &str) -> Vec<String>,
 ) -> Vec<Endpoint> {
     let mut by_if: BTreeMap<(String, String), Endpoint> = BTreeMap::new();
-    for a in allocs.iter().filter(|a| a.network == network) {
+    for a in allocs.iter().filter(|a| a.network == network && !a.pending) {
         let (namespace, pod) = a.pod.split_once('/').unwrap_or(("", a.pod.as_str()));
         let e = by_if
             .entry((a.container_id.clone(), a.ifname.clone()))
@@ -142,7 +145,9 @@ impl<'a> ByPod<'a> {
 
     /// The allocations of `pod`'s newest sandbox (older sandboxes' ones are leftovers awaiting
     /// their DEL), empty if it has none; `None` while a CNI call, hot-plug change or repair is
-    /// under way in any of its sandboxes (`busy`): half-made attachments are not reported.
+    /// under way in any of its sandboxes (`busy`), or while any of its allocations is
+    /// [pending](Allocation::pending) (a call in flight, or one a crash cut short): half-made
+    /// attachments are not reported.
     pub(crate) fn current(
         &self,
         pod: &PodRef,
@@ -153,7 +158,7 @@ impl<'a> ByPod<'a> {
             .get(pod.to_string().as_str())
             .map(Vec::as_slice)
             .unwrap_or_default();
-        if mine.iter().any(|a| busy(&a.container_id)) {
+        if mine.iter().any(|a| a.pending || busy(&a.container_id)) {
             return None;
         }
         let newest = mine
@@ -473,11 +478,12 @@ const PASS_INTERVAL: Duration = Duration::from_secs(1);
 const MIN_WRITE_GAP: Duration = Duration::from_secs(1);
 
 /// What this node holds of `network`: its attached interfaces (one per sandbox interface,
-/// whatever its families), its journaled IPv4 addresses and what its blocks (`capacity_v4`
-/// addresses) have left.
+/// whatever its families; a pending reservation is none yet), its journaled IPv4 addresses
+/// and what its blocks (`capacity_v4` addresses) have left.
 pub fn network_usage(allocs: &[Allocation], network: &str, capacity_v4: u64) -> NetworkUsage {
     let mine = || allocs.iter().filter(|a| a.network == network);
     let attachments = mine()
+        .filter(|a| !a.pending)
         .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
         .collect::<BTreeSet<_>>()
         .len();
@@ -766,6 +772,7 @@ mod tests {
             claim: String::new(),
             sticky: false,
             releasing: false,
+            pending: false,
         }
     }
 
@@ -799,6 +806,12 @@ mod tests {
         assert_eq!(eps[0].aliases, ["db"]);
         assert!(eps[0].since.is_some());
         assert!(endpoints(&allocs, "blue", |_, _| Vec::new()).is_empty());
+        // A reservation whose attach has not succeeded is no endpoint (nor a name in DNS).
+        let mut refused = alloc("172.20.0.6", "net1");
+        refused.container_id = "sb2".into();
+        refused.pending = true;
+        let with_refused = [allocs.clone(), vec![refused]].concat();
+        assert_eq!(endpoints(&with_refused, "red", |_, _| Vec::new()).len(), 1);
         let v = network_status(&allocs, &red_facts());
         assert_eq!(v[0]["interface"], "net1");
         assert_eq!(v[0]["ips"], json!(["fd00::5", "172.20.0.5"]));
@@ -939,6 +952,11 @@ mod tests {
             .patches
             .is_empty()
         );
+        // A reservation whose attach has not succeeded (in flight, or cut short by a crash)
+        // is left for the pass after it settles, like a call in flight.
+        let mut pending = web_alloc.clone();
+        pending.pending = true;
+        assert!(patches(&[pod("web", None)], &[pending]).is_empty());
         // A leftover of an older sandbox of the same pod is not the pod's interface.
         let mut old = alloc("172.20.0.9", "net1");
         old.container_id = "sb0".into();

@@ -127,6 +127,18 @@ impl Journal {
 
     /// Appends records and makes them durable before returning.
     pub fn append(&mut self, records: &[Record]) -> Result<(), IpamError> {
+        self.write(records, true)
+    }
+
+    /// Appends records without waiting for the disk: in the page cache they outlive the
+    /// agent's process, not the machine. Only for records whose loss in a machine crash is
+    /// harmless (a later synced append or compaction makes them durable too; until then a
+    /// reader finds the earlier record of the same address).
+    pub fn append_unsynced(&mut self, records: &[Record]) -> Result<(), IpamError> {
+        self.write(records, false)
+    }
+
+    fn write(&mut self, records: &[Record], sync: bool) -> Result<(), IpamError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -137,7 +149,7 @@ impl Journal {
         }
         self.file
             .write_all(&buf)
-            .and_then(|()| self.file.sync_data())
+            .and_then(|()| if sync { self.file.sync_data() } else { Ok(()) })
             .map_err(|e| IpamError::io("append", &self.path, e))?;
         self.records += records.len();
         Ok(())

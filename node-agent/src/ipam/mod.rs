@@ -166,6 +166,13 @@ pub struct Allocation {
     /// job when it starts again; until then the address stays taken.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub releasing: bool,
+    /// Reserved by an attach call that has not succeeded (yet): its interface may be half made
+    /// or never come, so it is no endpoint, no name in DNS and no entry of the pod's
+    /// network-status. Journaled with the reservation; cleared by [`Ipam::settle`] when the call
+    /// succeeds. An agent killed in between finds it still set: a CNI ADD that never answered
+    /// is the runtime's to DEL, a hot attach is made again by hot-plug.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
 }
 
 impl Allocation {
@@ -496,6 +503,7 @@ impl Ipam {
                 sticky: !claim.is_empty() && req.claims.as_ref().is_some_and(|c| c.sticky),
                 claim,
                 releasing: false,
+                pending: true,
             });
         }
         if let Some(ip) = wanted
@@ -633,6 +641,30 @@ impl Ipam {
                 family: if family == Family::V6 { "IPv6" } else { "IPv4" },
                 blocks: pool.blocks_text(),
             })
+    }
+
+    /// Marks the allocations of an attach call that succeeded as settled (see
+    /// [`Allocation::pending`]). Visible at once; journaled without waiting for the disk (see
+    /// [`Journal::append_unsynced`]): an agent killed afterwards still finds it, and a machine
+    /// that lost it lost the pods too. Allocations no longer held, or held by another
+    /// sandbox, are left alone.
+    pub fn settle(&mut self, allocs: &[Allocation]) -> Result<(), IpamError> {
+        let mut records = Vec::new();
+        for a in allocs {
+            if let Some(held) = self.allocs.get_mut(&(a.network.clone(), a.ip))
+                && held.pending
+                && held.container_id == a.container_id
+                && held.ifname == a.ifname
+            {
+                held.pending = false;
+                records.push(Record::Alloc(held.clone()));
+            }
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.changed.notify_one();
+        self.journal.append_unsynced(&records)
     }
 
     /// Frees allocations (their interfaces must already be gone). Unknown ones are ignored,
@@ -815,6 +847,57 @@ mod tests {
         assert!(ipam.releasing().is_empty());
         assert!(ipam.of_container("gone").is_empty());
         assert_eq!(ipam.of_container("stays").len(), 1);
+    }
+
+    /// A reservation is pending until its call settles it; the mark survives a restart (an
+    /// agent killed mid-ADD finds its reservation pending, one killed after finds it settled)
+    /// and compaction. Journals written before the mark existed read as settled.
+    #[test]
+    fn a_reservation_is_pending_until_settled_and_both_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ipam = Ipam::open(dir.path()).unwrap();
+        let cut = ipam.allocate(&pool(), &req("cut")).unwrap();
+        let done = ipam.allocate(&pool(), &req("done")).unwrap();
+        assert!(cut[0].pending && done[0].pending);
+        ipam.settle(&done).unwrap();
+        // Settling again, or what another sandbox holds, changes nothing.
+        ipam.settle(&done).unwrap();
+        let other = Allocation {
+            container_id: "other".into(),
+            ..cut[0].clone()
+        };
+        ipam.settle(&[other]).unwrap();
+        let pending = |ipam: &Ipam, id: &str| ipam.of_container(id)[0].pending;
+        assert!(pending(&ipam, "cut") && !pending(&ipam, "done"));
+        drop(ipam);
+        let mut ipam = Ipam::open(dir.path()).unwrap();
+        assert!(
+            pending(&ipam, "cut") && !pending(&ipam, "done"),
+            "after a restart"
+        );
+        ipam.journal.compact(ipam.allocs.values()).unwrap();
+        drop(ipam);
+        let ipam = Ipam::open(dir.path()).unwrap();
+        assert!(
+            pending(&ipam, "cut") && !pending(&ipam, "done"),
+            "after compaction"
+        );
+        drop(ipam);
+
+        let old = tempfile::tempdir().unwrap();
+        let journal = old.path().join("ipam");
+        std::fs::create_dir_all(&journal).unwrap();
+        std::fs::write(
+            journal.join(journal::FILE_NAME),
+            r#"{"op":"alloc","network":"n","ip":"172.20.0.2","prefix":24,"containerId":"sb","ifname":"net1","hostVeth":"vsb","since":1}
+"#,
+        )
+        .unwrap();
+        let ipam = Ipam::open(old.path()).unwrap();
+        assert!(
+            !pending(&ipam, "sb"),
+            "an older agent's allocation is settled"
+        );
     }
 
     #[test]

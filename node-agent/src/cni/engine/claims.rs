@@ -221,6 +221,7 @@ impl<D: Directory> Engine<D> {
                 claim: c.name_any(),
                 sticky: c.spec.sticky,
                 releasing: false,
+                pending: false,
             };
             tracing::warn!(claim = %c.name_any(), "releasing an address claim of this node that no allocation holds");
             if let Err(e) = self.release_claim(&stray).await {

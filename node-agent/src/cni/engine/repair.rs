@@ -62,12 +62,13 @@ impl<D: Directory> Engine<D> {
     /// Sandboxes with a CNI call or hot-plug change in flight are skipped (their lock is held).
     pub async fn repair<R: Runtime>(&self, runtime: &R) -> Result<Repaired, CniError> {
         let mut interfaces: BTreeMap<(String, String), Vec<Allocation>> = BTreeMap::new();
-        // An answered DEL's interfaces are being deleted, not repaired.
+        // An answered DEL's interfaces are being deleted, not repaired; a pending attachment's
+        // were never finished (hot-plug makes them again, the runtime DELs a CNI ADD's).
         for a in self
             .allocations()
             .await
             .into_iter()
-            .filter(|a| !a.releasing)
+            .filter(|a| !a.releasing && !a.pending)
         {
             interfaces
                 .entry((a.container_id.clone(), a.ifname.clone()))

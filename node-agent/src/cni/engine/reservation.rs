@@ -4,6 +4,7 @@
 use crate::cni::types::CniError;
 use crate::ipam::Allocation;
 
+use super::error::ipam_error;
 use super::{Directory, Engine};
 
 /// The addresses one attach call has journaled, and whether it has started making their
@@ -42,11 +43,20 @@ impl<'e, D: Directory> Reservation<'e, D> {
         self.interfaces = true;
     }
 
-    /// Keeps everything on success; on failure rolls back exactly what was reserved — the
-    /// addresses alone before any interface was made, the interfaces and then their addresses
-    /// after — and returns the failure.
+    /// Keeps everything on success, marking the allocations settled (no longer
+    /// [pending](crate::ipam::Allocation::pending): from now on they are the pod's endpoints);
+    /// on failure, or if that mark cannot be journaled, rolls back exactly what was reserved —
+    /// the addresses alone before any interface was made, the interfaces and then their
+    /// addresses after — and returns the failure.
     pub(super) async fn settle<T>(mut self, outcome: Result<T, CniError>) -> Result<T, CniError> {
         self.settled = true;
+        let outcome = match outcome {
+            Ok(done) => {
+                let marked = self.engine.ipam.lock().await.settle(&self.held);
+                marked.map(|()| done).map_err(|e| ipam_error(e, None))
+            }
+            Err(e) => Err(e),
+        };
         if outcome.is_err() {
             let held = std::mem::take(&mut self.held);
             if self.interfaces {
