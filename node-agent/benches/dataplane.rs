@@ -1,7 +1,9 @@
 //! Data plane timings on a real kernel, inside a throwaway network namespace (root only):
 //! realizing one NodeBridge from nothing (links, addresses, overlay, sysctls and the nftables
-//! transaction), and a resync with nothing to change (netlink reads only, and with the
-//! nftables verification). Run with `cargo bench -p bridgenet-agent --bench dataplane`.
+//! transaction), a resync with nothing to change (netlink reads only, and with the nftables
+//! verification), and the same for 50 networks with a thousand pod ports on the node, where
+//! reading a VXLAN port's flood entries is measured beside the full FDB dump it replaced. Run
+//! with `cargo bench -p bridgenet-agent --bench dataplane`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 #[path = "../tests/dataplane_support/mod.rs"]
@@ -12,10 +14,12 @@ use std::process::Command;
 
 use bridgenet_agent::dataplane::apply::Applier;
 use bridgenet_agent::dataplane::firewall::Firewall;
+use bridgenet_agent::dataplane::netlink::Netlink;
 use bridgenet_agent::dataplane::rtnl::Rtnl;
 use bridgenet_agent::dataplane::{Desired, NodeContext, Teardown};
 use bridgenet_crds::{NodeBridgeSpec, resolve_node_bridge};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use futures::TryStreamExt;
 
 fn spec(i: u32) -> NodeBridgeSpec {
     let subnet = format!("10.{}.{}.0/24", 100 + i / 256, i % 256);
@@ -158,6 +162,89 @@ fn bench(c: &mut Criterion) {
     );
     c.bench_function(
         "resync 50 NodeBridges, no change (netlink + one nftables check)",
+        |b| {
+            b.iter(|| {
+                for d in &fifty {
+                    assert!(
+                        rt.block_on(applier.borrow_mut().apply(d))
+                            .unwrap()
+                            .is_empty()
+                    );
+                }
+                firewall.reconcile(&fifty).unwrap();
+            })
+        },
+    );
+
+    // A node with a thousand pods: their host ends on the first network's bridge, the pod ends
+    // in a namespace of their own. Every resync of every network reads its VXLAN port's flood
+    // entries; read from a full dump of the node's FDB (the reference: rtnetlink, as the agent
+    // did), that read grows with the pods on the node.
+    let pods = Netns(format!("bnt-dp-pods-{}", std::process::id()));
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &pods.0])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let bridge = &fifty[0].bridge;
+    let batch: String = (0..1000)
+        .map(|i| {
+            format!("link add bnvb{i} type veth peer name p{i} netns {}\nlink set bnvb{i} master {bridge} up\n", pods.0)
+        })
+        .collect();
+    let file = std::env::temp_dir().join(format!("bnt-dp-bench-{}.batch", std::process::id()));
+    std::fs::write(&file, batch).unwrap();
+    assert!(
+        Command::new("ip")
+            .args(["-b", &file.display().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _ = std::fs::remove_file(&file);
+    let port = rt
+        .block_on(async { Rtnl::connect().unwrap().link(&fifty[0].vxlan).await })
+        .unwrap()
+        .unwrap()
+        .index;
+    let _runtime = rt.enter();
+    let (conn, handle, _) = rtnetlink::new_connection().unwrap();
+    rt.spawn(conn);
+    c.bench_function(
+        "flood entries of one VXLAN port, 1,000 pod ports: full FDB dump (reference)",
+        |b| {
+            b.iter(|| {
+                let all: Vec<_> = rt
+                    .block_on(
+                        handle
+                            .neighbours()
+                            .get()
+                            .set_address_family(rtnetlink::packet_route::AddressFamily::Bridge)
+                            .execute()
+                            .try_collect::<Vec<_>>(),
+                    )
+                    .unwrap();
+                all.into_iter().filter(|m| m.header.ifindex == port).count()
+            })
+        },
+    );
+    c.bench_function(
+        "flood entries of one VXLAN port, 1,000 pod ports: the port's dump",
+        |b| {
+            b.iter(|| {
+                assert_eq!(
+                    rt.block_on(bridgenet_agent::dataplane::fdb::flood_entries(port))
+                        .unwrap()
+                        .len(),
+                    3
+                )
+            })
+        },
+    );
+    c.bench_function(
+        "resync 50 NodeBridges, no change, 1,000 pod ports (netlink + one nftables check)",
         |b| {
             b.iter(|| {
                 for d in &fifty {

@@ -920,3 +920,126 @@ fn the_link_dump_reads_every_link_as_a_full_read_does() {
         if vx.vni == 43 && vx.port == 4790 && !vx.learning && vx.local == Some("192.0.2.1".parse().unwrap()))
     );
 }
+
+/// The flood entries of one VXLAN port, read with the dump the kernel filters to that port,
+/// are what a full dump of the node's forwarding database shows for it: on a node whose FDB
+/// holds hundreds of pod ports' entries (several datagrams of them) and another network's
+/// VXLAN port with flood entries of its own.
+#[test]
+#[ignore = "needs root"]
+fn the_port_fdb_dump_finds_the_flood_entries_a_full_dump_shows() {
+    use futures::TryStreamExt;
+    use rtnetlink::packet_route::AddressFamily;
+    use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+
+    require_root();
+    let mut topo = Topology::new("fdb");
+    let n = topo.ns("n");
+    let p = topo.ns("p");
+    let mut batch = String::new();
+    for (bridge, vni) in [("br-a", 42), ("br-b", 43)] {
+        batch.push_str(&format!(
+            "link add {bridge} type bridge\nlink set {bridge} up\n"
+        ));
+        batch.push_str(&format!(
+            "link add bnvx-{vni} type vxlan id {vni} local 192.0.2.1 dstport 4789 nolearning\n\
+             link set bnvx-{vni} master {bridge} up\n"
+        ));
+    }
+    for i in 0..300 {
+        batch.push_str(&format!(
+            "link add v{i} type veth peer name e{i} netns {p}\nlink set v{i} master br-a up\n"
+        ));
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), batch).unwrap();
+    run(&["ip", "-n", &n, "-b", &file.path().display().to_string()]);
+    let fdb = |args: &[&str]| {
+        let mut argv = vec!["ip", "netns", "exec", &n, "bridge", "fdb"];
+        argv.extend_from_slice(args);
+        run(&argv);
+    };
+    for dst in ["192.0.2.2", "192.0.2.3"] {
+        fdb(&["append", "00:00:00:00:00:00", "dev", "bnvx-42", "dst", dst]);
+    }
+    // A remote MAC's entry is no flood entry.
+    fdb(&[
+        "add",
+        "02:00:00:00:00:09",
+        "dev",
+        "bnvx-42",
+        "dst",
+        "192.0.2.4",
+    ]);
+    fdb(&[
+        "append",
+        "00:00:00:00:00:00",
+        "dev",
+        "bnvx-43",
+        "dst",
+        "192.0.2.5",
+    ]);
+
+    let (filtered, full, total) = run_in(&Topology::path(&n), || async {
+        let mut nl = Rtnl::connect().unwrap();
+        let ports: Vec<Link> = nl
+            .links()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|l| l.name.starts_with("bnvx-"))
+            .collect();
+        let (conn, handle, _) = rtnetlink::new_connection().unwrap();
+        tokio::spawn(conn);
+        let all: Vec<_> = handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute()
+            .try_collect()
+            .await
+            .unwrap();
+        let mut filtered = BTreeMap::new();
+        let mut full = BTreeMap::new();
+        for port in &ports {
+            let mut mine = nl.flood_entries(port.index).await.unwrap();
+            mine.sort();
+            filtered.insert(port.name.clone(), mine);
+            // The reference: every entry of the namespace, the port's all-zeros ones kept.
+            let mut theirs: Vec<IpAddr> = all
+                .iter()
+                .filter(|m| m.header.ifindex == port.index)
+                .filter(|m| {
+                    m.attributes.iter().any(|a| {
+                        matches!(a, NeighbourAttribute::LinkLayerAddress(l) if l.iter().all(|b| *b == 0))
+                    })
+                })
+                .filter_map(|m| {
+                    m.attributes.iter().find_map(|a| match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Other(raw))
+                            if raw.len() == 4 =>
+                        {
+                            <[u8; 4]>::try_from(raw.as_slice()).ok().map(IpAddr::from)
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
+                            Some(IpAddr::V4(*ip))
+                        }
+                        _ => None,
+                    })
+                })
+                .collect();
+            theirs.sort();
+            full.insert(port.name.clone(), theirs);
+        }
+        (filtered, full, all.len())
+    })
+    .unwrap();
+    assert!(
+        total > 600,
+        "the node's FDB holds every port's entries: {total}"
+    );
+    assert_eq!(filtered, full);
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert_eq!(filtered["bnvx-42"], [ip("192.0.2.2"), ip("192.0.2.3")]);
+    assert_eq!(filtered["bnvx-43"], [ip("192.0.2.5")]);
+}

@@ -16,13 +16,11 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::LinkMessage;
-use netlink_sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket, protocols::NETLINK_ROUTE};
+use netlink_sys::{AsyncSocket, AsyncSocketExt, TokioSocket, protocols::NETLINK_ROUTE};
 
 use super::nlattr;
 
 /// Kernel ABI (`linux/netlink.h`, `linux/rtnetlink.h`, `linux/if_link.h`).
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 /// `RTNLGRP_LINK`: the multicast group of link notifications.
@@ -46,7 +44,6 @@ const NLA_F_NESTED: u16 = 0x8000;
 /// read, with only the attributes named above. Errors are the socket's or the kernel's
 /// (`raw_os_error` is the errno), or `InvalidData` for an answer that does not parse.
 pub async fn dump<T>(mut keep: impl FnMut(LinkMessage) -> T) -> std::io::Result<Vec<T>> {
-    let socket = TokioSocket::new(NETLINK_ROUTE)?;
     let mut request = NetlinkMessage::new(
         NetlinkHeader::default(),
         NetlinkPayload::from(RouteNetlinkMessage::GetLink(LinkMessage::default())),
@@ -56,30 +53,15 @@ pub async fn dump<T>(mut keep: impl FnMut(LinkMessage) -> T) -> std::io::Result<
     request.finalize();
     let mut buf = vec![0; request.header.length as usize];
     request.serialize(&mut buf);
-    socket.send_to(&buf, &SocketAddr::new(0, 0)).await?;
     let mut out = Vec::new();
-    loop {
-        let (datagram, _) = socket.recv_from_full().await?;
-        for (kind, body) in nlattr::messages(&datagram) {
-            match kind {
-                NLMSG_DONE => return Ok(out),
-                NLMSG_ERROR => {
-                    let code = nlattr::i32_at(body, 0).unwrap_or(0);
-                    if code != 0 {
-                        return Err(std::io::Error::from_raw_os_error(-code));
-                    }
-                }
-                RTM_NEWLINK => out.push(keep(slim(body)?)),
-                _ => {}
-            }
+    nlattr::dump(&buf, |kind, body| {
+        if kind == RTM_NEWLINK {
+            out.push(keep(slim(body)?));
         }
-        if datagram.is_empty() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "link dump ended without NLMSG_DONE",
-            ));
-        }
-    }
+        Ok(())
+    })
+    .await?;
+    Ok(out)
 }
 
 /// A stream that yields whenever a link whose marker alias starts with `marker` is deleted or

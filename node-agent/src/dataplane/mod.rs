@@ -22,6 +22,7 @@
 pub mod apply;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
+pub mod fdb;
 pub mod firewall;
 pub mod links;
 pub mod marker;

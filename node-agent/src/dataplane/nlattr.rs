@@ -1,11 +1,51 @@
 //! Reading raw netlink datagrams: the messages in one, and the attributes (TLVs) in a message
 //! body, without parsing what the reader does not need. Malformed input ends the iteration;
-//! it never panics.
+//! it never panics. And [`dump`], which sends a dump request and hands on the answer's
+//! messages as they come.
+
+use netlink_sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket, protocols::NETLINK_ROUTE};
 
 /// `NLA_F_NESTED | NLA_F_NET_BYTEORDER`: flags in an attribute's type, not part of it.
 const NLA_TYPE_FLAGS: u16 = 0xc000;
 /// Length of the netlink header (`struct nlmsghdr`) before every message body.
 pub const NLMSG_HDRLEN: usize = 16;
+
+/// `NLMSG_ERROR` and `NLMSG_DONE` (`linux/netlink.h`).
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+
+/// Sends `request` (one whole rtnetlink dump request) on a socket of its own, in the calling
+/// thread's network namespace, and passes each message of the answer to `each` (its type and
+/// body) until the kernel says it is done. Errors are the socket's, the kernel's
+/// (`raw_os_error` is the errno) or `each`'s.
+pub async fn dump(
+    request: &[u8],
+    mut each: impl FnMut(u16, &[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let socket = TokioSocket::new(NETLINK_ROUTE)?;
+    socket.send_to(request, &SocketAddr::new(0, 0)).await?;
+    loop {
+        let (datagram, _) = socket.recv_from_full().await?;
+        for (kind, body) in messages(&datagram) {
+            match kind {
+                NLMSG_DONE => return Ok(()),
+                NLMSG_ERROR => {
+                    let code = i32_at(body, 0).unwrap_or(0);
+                    if code != 0 {
+                        return Err(std::io::Error::from_raw_os_error(-code));
+                    }
+                }
+                _ => each(kind, body)?,
+            }
+        }
+        if datagram.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "netlink dump ended without NLMSG_DONE",
+            ));
+        }
+    }
+}
 
 /// The netlink messages of `datagram`: each one's type and its body (what follows the
 /// netlink header).

@@ -235,45 +235,10 @@ impl Netlink for Rtnl {
     }
 
     async fn flood_entries(&mut self, index: u32) -> Result<Vec<IpAddr>, NetlinkError> {
-        let msgs: Vec<NeighbourMessage> = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Bridge)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| nl_err(format!("dump fdb of link {index}"), e))?;
-        let mut out = Vec::new();
-        for msg in msgs.into_iter().filter(|m| m.header.ifindex == index) {
-            let mut zero_mac = false;
-            let mut dst = None;
-            for attr in &msg.attributes {
-                match attr {
-                    NeighbourAttribute::LinkLayerAddress(l) => zero_mac = l.iter().all(|b| *b == 0),
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
-                        dst = Some(IpAddr::V4(*ip))
-                    }
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => {
-                        dst = Some(IpAddr::V6(*ip))
-                    }
-                    // In AF_BRIDGE messages the parser cannot know the family of NDA_DST
-                    // and hands over raw bytes.
-                    NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
-                        dst = match raw.len() {
-                            4 => <[u8; 4]>::try_from(raw.as_slice()).ok().map(IpAddr::from),
-                            16 => <[u8; 16]>::try_from(raw.as_slice()).ok().map(IpAddr::from),
-                            _ => None,
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            if let (true, Some(dst)) = (zero_mac, dst) {
-                out.push(dst);
-            }
-        }
-        Ok(out)
+        // Like `links`: on a socket of its own, in the handle's namespace.
+        super::fdb::flood_entries(index).await.map_err(|e| {
+            NetlinkError::new(format!("dump fdb of link {index}"), &e, e.raw_os_error())
+        })
     }
 
     async fn create_link(&mut self, link: &NewLink) -> Result<(), NetlinkError> {
