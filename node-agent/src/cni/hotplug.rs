@@ -248,6 +248,14 @@ mod tests {
         }
     }
 
+    /// (network, interface) of each attachment `p` plans.
+    fn attached_as(p: &Plan) -> Vec<(&str, &str)> {
+        p.attach
+            .iter()
+            .map(|r| (r.name.as_str(), r.interface.as_str()))
+            .collect()
+    }
+
     /// `a` was being hot-attached as net2 when the agent was killed: it is attached again as
     /// net2 (its reservation's name, though the annotation's position would give it net1);
     /// once `a` is no longer asked for, it is detached.
@@ -258,12 +266,7 @@ mod tests {
         let attached = vec![alloc("b", "net1"), cut_short];
         let p = plan(&annotation::parse("a,b").unwrap(), &attached);
         assert!(p.detach.is_empty());
-        let names: Vec<(&str, &str)> = p
-            .attach
-            .iter()
-            .map(|r| (r.name.as_str(), r.interface.as_str()))
-            .collect();
-        assert_eq!(names, [("a", "net2")]);
+        assert_eq!(attached_as(&p), [("a", "net2")]);
         let p = plan(&annotation::parse("b").unwrap(), &attached);
         assert_eq!(
             p,
@@ -304,11 +307,6 @@ mod tests {
         assert_eq!(plan(&[], &attached), Plan::default());
         let p = plan(&annotation::parse("b,a").unwrap(), &attached);
         assert!(p.detach.is_empty());
-        let names: Vec<(&str, &str)> = p
-            .attach
-            .iter()
-            .map(|r| (r.name.as_str(), r.interface.as_str()))
-            .collect();
-        assert_eq!(names, [("b", "net2"), ("a", "net3")]);
+        assert_eq!(attached_as(&p), [("b", "net2"), ("a", "net3")]);
     }
 }
